@@ -1,0 +1,434 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""Cache and LlmDataDist: LLM-DataDist v1's cache allocation over the ACL runtime.
+
+The C++-faithful methods (Initialize, AllocateCache, DeallocateCache, Finalize) return
+status codes; the Pythonic ones (allocate_cache, deallocate_cache) raise LLMException.
+Typed cdef methods do the work for both. Rules: shared/spec/llm-datadist.md section 4.
+"""
+from libc.stdint cimport INT64_MAX, SIZE_MAX, UINT64_MAX
+
+from ._acl cimport (
+    ACL_ERROR_BAD_ALLOC,
+    ACL_ERROR_INVALID_DEVICE,
+    ACL_ERROR_REPEAT_INITIALIZE,
+    ACL_ERROR_RT_DEVICE_OOM,
+    ACL_ERROR_RT_INVALID_DEVICEID,
+    ACL_ERROR_RT_MEMORY_ALLOCATION,
+    ACL_HBM_MEM,
+    ACL_SUCCESS,
+    LLMDD_SIMULATED,
+    aclFinalize,
+    aclGetRecentErrMsg,
+    aclInit,
+    aclrtCreateContext,
+    aclrtDestroyContext,
+    aclrtFree,
+    aclrtGetCurrentContext,
+    aclrtGetMemInfo,
+    aclrtGetVersion,
+    aclrtMalloc,
+    aclrtResetDevice,
+    aclrtSetCurrentContext,
+    aclrtSetDevice,
+)
+from ._desc cimport CacheDesc, as_integer
+from ._llm_facts cimport (
+    LLM_DEVICE_OUT_OF_MEMORY,
+    LLM_FAILED,
+    LLM_KV_CACHE_NOT_EXIST,
+    LLM_PARAM_INVALID,
+    LLM_SUCCESS,
+    LLMDD_kDevice,
+)
+from ._u64_table cimport llmdd_u64_erase, llmdd_u64_find, llmdd_u64_insert, llmdd_u64_release, llmdd_u64_slot
+
+
+cdef extern from "<sched.h>" nogil:
+    int sched_yield()
+
+from ._desc import LLMStatusCode, LlmRole
+
+BACKEND = "sim" if LLMDD_SIMULATED else "acl"
+SIMULATED = bool(LLMDD_SIMULATED)
+
+cdef enum:
+    RUNTIME_ALIGNMENT = 64  # aclrtMalloc promises 64-byte-aligned starts, nothing more
+
+cdef dict _status_by_code = {int(member): member for member in LLMStatusCode}
+cdef object _SUCCESS = LLMStatusCode.LLM_SUCCESS
+
+# cache_id comes from one process-wide counter starting at 1 (spec section 4); the GIL guards it.
+cdef int64_t _next_cache_id = 1
+# Engines between Initialize and Finalize; llmdd calls aclFinalize when the last one leaves,
+# and only if llmdd's own aclInit was the one that initialized ACL.
+cdef int _initialized_engines = 0
+cdef bint _acl_initialized_by_llmdd = False
+
+
+def runtime_version():
+    """(major, minor, patch) of the ACL runtime, from aclrtGetVersion; None if it says no."""
+    cdef int32_t major = 0, minor = 0, patch = 0
+    if aclrtGetVersion(&major, &minor, &patch) != ACL_SUCCESS:
+        return None
+    return major, minor, patch
+
+
+cdef inline object _status(uint32_t code):
+    """The LLMStatusCode member of a status; the success path costs no lookup."""
+    if code == LLM_SUCCESS:
+        return _SUCCESS
+    return _status_by_code.get(code, code)
+
+
+class LLMException(RuntimeError):
+    """A call of the Pythonic layer failed; `status_code` is its LLMStatusCode."""
+
+    def __init__(self, message, status_code):
+        super().__init__(message)
+        self.status_code = status_code
+
+
+cdef inline bint _round_up(uint64_t value, uint64_t alignment, uint64_t* rounded) noexcept nogil:
+    """value rounded up to a power-of-two alignment; False when that overflows."""
+    if value > UINT64_MAX - (alignment - 1):
+        return False
+    rounded[0] = (value + alignment - 1) & ~(alignment - 1)
+    return True
+
+
+cdef class Cache:
+    """A cache: its id, num_tensors tensor addresses and a copy of its CacheDesc.
+
+    Mirrors llm_datadist::Cache: a default Cache has cache_id -1 and no addresses.
+    """
+
+    def __cinit__(self):
+        self._cache_id = -1
+        self._desc = CacheDesc.__new__(CacheDesc)
+
+    @property
+    def cache_id(self):
+        return self._cache_id
+
+    @cache_id.setter
+    def cache_id(self, value):
+        number = as_integer(value, "cache_id")
+        if not -INT64_MAX - 1 <= number <= INT64_MAX:
+            raise ValueError(f"cache_id must fit in int64, got {number}")
+        self._cache_id = number
+
+    @property
+    def tensor_addrs(self):
+        """The tensor addresses, as a new list (built only when read)."""
+        if self._caller_addrs is not None:
+            return list(self._caller_addrs)
+        return [self._first_addr + i * self._addr_stride for i in range(self._addr_count)]
+
+    @tensor_addrs.setter
+    def tensor_addrs(self, value):
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"tensor_addrs must be a list or tuple of ints, not {type(value).__name__}")
+        addrs = tuple([as_integer(addr, "tensor address") for addr in value])
+        for addr in addrs:
+            if not 0 <= addr <= <uintptr_t>UINT64_MAX:
+                raise ValueError(f"tensor address {addr} is not a 64-bit unsigned address")
+        self._caller_addrs = addrs
+        self._addr_count = len(addrs)
+
+    @property
+    def cache_desc(self):
+        return self._desc
+
+    @cache_desc.setter
+    def cache_desc(self, value):
+        if not isinstance(value, CacheDesc):
+            raise TypeError(f"cache_desc must be a CacheDesc, not {type(value).__name__}")
+        self._desc = value
+
+    def __repr__(self):
+        return f"Cache(cache_id={self._cache_id}, num_tensors={self._addr_count}, cache_desc={self._desc!r})"
+
+
+cdef class LlmDataDist:
+    """One LLM-DataDist engine: a cluster id, a role, a device and the caches it allocated.
+
+    Nothing touches the runtime before Initialize. Use it as a context manager to Finalize
+    on exit. Dropping an engine without Finalize frees what it holds.
+    """
+
+    def __init__(self, cluster_id, role):
+        number = as_integer(cluster_id, "cluster_id")
+        if not 0 <= number <= UINT64_MAX:
+            raise ValueError(f"cluster_id must fit in uint64, got {number}")
+        self.cluster_id = number
+        self._role = LlmRole(as_integer(role, "role"))  # ValueError for a value that is no role
+
+    @property
+    def role(self):
+        return LlmRole(self._role)
+
+    @property
+    def initialized(self):
+        return self._initialized
+
+    @property
+    def device_id(self):
+        """The device this engine allocates on; -1 before Initialize."""
+        return self._device if self._initialized else -1
+
+    def Initialize(self, options):
+        """Set up the runtime on the device the options name. A second call is a no-op."""
+        if self._initialized:
+            return _SUCCESS
+        from ._options import OptionError, parse_options
+        try:
+            parsed = parse_options(options)
+        except OptionError as error:
+            self._last_acl_error = ACL_SUCCESS
+            self._last_error_detail = str(error)
+            return error.status_code
+        return _status(self.initialize(parsed.device_id, parsed.tensor_alignment, parsed.malloc_policy))
+
+    cdef uint32_t initialize(self, int32_t device, uint64_t alignment, int malloc_policy):
+        global _initialized_engines, _acl_initialized_by_llmdd
+        cdef aclError error
+        cdef aclrtContext previous = NULL
+        cdef aclrtContext context = NULL
+        cdef bint initialized_acl = False
+        self._last_acl_error = ACL_SUCCESS
+        if _initialized_engines == 0:
+            error = aclInit(NULL)
+            if error != ACL_SUCCESS and error != ACL_ERROR_REPEAT_INITIALIZE:
+                return self.runtime_failure(error)
+            # REPEAT_INITIALIZE: the host process (torch_npu, say) set ACL up; it stays theirs.
+            initialized_acl = error == ACL_SUCCESS
+        # aclrtSetDevice and aclrtCreateContext both change the thread's current context:
+        # put the caller's back afterwards.
+        if aclrtGetCurrentContext(&previous) != ACL_SUCCESS:
+            previous = NULL
+        error = aclrtSetDevice(device)
+        if error == ACL_SUCCESS:
+            error = aclrtCreateContext(&context, device)
+            if error != ACL_SUCCESS:
+                aclrtResetDevice(device)
+        if previous != NULL:
+            aclrtSetCurrentContext(previous)
+        if error != ACL_SUCCESS:
+            if initialized_acl:
+                aclFinalize()
+            return self.runtime_failure(error)
+        if initialized_acl:
+            _acl_initialized_by_llmdd = True
+        _initialized_engines += 1
+        self._device = device
+        self._context = context
+        self._alignment = alignment
+        self._malloc_policy = <aclrtMemMallocPolicy>malloc_policy
+        self._initialized = True
+        return LLM_SUCCESS
+
+    def AllocateCache(self, CacheDesc cache_desc not None, Cache cache not None):
+        """Allocate cache_desc.num_tensors tensors; fill `cache` on LLM_SUCCESS."""
+        return _status(self.allocate(cache_desc, cache))
+
+    # Hot path: typed locals only, no Python object but the ones the caller gets back.
+    cdef uint32_t allocate(self, CacheDesc desc, Cache cache):
+        global _next_cache_id
+        cdef uint64_t tensor_bytes, stride, slab_bytes, request_bytes, first_tensor
+        cdef void* address = NULL
+        cdef aclError error
+        self._last_acl_error = ACL_SUCCESS
+        if not self._initialized:
+            return LLM_FAILED
+        if desc._placement != LLMDD_kDevice:
+            return LLM_PARAM_INVALID  # "only support device cache" (spec section 4)
+        if desc.tensor_bytes(&tensor_bytes) != LLM_SUCCESS:
+            return LLM_PARAM_INVALID
+        # One slab per cache: tensors at aligned offsets, one runtime call, one region to
+        # register with a transfer engine. The runtime only promises 64-byte starts, so ask
+        # for enough slack to align the first tensor.
+        if (not _round_up(tensor_bytes, self._alignment, &stride)
+                or stride > (UINT64_MAX - self._alignment) // desc._num_tensors):
+            return LLM_PARAM_INVALID
+        slab_bytes = stride * desc._num_tensors
+        request_bytes = slab_bytes + self._alignment - RUNTIME_ALIGNMENT
+        if request_bytes > <uint64_t>SIZE_MAX:
+            return LLM_PARAM_INVALID
+        error = self.runtime_malloc(&address, request_bytes)
+        if error != ACL_SUCCESS:
+            return self.runtime_failure(error)
+        if llmdd_u64_insert(&self._caches, <uint64_t>_next_cache_id, <uintptr_t>address, request_bytes) != 0:
+            self.runtime_free(address)
+            return LLM_FAILED  # the host is out of memory for the cache table
+        cache._cache_id = _next_cache_id
+        _next_cache_id += 1
+        _round_up(<uintptr_t>address, self._alignment, &first_tensor)  # cannot overflow: the slack is there
+        cache._first_addr = <uintptr_t>first_tensor
+        cache._addr_stride = stride
+        cache._addr_count = desc._num_tensors
+        cache._caller_addrs = None
+        cache._desc = desc.copy()
+        return LLM_SUCCESS
+
+    def DeallocateCache(self, int64_t cache_id):
+        """Free a cache this engine allocated; LLM_KV_CACHE_NOT_EXIST for any other id."""
+        return _status(self.deallocate(cache_id))
+
+    cdef uint32_t deallocate(self, int64_t cache_id):
+        cdef llmdd_u64_slot* slot
+        cdef uint64_t address, request_bytes
+        cdef aclError error
+        self._last_acl_error = ACL_SUCCESS
+        if not self._initialized:
+            return LLM_FAILED
+        slot = llmdd_u64_find(&self._caches, <uint64_t>cache_id) if cache_id > 0 else NULL
+        if slot == NULL:
+            return LLM_KV_CACHE_NOT_EXIST
+        address = slot.first
+        request_bytes = slot.second
+        llmdd_u64_erase(&self._caches, slot)
+        error = self.runtime_free(<void*>address)
+        if error != ACL_SUCCESS:
+            # The runtime still holds the memory: keep the cache so a retry can free it.
+            # The erase left room, so this insert cannot fail.
+            llmdd_u64_insert(&self._caches, <uint64_t>cache_id, address, request_bytes)
+            return self.runtime_failure(error)
+        return LLM_SUCCESS
+
+    def Finalize(self):
+        """Free every cache this engine holds and release the device. Later calls answer
+        LLM_FAILED until the next Initialize."""
+        self.finalize()
+
+    cdef void finalize(self):
+        global _initialized_engines, _acl_initialized_by_llmdd
+        cdef uint64_t i
+        if not self._initialized:
+            return
+        self._initialized = False  # new calls fail from here on
+        while self._runtime_calls_in_flight:
+            with nogil:
+                sched_yield()
+        for i in range(self._caches.capacity):
+            if self._caches.slots[i].key != 0:
+                # An error here leaves the memory to aclrtResetDevice, which releases the rest.
+                self.runtime_free(<void*>self._caches.slots[i].first)
+        llmdd_u64_release(&self._caches)
+        aclrtDestroyContext(self._context)
+        self._context = NULL
+        aclrtResetDevice(self._device)
+        _initialized_engines -= 1
+        if _initialized_engines == 0 and _acl_initialized_by_llmdd:
+            aclFinalize()
+            _acl_initialized_by_llmdd = False
+
+    def __dealloc__(self):
+        self.finalize()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.finalize()
+        return False
+
+    # The Pythonic layer: same engine, exceptions instead of status codes.
+
+    def allocate_cache(self, CacheDesc cache_desc not None):
+        """A new Cache for cache_desc; LLMException when AllocateCache would not succeed."""
+        cdef Cache cache = Cache.__new__(Cache)
+        cdef uint32_t status = self.allocate(cache_desc, cache)
+        if status != LLM_SUCCESS:
+            raise self.exception(status, "allocate_cache")
+        return cache
+
+    def deallocate_cache(self, cache):
+        """Free a cache given as a Cache or a cache_id; LLMException when it cannot be freed."""
+        cdef int64_t cache_id = (<Cache>cache)._cache_id if isinstance(cache, Cache) else as_integer(cache, "cache")
+        cdef uint32_t status = self.deallocate(cache_id)
+        if status != LLM_SUCCESS:
+            raise self.exception(status, "deallocate_cache")
+
+    cdef object exception(self, uint32_t status, str call):
+        status_code = _status(status)
+        name = status_code.name if isinstance(status_code, LLMStatusCode) else "unknown status"
+        message = f"{call} failed: {name} ({status:#010x})"
+        if status == LLM_FAILED and not self._initialized:
+            message += "; the engine is not initialized"
+        elif self._last_acl_error != ACL_SUCCESS:
+            message += f"; ACL error {self._last_acl_error}: {self._last_error_detail}"
+        return LLMException(message, status_code)
+
+    # Runtime calls. The engine's context is bound on whichever thread calls (ACL binds
+    # contexts to threads) and the caller's context is put back after. The GIL is released
+    # while the runtime works; Finalize waits for such calls to end.
+
+    cdef aclError runtime_malloc(self, void** address, uint64_t nbytes):
+        cdef aclError error
+        cdef aclrtContext previous = NULL
+        self._runtime_calls_in_flight += 1
+        with nogil:
+            error = self.bind_context(&previous)
+            if error == ACL_SUCCESS:
+                error = aclrtMalloc(address, <size_t>nbytes, self._malloc_policy)
+                self.restore_context(previous)
+        self._runtime_calls_in_flight -= 1
+        return error
+
+    cdef aclError runtime_free(self, void* address):
+        cdef aclError error
+        cdef aclrtContext previous = NULL
+        self._runtime_calls_in_flight += 1
+        with nogil:
+            error = self.bind_context(&previous)
+            if error == ACL_SUCCESS:
+                error = aclrtFree(address)
+                self.restore_context(previous)
+        self._runtime_calls_in_flight -= 1
+        return error
+
+    cdef aclError bind_context(self, aclrtContext* previous) noexcept nogil:
+        if aclrtGetCurrentContext(previous) != ACL_SUCCESS:
+            previous[0] = NULL
+        if previous[0] == self._context:
+            return ACL_SUCCESS
+        return aclrtSetCurrentContext(self._context)
+
+    cdef void restore_context(self, aclrtContext previous) noexcept nogil:
+        # A thread that had no context keeps the engine's: the next call skips the switch.
+        if previous != NULL and previous != self._context:
+            aclrtSetCurrentContext(previous)
+
+    cdef uint32_t runtime_failure(self, aclError error):
+        """Record a failed runtime call for LLMException and map it to a status (issue #3)."""
+        cdef const char* message = aclGetRecentErrMsg()
+        self._last_acl_error = error
+        self._last_error_detail = message.decode("utf-8", "replace") if message != NULL else "no message"
+        if error == ACL_ERROR_RT_MEMORY_ALLOCATION or error == ACL_ERROR_BAD_ALLOC or error == ACL_ERROR_RT_DEVICE_OOM:
+            return LLM_DEVICE_OUT_OF_MEMORY
+        if error == ACL_ERROR_RT_INVALID_DEVICEID or error == ACL_ERROR_INVALID_DEVICE:
+            return LLM_PARAM_INVALID
+        return LLM_FAILED
+
+    def device_memory_info(self):
+        """(free, total) bytes of the engine's device, from aclrtGetMemInfo."""
+        cdef size_t free_bytes = 0, total_bytes = 0
+        cdef aclError error
+        cdef aclrtContext previous = NULL
+        if not self._initialized:
+            raise self.exception(LLM_FAILED, "device_memory_info")
+        with nogil:
+            error = self.bind_context(&previous)
+            if error == ACL_SUCCESS:
+                error = aclrtGetMemInfo(ACL_HBM_MEM, &free_bytes, &total_bytes)
+                self.restore_context(previous)
+        if error != ACL_SUCCESS:
+            raise self.exception(self.runtime_failure(error), "device_memory_info")
+        return free_bytes, total_bytes
+
+    def __repr__(self):
+        state = f"device {self._device}" if self._initialized else "not initialized"
+        return f"LlmDataDist(cluster_id={self.cluster_id}, role={LlmRole(self._role)!r}, {state})"
+
+
+include "_sim_control.pxi"

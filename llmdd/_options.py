@@ -1,0 +1,95 @@
+"""Initialize's options: LLM-DataDist's string-to-string map, checked and turned into settings.
+
+Keys and their rules are in shared/spec/llm-datadist.md section 4. Keys this module does not
+know are ignored, as the C++ library ignores them. A malformed value of a known key is
+LLM_PARAM_INVALID; a Python value that is not a str is a TypeError.
+"""
+from ._desc import LLMStatusCode
+
+DEVICE_ID_KEYS = ("llm.DeviceId", "ge.exec.deviceId")
+SYNC_KV_WAIT_TIME = "llm.SyncKvCacheWaitTime"
+LISTEN_IP_INFO = "llm.ListenIpInfo"
+ENABLE_SWITCH_ROLE = "llm.EnableSwitchRole"
+# llmdd's own options live in the llmdd namespace.
+TENSOR_ALIGNMENT = "llmdd.TensorAlignment"
+MALLOC_POLICY = "llmdd.MallocPolicy"
+
+DEFAULT_TENSOR_ALIGNMENT = 512  # LLM-DataDist v1 aligns every tensor to 512 bytes
+MIN_TENSOR_ALIGNMENT = 512
+MAX_TENSOR_ALIGNMENT = 1 << 30
+INT32_MAX = (1 << 31) - 1
+# aclrtMemMallocPolicy values (spec section 7), by the names llmdd.MallocPolicy takes.
+MALLOC_POLICIES = {"huge_first": 0, "huge_only": 1, "normal_only": 2}
+
+
+class OptionError(Exception):
+    """A known option with a malformed value: Initialize answers LLM_PARAM_INVALID."""
+
+    status_code = LLMStatusCode.LLM_PARAM_INVALID
+
+
+class EngineOptions:
+    """What Initialize takes from its options."""
+
+    __slots__ = ("device_id", "tensor_alignment", "malloc_policy", "sync_kv_wait_ms", "listen_ip_info")
+
+    def __init__(self):
+        self.device_id = 0
+        self.tensor_alignment = DEFAULT_TENSOR_ALIGNMENT
+        self.malloc_policy = MALLOC_POLICIES["huge_first"]
+        self.sync_kv_wait_ms = None
+        self.listen_ip_info = None
+
+
+def parse_decimal(text, key, low, high):
+    """A plain decimal integer in [low, high]: ASCII digits only, no sign, no spaces."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 20:
+        raise OptionError(f"{key}={text!r} is not a decimal integer")
+    value = int(text)
+    if not low <= value <= high:
+        raise OptionError(f"{key}={text!r} is outside [{low}, {high}]")
+    return value
+
+
+def parse_ip_port(text, key):
+    """'a.b.c.d:port' with a dotted IPv4 address and a port in [0, 65535]."""
+    host, colon, port = text.rpartition(":")
+    parts = host.split(".")
+    if not colon or len(parts) != 4:
+        raise OptionError(f"{key}={text!r} is not 'ip:port'")
+    for part in parts:
+        parse_decimal(part, key, 0, 255)
+    return host, parse_decimal(port, key, 0, 65535)
+
+
+def parse_options(options):
+    """EngineOptions from Initialize's map; OptionError for a malformed known value."""
+    if not hasattr(options, "items"):
+        raise TypeError(f"options must be a dict of str to str, not {type(options).__name__}")
+    for key, value in options.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(f"options must map str to str, got {key!r}: {value!r}")
+    parsed = EngineOptions()
+    device_ids = {parse_decimal(options[key], key, 0, INT32_MAX) for key in DEVICE_ID_KEYS if key in options}
+    if len(device_ids) > 1:
+        raise OptionError(f"{' and '.join(DEVICE_ID_KEYS)} name different devices")
+    if device_ids:
+        parsed.device_id = device_ids.pop()
+    if SYNC_KV_WAIT_TIME in options:
+        parsed.sync_kv_wait_ms = parse_decimal(options[SYNC_KV_WAIT_TIME], SYNC_KV_WAIT_TIME, 1, INT32_MAX)
+    if LISTEN_IP_INFO in options:
+        parsed.listen_ip_info = parse_ip_port(options[LISTEN_IP_INFO], LISTEN_IP_INFO)
+    if ENABLE_SWITCH_ROLE in options and options[ENABLE_SWITCH_ROLE] not in ("0", "1"):
+        raise OptionError(f"{ENABLE_SWITCH_ROLE}={options[ENABLE_SWITCH_ROLE]!r} is not '0' or '1'")
+    if TENSOR_ALIGNMENT in options:
+        alignment = parse_decimal(options[TENSOR_ALIGNMENT], TENSOR_ALIGNMENT, MIN_TENSOR_ALIGNMENT,
+                                  MAX_TENSOR_ALIGNMENT)
+        if alignment & (alignment - 1):
+            raise OptionError(f"{TENSOR_ALIGNMENT}={alignment} is not a power of two")
+        parsed.tensor_alignment = alignment
+    if MALLOC_POLICY in options:
+        policy = options[MALLOC_POLICY]
+        if policy not in MALLOC_POLICIES:
+            raise OptionError(f"{MALLOC_POLICY}={policy!r} is not one of {', '.join(MALLOC_POLICIES)}")
+        parsed.malloc_policy = MALLOC_POLICIES[policy]
+    return parsed
