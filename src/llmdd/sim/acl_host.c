@@ -71,7 +71,7 @@ static _Thread_local char recent_error[256];
 static aclError fail(aclError error, const char *format, ...) {
     va_list args;
     va_start(args, format);
-    int used = snprintf(recent_error, sizeof recent_error, "llmdd host runtime error %d: ", error);
+    int used = snprintf(recent_error, sizeof recent_error, "llmdd host runtime: ");
     vsnprintf(recent_error + used, sizeof recent_error - (size_t)used, format, args);
     va_end(args);
     return error;

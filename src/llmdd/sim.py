@@ -1,6 +1,6 @@
 """Controls of llmdd's host runtime (the `sim` build) for tests: fault injection and counters.
 
-On a build against CANN's runtime every function raises RuntimeError.
+On a build against CANN's runtime (-Druntime=acl) every function raises RuntimeError.
 """
 from ._datadist import SIM_CALLS as CALLS
 from ._datadist import _sim_call_count, _sim_device_usage, _sim_inject_failure

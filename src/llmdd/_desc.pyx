@@ -128,13 +128,13 @@ cdef class CacheDesc:
     def shape(self, value):
         if not isinstance(value, (list, tuple)):
             raise TypeError(f"shape must be a list or tuple of ints, not {type(value).__name__}")
-        cdef list dims = [_checked_range(dim, "shape dim", -INT64_MAX - 1, INT64_MAX) for dim in value]
+        cdef list dims = [_checked_range(item, "shape dim", -INT64_MAX - 1, INT64_MAX) for item in value]
         cdef bint positive = True
         cdef bint overflow = False
         cdef uint64_t elements = 1
         cdef int64_t dim
-        for item in dims:
-            dim = item
+        for number in dims:
+            dim = number
             if dim <= 0:
                 positive = False
             elif not overflow:

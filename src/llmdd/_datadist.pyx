@@ -245,10 +245,10 @@ cdef class LlmDataDist:
         if desc.tensor_bytes(&tensor_bytes) != LLM_SUCCESS:
             return LLM_PARAM_INVALID
         # One slab per cache: tensors at aligned offsets, one runtime call, one region to
-        # register with a transfer engine. The runtime only promises 64-byte starts, so ask
-        # for enough slack to align the first tensor.
+        # register with a transfer engine. Its size, like a tensor's, must fit in int64.
+        # The runtime only promises 64-byte starts, so ask for slack to align the first tensor.
         if (not _round_up(tensor_bytes, self._alignment, &stride)
-                or stride > (UINT64_MAX - self._alignment) // desc._num_tensors):
+                or stride > <uint64_t>INT64_MAX // desc._num_tensors):
             return LLM_PARAM_INVALID
         slab_bytes = stride * desc._num_tensors
         request_bytes = slab_bytes + self._alignment - RUNTIME_ALIGNMENT

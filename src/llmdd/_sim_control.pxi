@@ -13,7 +13,7 @@ SIM_CALLS = tuple(llmdd_sim_call_names[i].decode("ascii") for i in range(LLMDD_S
 
 cdef int _require_simulation() except -1:
     if not LLMDD_SIMULATED:
-        raise RuntimeError("llmdd was built with backend=acl: the host runtime's controls do not exist")
+        raise RuntimeError("llmdd was built with -Druntime=acl: the host runtime's controls do not exist")
     return 0
 
 

@@ -1,0 +1,194 @@
+"""Initialize, Finalize, engine lifetime, threads and the context manager."""
+import gc
+import subprocess
+import sys
+import threading
+
+import pytest
+from conftest import seed_desc
+
+import llmdd
+import llmdd.sim
+from llmdd import Cache, LlmDataDist, LlmRole
+
+
+def new_engine():
+    return LlmDataDist(0, LlmRole.kPrompt)
+
+
+def test_constructor_checks_its_arguments():
+    assert LlmDataDist(2**64 - 1, LlmRole.kMix).cluster_id == 2**64 - 1
+    assert LlmDataDist(0, 2).role is LlmRole.kDecoder
+    with pytest.raises(TypeError, match="cluster_id"):
+        LlmDataDist("0", LlmRole.kPrompt)
+    with pytest.raises(ValueError, match="cluster_id"):
+        LlmDataDist(-1, LlmRole.kPrompt)
+    with pytest.raises(ValueError):
+        LlmDataDist(0, 7)
+    with pytest.raises(TypeError, match="role"):
+        LlmDataDist(0, "prompt")
+
+
+def test_construction_touches_no_runtime():
+    dd = new_engine()
+    assert not dd.initialized and dd.device_id == -1
+
+
+@pytest.mark.parametrize("options,device", [
+    ({}, 0), ({"llm.DeviceId": "3"}, 3), ({"ge.exec.deviceId": "2"}, 2),
+    ({"llm.DeviceId": "1", "ge.exec.deviceId": "1"}, 1), ({"llm.DeviceId": "007"}, 7),
+    ({"some.UnknownKey": "whatever"}, 0),
+])
+def test_initialize_picks_the_device(options, device):
+    with new_engine() as dd:
+        assert dd.Initialize(options) == llmdd.LLM_SUCCESS
+        assert dd.device_id == device
+        cache = dd.allocate_cache(seed_desc())
+        assert dd.DeallocateCache(cache.cache_id) == llmdd.LLM_SUCCESS
+
+
+@pytest.mark.parametrize("options", [
+    {"llm.DeviceId": ""}, {"llm.DeviceId": "-1"}, {"llm.DeviceId": "x"}, {"llm.DeviceId": " 1"},
+    {"llm.DeviceId": "1.0"}, {"llm.DeviceId": "٣"}, {"llm.DeviceId": "99999999999"},
+    {"ge.exec.deviceId": "+1"}, {"llm.DeviceId": "0", "ge.exec.deviceId": "1"},
+    {"llm.DeviceId": "4096"},                      # parses, but no such device
+    {"llm.SyncKvCacheWaitTime": "0"}, {"llm.SyncKvCacheWaitTime": "-5"}, {"llm.SyncKvCacheWaitTime": "1s"},
+    {"llm.ListenIpInfo": "127.0.0.1"}, {"llm.ListenIpInfo": "1.2.3:80"}, {"llm.ListenIpInfo": "1.2.3.256:80"},
+    {"llm.ListenIpInfo": "1.2.3.4:65536"}, {"llm.EnableSwitchRole": "yes"},
+    {"llmdd.TensorAlignment": "256"}, {"llmdd.TensorAlignment": "1000"}, {"llmdd.TensorAlignment": str(2**31)},
+    {"llmdd.MallocPolicy": "fastest"},
+])
+def test_malformed_options_are_param_invalid(options):
+    with new_engine() as dd:
+        assert dd.Initialize(options) == llmdd.LLM_PARAM_INVALID
+        assert not dd.initialized
+        assert dd.AllocateCache(seed_desc(), Cache()) == llmdd.LLM_FAILED
+        assert dd.Initialize({}) == llmdd.LLM_SUCCESS  # nothing half-made stays behind
+
+
+def test_well_formed_known_options_are_accepted():
+    options = {"llm.SyncKvCacheWaitTime": "1000", "llm.ListenIpInfo": "192.168.1.2:26000",
+               "llm.EnableSwitchRole": "1", "llmdd.TensorAlignment": str(2 << 20),
+               "llmdd.MallocPolicy": "huge_only"}
+    with new_engine() as dd:
+        assert dd.Initialize(options) == llmdd.LLM_SUCCESS
+
+
+@pytest.mark.parametrize("alignment", [512, 4096, 2 << 20])
+def test_tensor_alignment_option(alignment):
+    with new_engine() as dd:
+        assert dd.Initialize({"llmdd.TensorAlignment": str(alignment)}) == llmdd.LLM_SUCCESS
+        cache = dd.allocate_cache(llmdd.CacheDesc(5, [3], llmdd.DT_INT8))
+        assert all(address % alignment == 0 for address in cache.tensor_addrs)
+
+
+@pytest.mark.parametrize("options", [None, [("llm.DeviceId", "0")], {"llm.DeviceId": 0}, {1: "0"}])
+def test_options_of_the_wrong_type_raise_type_error(options):
+    with pytest.raises(TypeError):
+        new_engine().Initialize(options)
+
+
+def test_second_initialize_is_success_and_changes_nothing():
+    with new_engine() as dd:
+        assert dd.Initialize({"llm.DeviceId": "1"}) == llmdd.LLM_SUCCESS
+        cache = dd.allocate_cache(seed_desc())
+        assert dd.Initialize({"llm.DeviceId": "2"}) == llmdd.LLM_SUCCESS
+        assert dd.device_id == 1
+        assert dd.DeallocateCache(cache.cache_id) == llmdd.LLM_SUCCESS
+
+
+def test_finalize_frees_live_caches_and_allows_a_new_initialize():
+    dd = new_engine()
+    assert dd.Initialize({}) == llmdd.LLM_SUCCESS
+    free_before, _ = dd.device_memory_info()
+    caches = [dd.allocate_cache(seed_desc()) for _ in range(5)]
+    assert dd.device_memory_info()[0] < free_before
+    dd.Finalize()
+    dd.Finalize()  # a second Finalize is harmless
+    assert not dd.initialized
+    assert dd.Initialize({}) == llmdd.LLM_SUCCESS
+    assert dd.device_memory_info()[0] == free_before
+    assert all(dd.DeallocateCache(cache.cache_id) == llmdd.LLM_KV_CACHE_NOT_EXIST for cache in caches)
+    dd.Finalize()
+
+
+def test_finalize_of_one_engine_leaves_another_working():
+    with new_engine() as first, new_engine() as second:
+        assert first.Initialize({}) == llmdd.LLM_SUCCESS
+        assert second.Initialize({}) == llmdd.LLM_SUCCESS
+        kept = second.allocate_cache(seed_desc())
+        first.Finalize()
+        assert second.allocate_cache(seed_desc()).cache_id > kept.cache_id
+        assert second.DeallocateCache(kept.cache_id) == llmdd.LLM_SUCCESS
+
+
+def test_context_manager_finalizes():
+    with new_engine() as dd:
+        assert dd.Initialize({}) == llmdd.LLM_SUCCESS
+        dd.allocate_cache(seed_desc())
+    assert not dd.initialized
+
+
+@pytest.mark.sim_only
+def test_dropping_an_engine_without_finalize_frees_its_memory():
+    with new_engine() as witness:  # keeps the runtime up so usage can be read after the drop
+        assert witness.Initialize({}) == llmdd.LLM_SUCCESS
+        before = llmdd.sim.device_usage(0)
+        dd = new_engine()
+        assert dd.Initialize({}) == llmdd.LLM_SUCCESS
+        for _ in range(10):
+            dd.allocate_cache(seed_desc())
+        assert llmdd.sim.device_usage(0)[1] == before[1] + 10
+        del dd
+        gc.collect()
+        assert llmdd.sim.device_usage(0) == before
+
+
+def test_allocate_and_deallocate_from_a_thread_that_did_not_initialize(engine):
+    results = {}
+
+    def worker():
+        cache = Cache()
+        results["allocate"] = engine.AllocateCache(seed_desc(), cache)
+        results["deallocate"] = engine.DeallocateCache(cache.cache_id)
+        results["free"] = engine.device_memory_info()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert results["allocate"] == llmdd.LLM_SUCCESS
+    assert results["deallocate"] == llmdd.LLM_SUCCESS
+
+
+def test_concurrent_allocations_never_overlap(engine):
+    spans, errors = [], []
+    lock = threading.Lock()
+
+    def worker(seed):
+        try:
+            for round_ in range(50):
+                desc = llmdd.CacheDesc(4, [64 + seed + round_], llmdd.DT_INT8)
+                cache = engine.allocate_cache(desc)
+                with lock:
+                    spans.extend((address, address + desc.size) for address in cache.tensor_addrs)
+        except Exception as error:  # reported below, with the thread's seed
+            errors.append((seed, error))
+
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    spans.sort()
+    assert len(spans) == 4 * 50 * 4
+    assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:]))
+
+
+def test_cache_ids_start_at_one_in_a_fresh_process():
+    script = ("import llmdd\n"
+              "dd = llmdd.LlmDataDist(0, llmdd.LlmRole.kPrompt)\n"
+              "assert dd.Initialize({}) == llmdd.LLM_SUCCESS\n"
+              "print([dd.allocate_cache(llmdd.CacheDesc(1, [1], llmdd.DT_INT8)).cache_id for _ in range(3)])\n")
+    output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert output.strip() == "[1, 2, 3]"
