@@ -1,19 +1,25 @@
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, uintptr_t
 
 from ._acl cimport aclError, aclrtContext, aclrtMemMallocPolicy
-from ._desc cimport CacheDesc
+from ._desc cimport CacheDesc, DescFields
 from ._u64_table cimport llmdd_u64_table
 
 
 cdef class Cache:
     cdef int64_t _cache_id
+    # The descriptor: a CacheDesc once one was set or read, else kept as C fields and built
+    # on first read, so that allocating makes no Python object the caller did not ask for.
     cdef CacheDesc _desc
+    cdef DescFields _desc_fields
+    cdef tuple _desc_shape
     # Tensor addresses. A cache the engine filled keeps them as first + i * stride; addresses
     # a caller set are kept as given, in _caller_addrs.
     cdef uintptr_t _first_addr
     cdef uint64_t _addr_stride
     cdef uint32_t _addr_count
     cdef tuple _caller_addrs
+
+    cdef CacheDesc desc(self)
 
 
 cdef class LlmDataDist:

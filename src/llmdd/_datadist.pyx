@@ -31,7 +31,7 @@ from ._acl cimport (
     aclrtSetCurrentContext,
     aclrtSetDevice,
 )
-from ._desc cimport CacheDesc, as_integer
+from ._desc cimport CacheDesc, as_integer, tensor_bytes
 from ._llm_facts cimport (
     LLM_DEVICE_OUT_OF_MEMORY,
     LLM_FAILED,
@@ -104,7 +104,12 @@ cdef class Cache:
 
     def __cinit__(self):
         self._cache_id = -1
-        self._desc = CacheDesc.__new__(CacheDesc)
+
+    cdef CacheDesc desc(self):
+        if self._desc is None:
+            self._desc = (CacheDesc() if self._desc_shape is None
+                          else CacheDesc.from_fields(&self._desc_fields, self._desc_shape))
+        return self._desc
 
     @property
     def cache_id(self):
@@ -137,7 +142,7 @@ cdef class Cache:
 
     @property
     def cache_desc(self):
-        return self._desc
+        return self.desc()
 
     @cache_desc.setter
     def cache_desc(self, value):
@@ -146,7 +151,7 @@ cdef class Cache:
         self._desc = value
 
     def __repr__(self):
-        return f"Cache(cache_id={self._cache_id}, num_tensors={self._addr_count}, cache_desc={self._desc!r})"
+        return f"Cache(cache_id={self._cache_id}, num_tensors={self._addr_count}, cache_desc={self.desc()!r})"
 
 
 cdef class LlmDataDist:
@@ -234,23 +239,23 @@ cdef class LlmDataDist:
     # Hot path: typed locals only, no Python object but the ones the caller gets back.
     cdef uint32_t allocate(self, CacheDesc desc, Cache cache):
         global _next_cache_id
-        cdef uint64_t tensor_bytes, stride, slab_bytes, request_bytes, first_tensor
+        cdef uint64_t nbytes, stride, slab_bytes, request_bytes, first_tensor
         cdef void* address = NULL
         cdef aclError error
         self._last_acl_error = ACL_SUCCESS
         if not self._initialized:
             return LLM_FAILED
-        if desc._placement != LLMDD_kDevice:
+        if desc.fields.placement != LLMDD_kDevice:
             return LLM_PARAM_INVALID  # "only support device cache" (spec section 4)
-        if desc.tensor_bytes(&tensor_bytes) != LLM_SUCCESS:
+        if tensor_bytes(&desc.fields, &nbytes) != LLM_SUCCESS:
             return LLM_PARAM_INVALID
         # One slab per cache: tensors at aligned offsets, one runtime call, one region to
         # register with a transfer engine. Its size, like a tensor's, must fit in int64.
         # The runtime only promises 64-byte starts, so ask for slack to align the first tensor.
-        if (not _round_up(tensor_bytes, self._alignment, &stride)
-                or stride > <uint64_t>INT64_MAX // desc._num_tensors):
+        if (not _round_up(nbytes, self._alignment, &stride)
+                or stride > <uint64_t>INT64_MAX // desc.fields.num_tensors):
             return LLM_PARAM_INVALID
-        slab_bytes = stride * desc._num_tensors
+        slab_bytes = stride * desc.fields.num_tensors
         request_bytes = slab_bytes + self._alignment - RUNTIME_ALIGNMENT
         if request_bytes > <uint64_t>SIZE_MAX:
             return LLM_PARAM_INVALID
@@ -265,9 +270,11 @@ cdef class LlmDataDist:
         _round_up(<uintptr_t>address, self._alignment, &first_tensor)  # cannot overflow: the slack is there
         cache._first_addr = <uintptr_t>first_tensor
         cache._addr_stride = stride
-        cache._addr_count = desc._num_tensors
+        cache._addr_count = desc.fields.num_tensors
         cache._caller_addrs = None
-        cache._desc = desc.copy()
+        cache._desc_fields = desc.fields
+        cache._desc_shape = desc._shape
+        cache._desc = None
         return LLM_SUCCESS
 
     def DeallocateCache(self, int64_t cache_id):

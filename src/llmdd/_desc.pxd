@@ -1,19 +1,32 @@
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 
-cdef class CacheDesc:
-    cdef uint32_t _num_tensors
-    cdef int64_t _data_type
-    cdef uint32_t _placement
-    cdef tuple _shape
-    # Derived from _shape when it is set, so AllocateCache reads C fields only.
-    cdef Py_ssize_t _ndim
-    cdef bint _dims_positive
-    cdef uint64_t _elements          # product of the dims, when it fits
-    cdef bint _elements_overflow
+# A CacheDesc's values as C data: what AllocateCache reads, and what a Cache keeps of the
+# descriptor it was allocated for. The shape's derived facts are computed when it is set.
+cdef struct DescFields:
+    uint32_t num_tensors
+    int64_t data_type
+    uint32_t placement
+    Py_ssize_t ndim
+    bint dims_positive
+    uint64_t elements             # product of the dims, when it fits
+    bint elements_overflow
 
-    cdef uint32_t tensor_bytes(self, uint64_t* nbytes) noexcept nogil
-    cdef CacheDesc copy(self)
+
+cdef uint32_t tensor_bytes(const DescFields* fields, uint64_t* nbytes) noexcept nogil
+
+
+cdef class CacheDesc:
+    cdef DescFields fields
+    cdef tuple _shape
+
+    cdef int set_num_tensors(self, object value) except -1
+    cdef int set_data_type(self, object value) except -1
+    cdef int set_placement(self, object value) except -1
+    cdef int set_shape(self, object value) except -1
+
+    @staticmethod
+    cdef CacheDesc from_fields(const DescFields* fields, tuple shape)
 
 
 cdef object as_integer(object value, str field)

@@ -6,8 +6,10 @@ once. CacheDesc checks Python types when a field is set (TypeError/ValueError na
 field) and leaves the semantic rules (zero tensors, bad dims, sizeless types, placement) to
 AllocateCache, which answers them with LLM_PARAM_INVALID as the C++ library does.
 """
+from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.number cimport PyNumber_Index
-from libc.stdint cimport INT32_MAX, INT32_MIN, INT64_MAX, UINT32_MAX, UINT64_MAX
+from cpython.list cimport PyList_AsTuple
+from libc.stdint cimport INT32_MAX, INT32_MIN, INT64_MAX, INT64_MIN, UINT32_MAX, UINT64_MAX
 
 from ._llm_facts cimport (
     DT_UNDEFINED,
@@ -70,11 +72,13 @@ cdef object as_integer(object value, str field):
         raise TypeError(f"{field} must be an int, not {type(value).__name__}") from None
 
 
-cdef object _checked_range(object value, str field, object low, object high):
-    number = as_integer(value, field)
-    if not low <= number <= high:
-        raise ValueError(f"{field} must be in [{low}, {high}], got {number}")
-    return number
+cdef int64_t _checked_int64(object value, str field, int64_t low, int64_t high) except? -1:
+    """`value` as a C integer in [low, high]: TypeError for a non-integer, ValueError outside."""
+    cdef int overflow = 0
+    cdef long long number = PyLong_AsLongLongAndOverflow(as_integer(value, field), &overflow)
+    if overflow == 0 and low <= number <= high:
+        return number
+    raise ValueError(f"{field} must be in [{low}, {high}], got {as_integer(value, field)}")
 
 
 cdef class CacheDesc:
@@ -85,39 +89,79 @@ cdef class CacheDesc:
     """
 
     def __cinit__(self):
-        self._placement = LLMDD_kDevice
-        self._data_type = DT_UNDEFINED
+        self.fields.placement = LLMDD_kDevice
+        self.fields.data_type = DT_UNDEFINED
+        self.fields.dims_positive = True
+        self.fields.elements = 1
         self._shape = ()
 
     def __init__(self, num_tensors=0, shape=(), data_type=DT_UNDEFINED, placement=LLMDD_kDevice):
-        self.num_tensors = num_tensors
-        self.shape = shape
-        self.data_type = data_type
-        self.placement = placement
+        self.set_num_tensors(num_tensors)
+        self.set_shape(shape)
+        self.set_data_type(data_type)
+        self.set_placement(placement)
+
+    cdef int set_num_tensors(self, object value) except -1:
+        self.fields.num_tensors = <uint32_t>_checked_int64(value, "num_tensors", 0, UINT32_MAX)
+
+    cdef int set_data_type(self, object value) except -1:
+        self.fields.data_type = _checked_int64(value, "data_type", INT32_MIN, INT32_MAX)
+
+    cdef int set_placement(self, object value) except -1:
+        self.fields.placement = <uint32_t>_checked_int64(value, "placement", 0, UINT32_MAX)
+
+    cdef int set_shape(self, object value) except -1:
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"shape must be a list or tuple of ints, not {type(value).__name__}")
+        cdef Py_ssize_t ndim = len(value)
+        cdef tuple shape = PyList_AsTuple(value) if isinstance(value, list) else value
+        cdef bint positive = True
+        cdef bint overflow = False
+        cdef uint64_t elements = 1
+        cdef int64_t dim
+        for item in shape:
+            if type(item) is not int:
+                # An __index__ type (numpy.int64, say): keep plain ints, like C++ keeps int64_t.
+                shape = tuple([as_integer(dim_value, "shape dim") for dim_value in shape])
+                break
+        for item in shape:
+            dim = _checked_int64(item, "shape dim", INT64_MIN, INT64_MAX)
+            if dim <= 0:
+                positive = False
+            elif not overflow:
+                if elements > UINT64_MAX // <uint64_t>dim:
+                    overflow = True
+                else:
+                    elements *= <uint64_t>dim
+        self._shape = shape
+        self.fields.ndim = ndim
+        self.fields.dims_positive = positive
+        self.fields.elements = elements
+        self.fields.elements_overflow = overflow
 
     @property
     def num_tensors(self):
-        return self._num_tensors
+        return self.fields.num_tensors
 
     @num_tensors.setter
     def num_tensors(self, value):
-        self._num_tensors = _checked_range(value, "num_tensors", 0, UINT32_MAX)
+        self.set_num_tensors(value)
 
     @property
     def data_type(self):
-        return _data_type_by_value.get(self._data_type, self._data_type)
+        return _data_type_by_value.get(self.fields.data_type, self.fields.data_type)
 
     @data_type.setter
     def data_type(self, value):
-        self._data_type = _checked_range(value, "data_type", INT32_MIN, INT32_MAX)
+        self.set_data_type(value)
 
     @property
     def placement(self):
-        return _placement_by_value.get(self._placement, self._placement)
+        return _placement_by_value.get(self.fields.placement, self.fields.placement)
 
     @placement.setter
     def placement(self, value):
-        self._placement = _checked_range(value, "placement", 0, UINT32_MAX)
+        self.set_placement(value)
 
     @property
     def shape(self):
@@ -126,86 +170,43 @@ cdef class CacheDesc:
 
     @shape.setter
     def shape(self, value):
-        if not isinstance(value, (list, tuple)):
-            raise TypeError(f"shape must be a list or tuple of ints, not {type(value).__name__}")
-        cdef list dims = [_checked_range(item, "shape dim", -INT64_MAX - 1, INT64_MAX) for item in value]
-        cdef bint positive = True
-        cdef bint overflow = False
-        cdef uint64_t elements = 1
-        cdef int64_t dim
-        for number in dims:
-            dim = number
-            if dim <= 0:
-                positive = False
-            elif not overflow:
-                if elements > UINT64_MAX // <uint64_t>dim:
-                    overflow = True
-                else:
-                    elements *= <uint64_t>dim
-        self._shape = tuple(dims)
-        self._ndim = len(dims)
-        self._dims_positive = positive
-        self._elements = elements
-        self._elements_overflow = overflow
+        self.set_shape(value)
 
     @property
     def size(self):
         """Bytes of one tensor; ValueError when the shape or data type give it no size."""
         cdef uint64_t nbytes
-        if self.tensor_bytes(&nbytes) != LLM_SUCCESS:
+        if tensor_bytes(&self.fields, &nbytes) != LLM_SUCCESS:
             raise ValueError(f"{self!r} has no valid tensor size")
         return nbytes
 
-    cdef uint32_t tensor_bytes(self, uint64_t* nbytes) noexcept nogil:
-        """LLM_SUCCESS and the bytes of one tensor, or LLM_PARAM_INVALID (spec section 4)."""
-        cdef uint64_t bits = llmdd_data_type_bits(self._data_type)
-        cdef uint64_t elements = self._elements
-        cdef uint64_t whole_bytes
-        if (self._num_tensors == 0 or self._ndim == 0 or self._ndim >= MAX_DIMS
-                or not self._dims_positive or self._elements_overflow or bits == 0):
-            return LLM_PARAM_INVALID
-        # ceil(elements * bits / 8) without overflowing the product: whole groups of 8
-        # elements take exactly `bits` bytes, the rest round up.
-        if elements // 8 > <uint64_t>INT64_MAX // bits:
-            return LLM_PARAM_INVALID
-        whole_bytes = (elements // 8) * bits
-        nbytes[0] = whole_bytes + ((elements % 8) * bits + 7) // 8
-        if nbytes[0] > <uint64_t>INT64_MAX or nbytes[0] < whole_bytes:
-            return LLM_PARAM_INVALID
-        return LLM_SUCCESS
-
-    cdef CacheDesc copy(self):
-        cdef CacheDesc twin = CacheDesc.__new__(CacheDesc)
-        twin._num_tensors = self._num_tensors
-        twin._data_type = self._data_type
-        twin._placement = self._placement
-        twin._shape = self._shape
-        twin._ndim = self._ndim
-        twin._dims_positive = self._dims_positive
-        twin._elements = self._elements
-        twin._elements_overflow = self._elements_overflow
-        return twin
+    @staticmethod
+    cdef CacheDesc from_fields(const DescFields* fields, tuple shape):
+        cdef CacheDesc desc = CacheDesc.__new__(CacheDesc)
+        desc.fields = fields[0]
+        desc._shape = shape
+        return desc
 
     def __copy__(self):
-        return self.copy()
+        return CacheDesc.from_fields(&self.fields, self._shape)
 
     def __deepcopy__(self, memo):
-        return self.copy()
+        return CacheDesc.from_fields(&self.fields, self._shape)
 
     def __reduce__(self):
-        return (CacheDesc, (self._num_tensors, self._shape, self._data_type, self._placement))
+        return (CacheDesc, (self.fields.num_tensors, self._shape, self.fields.data_type, self.fields.placement))
 
     def __eq__(self, other):
         if not isinstance(other, CacheDesc):
             return NotImplemented
         cdef CacheDesc that = other
-        return (self._num_tensors == that._num_tensors and self._data_type == that._data_type
-                and self._placement == that._placement and self._shape == that._shape)
+        return (self.fields.num_tensors == that.fields.num_tensors and self.fields.data_type == that.fields.data_type
+                and self.fields.placement == that.fields.placement and self._shape == that._shape)
 
     __hash__ = None  # mutable, like the C++ struct
 
     def __repr__(self):
-        return (f"CacheDesc(num_tensors={self._num_tensors}, shape={list(self._shape)}, "
+        return (f"CacheDesc(num_tensors={self.fields.num_tensors}, shape={list(self._shape)}, "
                 f"data_type={_enum_text(self.data_type)}, placement={_enum_text(self.placement)})")
 
 
@@ -214,3 +215,22 @@ cdef str _enum_text(object value):
     if isinstance(value, enum.Enum):
         return f"{type(value).__name__}.{value.name}"
     return str(value)
+
+
+cdef uint32_t tensor_bytes(const DescFields* fields, uint64_t* nbytes) noexcept nogil:
+    """LLM_SUCCESS and the bytes of one tensor, or LLM_PARAM_INVALID (spec section 4)."""
+    cdef uint64_t bits = llmdd_data_type_bits(fields.data_type)
+    cdef uint64_t elements = fields.elements
+    cdef uint64_t whole_bytes
+    if (fields.num_tensors == 0 or fields.ndim == 0 or fields.ndim >= MAX_DIMS
+            or not fields.dims_positive or fields.elements_overflow or bits == 0):
+        return LLM_PARAM_INVALID
+    # ceil(elements * bits / 8) without overflowing the product: whole groups of 8
+    # elements take exactly `bits` bytes, the rest round up.
+    if elements // 8 > <uint64_t>INT64_MAX // bits:
+        return LLM_PARAM_INVALID
+    whole_bytes = (elements // 8) * bits
+    nbytes[0] = whole_bytes + ((elements % 8) * bits + 7) // 8
+    if nbytes[0] > <uint64_t>INT64_MAX or nbytes[0] < whole_bytes:
+        return LLM_PARAM_INVALID
+    return LLM_SUCCESS

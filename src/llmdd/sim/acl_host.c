@@ -33,8 +33,11 @@
 /* From this size on, an allocation is address space reserved with mmap and committed only
  * when touched, so a 16 GiB simulated cache costs no host RAM until it is written. */
 #define SIM_RESERVE_THRESHOLD (1ull << 20)
-/* Allocation tags keep the device in the low bits and this flag for mmap-backed memory. */
+/* Allocation tags keep the device in the low 32 bits, a flag for mmap-backed memory, and for
+ * malloc-backed memory the distance from malloc's pointer to the 64-byte-aligned start. */
 #define SIM_RESERVED_FLAG (1ull << 32)
+#define SIM_OFFSET_SHIFT 40
+#define SIM_DEVICE_OF(tag) ((int32_t)((tag) & 0xFFFFFFFFu))
 #define SIM_MEM_ATTR_COUNT 12 /* aclrtMemAttr has values 0..11 */
 #define SIM_VERSION_MAJOR 1
 #define SIM_VERSION_MINOR 0
@@ -156,11 +159,26 @@ static aclError read_configuration(uint32_t *device_count, uint64_t *device_memo
     return ACL_SUCCESS;
 }
 
+/* Host memory behind `bytes` device bytes, 64-byte aligned; NULL when the host has none.
+ * Plain malloc with room to align costs a fraction of posix_memalign on the hot path. */
+static void *acquire_backing(uint64_t bytes, uint64_t *tag) {
+    if (bytes >= SIM_RESERVE_THRESHOLD) {
+        void *memory = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        *tag |= SIM_RESERVED_FLAG;
+        return memory == MAP_FAILED ? NULL : memory;
+    }
+    char *block = (char *)malloc(bytes + 63);
+    if (block == NULL) return NULL;
+    char *start = block + ((64 - (uintptr_t)block % 64) % 64);
+    *tag |= (uint64_t)(start - block) << SIM_OFFSET_SHIFT;
+    return start;
+}
+
 static void release_backing(uint64_t address, uint64_t bytes, uint64_t tag) {
     if (tag & SIM_RESERVED_FLAG)
         munmap((void *)(uintptr_t)address, bytes);
     else
-        free((void *)(uintptr_t)address);
+        free((char *)(uintptr_t)address - (tag >> SIM_OFFSET_SHIFT));
 }
 
 /* Frees every allocation of `device` (or of all devices when device < 0). Lock held. */
@@ -168,7 +186,7 @@ static void reclaim_device_memory(int32_t device) {
     llmdd_u64_table *table = &sim.device_allocations;
     for (uint64_t i = 0; i < table->capacity;) {
         llmdd_u64_slot *slot = &table->slots[i];
-        int32_t owner = (int32_t)(slot->second & 0xFFFFFFFFu);
+        int32_t owner = SIM_DEVICE_OF(slot->second);
         if (slot->key != 0 && (device < 0 || owner == device)) {
             release_backing(slot->key, slot->first, slot->second);
             sim.devices[owner].charged -= slot->first;
@@ -360,14 +378,7 @@ aclError aclrtMalloc(void **devPtr, size_t size, aclrtMemMallocPolicy policy) {
                                 context->device, size, (unsigned long long)(device->capacity - device->charged),
                                 (unsigned long long)device->capacity));
     uint64_t tag = (uint64_t)context->device;
-    void *memory = NULL;
-    if (charged >= SIM_RESERVE_THRESHOLD) {
-        memory = mmap(NULL, charged, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-        if (memory == MAP_FAILED) memory = NULL;
-        tag |= SIM_RESERVED_FLAG;
-    } else if (posix_memalign(&memory, 64, charged) != 0) {
-        memory = NULL;
-    }
+    void *memory = acquire_backing(charged, &tag);
     if (memory == NULL)
         return unlock_with(fail(ACL_ERROR_RT_MEMORY_ALLOCATION, "the host could not back %llu bytes",
                                 (unsigned long long)charged));
@@ -391,7 +402,7 @@ aclError aclrtFree(void *devPtr) {
         return unlock_with(fail(ACL_ERROR_RT_PARAM_INVALID, "%p was not returned by aclrtMalloc or is already freed",
                                 devPtr));
     uint64_t charged = slot->first, tag = slot->second;
-    sim_device *device = &sim.devices[tag & 0xFFFFFFFFu];
+    sim_device *device = &sim.devices[SIM_DEVICE_OF(tag)];
     device->charged -= charged;
     device->allocations--;
     llmdd_u64_erase(&sim.device_allocations, slot);

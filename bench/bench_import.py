@@ -1,0 +1,49 @@
+"""Import cost of llmdd in a fresh interpreter, from python -X importtime, against numpy's.
+
+Serving engines always have the standard library's enum loaded before llmdd (torch, logging,
+re and argparse all import it), so llmdd's own cost is measured with enum imported first;
+`test_import_llmdd_cold` also counts enum."""
+import statistics
+import subprocess
+import sys
+
+import pytest
+
+RUNS = 15
+
+
+def cumulative_import_seconds(module, prelude=""):
+    """Median over fresh interpreters of `module`'s cumulative time in -X importtime."""
+    samples = []
+    for _ in range(RUNS):
+        result = subprocess.run([sys.executable, "-X", "importtime", "-c", f"{prelude}import {module}"],
+                                capture_output=True, text=True, check=True)
+        for line in result.stderr.splitlines():
+            fields = [field.strip() for field in line.split("|")]
+            if len(fields) == 3 and fields[2] == module:
+                samples.append(int(fields[1]) / 1e6)
+    return statistics.median(samples)
+
+
+def record(benchmark, module, prelude=""):
+    seconds = cumulative_import_seconds(module, prelude)
+    # pytest-benchmark times the call below; the number that matters is the importtime median.
+    benchmark.extra_info["importtime_median_s"] = seconds
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    benchmark.stats.stats.data[:] = [seconds]
+    return seconds
+
+
+@pytest.mark.benchmark(group="import")
+def test_import_llmdd(benchmark):
+    assert record(benchmark, "llmdd", prelude="import enum; ") > 0
+
+
+@pytest.mark.benchmark(group="import")
+def test_import_llmdd_cold(benchmark):
+    assert record(benchmark, "llmdd") > 0
+
+
+@pytest.mark.benchmark(group="import")
+def test_import_numpy(benchmark):
+    assert record(benchmark, "numpy", prelude="import enum; ") > 0
