@@ -2,7 +2,31 @@ from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, uintptr_t
 
 from ._acl cimport aclError, aclrtContext, aclrtMemMallocPolicy
 from ._desc cimport CacheDesc, DescFields
+from ._page_pool cimport llmdd_page_pool
 from ._u64_table cimport llmdd_u64_table
+
+
+# A memory pool (llm.MemPoolConfig / llm.HostMemPoolConfig): one runtime allocation at
+# Initialize, carved into caches by the page allocator.
+cdef struct MemoryPool:
+    bint active
+    bint on_host
+    llmdd_page_pool pages
+    void* memory            # from aclrtMalloc or aclrtMallocHost
+    uintptr_t base          # page 0, aligned to the engine's tensor alignment
+    uint64_t page_shift
+
+
+# What memory_stats() reports; kept exact on every allocation and free.
+cdef struct MemoryStats:
+    uint64_t bytes_in_use           # device bytes held for live caches
+    uint64_t peak_bytes_in_use
+    uint64_t host_bytes_in_use      # host-pool bytes held for live host caches
+    uint64_t peak_host_bytes_in_use
+    uint64_t num_caches
+    uint64_t num_allocs
+    uint64_t num_frees
+    uint64_t num_failed_allocs      # AllocateCache calls that found no memory or met a runtime error
 
 
 cdef class Cache:
@@ -28,7 +52,10 @@ cdef class LlmDataDist:
     cdef bint _initialized
     cdef int32_t _device
     cdef aclrtContext _context
-    cdef llmdd_u64_table _caches      # cache_id -> (address from aclrtMalloc, bytes asked)
+    cdef llmdd_u64_table _caches      # cache_id -> (memory, bytes << 2 | CacheSource)
+    cdef MemoryPool _device_pool
+    cdef MemoryPool _host_pool
+    cdef MemoryStats _stats
     cdef uint64_t _alignment
     cdef aclrtMemMallocPolicy _malloc_policy
     cdef int _runtime_calls_in_flight # calls running without the GIL; Finalize waits for them
@@ -37,13 +64,17 @@ cdef class LlmDataDist:
     cdef aclError _last_acl_error
     cdef str _last_error_detail
 
-    cdef uint32_t initialize(self, int32_t device, uint64_t alignment, int malloc_policy)
+    cdef uint32_t initialize(self, int32_t device, uint64_t alignment, int malloc_policy, device_pool, host_pool)
+    cdef uint32_t create_pool(self, MemoryPool* pool, bint on_host, uint64_t memory_size, uint64_t page_shift)
+    cdef void destroy_pool(self, MemoryPool* pool)
     cdef uint32_t allocate(self, CacheDesc desc, Cache cache)
+    cdef void count_allocation(self, bint on_host, uint64_t nbytes)
+    cdef void count_free(self, uint64_t held)
     cdef uint32_t deallocate(self, int64_t cache_id)
     cdef void finalize(self)
     cdef object exception(self, uint32_t status, str call)
-    cdef aclError runtime_malloc(self, void** address, uint64_t nbytes)
-    cdef aclError runtime_free(self, void* address)
+    cdef aclError runtime_malloc(self, void** address, uint64_t nbytes, bint on_host)
+    cdef aclError runtime_free(self, void* address, bint on_host)
     cdef aclError bind_context(self, aclrtContext* previous) noexcept nogil
     cdef void restore_context(self, aclrtContext previous) noexcept nogil
     cdef uint32_t runtime_failure(self, aclError error)

@@ -23,10 +23,12 @@ from ._acl cimport (
     aclrtCreateContext,
     aclrtDestroyContext,
     aclrtFree,
+    aclrtFreeHost,
     aclrtGetCurrentContext,
     aclrtGetMemInfo,
     aclrtGetVersion,
     aclrtMalloc,
+    aclrtMallocHost,
     aclrtResetDevice,
     aclrtSetCurrentContext,
     aclrtSetDevice,
@@ -39,6 +41,15 @@ from ._llm_facts cimport (
     LLM_PARAM_INVALID,
     LLM_SUCCESS,
     LLMDD_kDevice,
+    LLMDD_kHost,
+)
+from ._page_pool cimport (
+    llmdd_pool_alloc,
+    llmdd_pool_block,
+    llmdd_pool_free,
+    llmdd_pool_free_pages,
+    llmdd_pool_init,
+    llmdd_pool_release,
 )
 from ._u64_table cimport llmdd_u64_erase, llmdd_u64_find, llmdd_u64_insert, llmdd_u64_release, llmdd_u64_slot
 
@@ -54,6 +65,12 @@ SIMULATED = bool(LLMDD_SIMULATED)
 cdef enum:
     RUNTIME_ALIGNMENT = 64  # aclrtMalloc promises 64-byte-aligned starts, nothing more
 
+# Where a cache's memory came from; the low two bits of its cache table entry's second word.
+cdef enum CacheSource:
+    FROM_RUNTIME = 0        # its own aclrtMalloc; the first word is the address to free
+    FROM_DEVICE_POOL = 1    # the first word is the llmdd_pool_block
+    FROM_HOST_POOL = 2
+
 cdef dict _status_by_code = {int(member): member for member in LLMStatusCode}
 cdef object _SUCCESS = LLMStatusCode.LLM_SUCCESS
 
@@ -63,6 +80,16 @@ cdef int64_t _next_cache_id = 1
 # and only if llmdd's own aclInit was the one that initialized ACL.
 cdef int _initialized_engines = 0
 cdef bint _acl_initialized_by_llmdd = False
+
+
+cdef dict _pool_stats(MemoryPool* pool, str prefix):
+    cdef uint64_t free_pages, largest_pages
+    llmdd_pool_free_pages(&pool.pages, &free_pages, &largest_pages)
+    return {
+        f"{prefix}pool_bytes": pool.pages.total_pages << pool.page_shift,
+        f"{prefix}pool_free_bytes": free_pages << pool.page_shift,
+        f"{prefix}largest_free_block": largest_pages << pool.page_shift,
+    }
 
 
 def runtime_version():
@@ -192,9 +219,10 @@ cdef class LlmDataDist:
             self._last_acl_error = ACL_SUCCESS
             self._last_error_detail = str(error)
             return error.status_code
-        return _status(self.initialize(parsed.device_id, parsed.tensor_alignment, parsed.malloc_policy))
+        return _status(self.initialize(parsed.device_id, parsed.tensor_alignment, parsed.malloc_policy,
+                                       parsed.device_pool, parsed.host_pool))
 
-    cdef uint32_t initialize(self, int32_t device, uint64_t alignment, int malloc_policy):
+    cdef uint32_t initialize(self, int32_t device, uint64_t alignment, int malloc_policy, device_pool, host_pool):
         global _initialized_engines, _acl_initialized_by_llmdd
         cdef aclError error
         cdef aclrtContext previous = NULL
@@ -222,15 +250,55 @@ cdef class LlmDataDist:
             if initialized_acl:
                 aclFinalize()
             return self.runtime_failure(error)
-        if initialized_acl:
-            _acl_initialized_by_llmdd = True
-        _initialized_engines += 1
         self._device = device
         self._context = context
         self._alignment = alignment
         self._malloc_policy = <aclrtMemMallocPolicy>malloc_policy
+        cdef uint32_t status = LLM_SUCCESS
+        if device_pool is not None:
+            status = self.create_pool(&self._device_pool, False, device_pool.memory_size, device_pool.page_shift)
+        if status == LLM_SUCCESS and host_pool is not None:
+            status = self.create_pool(&self._host_pool, True, host_pool.memory_size, host_pool.page_shift)
+        if status != LLM_SUCCESS:
+            self.destroy_pool(&self._device_pool)
+            aclrtDestroyContext(context)
+            aclrtResetDevice(device)
+            if initialized_acl:
+                aclFinalize()
+            return status
+        if initialized_acl:
+            _acl_initialized_by_llmdd = True
+        _initialized_engines += 1
+        self._stats = MemoryStats()
         self._initialized = True
         return LLM_SUCCESS
+
+    cdef uint32_t create_pool(self, MemoryPool* pool, bint on_host, uint64_t memory_size, uint64_t page_shift):
+        """One runtime allocation of the pool's whole pages, plus slack to align page 0."""
+        cdef uint64_t pages = memory_size >> page_shift
+        cdef void* memory = NULL
+        cdef uint64_t base
+        cdef aclError error = self.runtime_malloc(&memory, (pages << page_shift) + self._alignment - RUNTIME_ALIGNMENT,
+                                                  on_host)
+        if error != ACL_SUCCESS:
+            return self.runtime_failure(error)
+        if llmdd_pool_init(&pool.pages, pages) != 0:
+            self.runtime_free(memory, on_host)
+            return LLM_FAILED  # no host memory for the pool's records
+        _round_up(<uintptr_t>memory, self._alignment, &base)
+        pool.memory = memory
+        pool.base = <uintptr_t>base
+        pool.page_shift = page_shift
+        pool.on_host = on_host
+        pool.active = True
+        return LLM_SUCCESS
+
+    cdef void destroy_pool(self, MemoryPool* pool):
+        if not pool.active:
+            return
+        llmdd_pool_release(&pool.pages)
+        self.runtime_free(pool.memory, pool.on_host)
+        pool.active = False
 
     def AllocateCache(self, CacheDesc cache_desc not None, Cache cache not None):
         """Allocate cache_desc.num_tensors tensors; fill `cache` on LLM_SUCCESS."""
@@ -239,35 +307,66 @@ cdef class LlmDataDist:
     # Hot path: typed locals only, no Python object but the ones the caller gets back.
     cdef uint32_t allocate(self, CacheDesc desc, Cache cache):
         global _next_cache_id
-        cdef uint64_t nbytes, stride, slab_bytes, request_bytes, first_tensor
+        cdef uint64_t nbytes, stride, slab_bytes, held_bytes, first_tensor, pages, align_pages
         cdef void* address = NULL
         cdef aclError error
+        cdef MemoryPool* pool = NULL
+        cdef llmdd_pool_block* block = NULL
+        cdef uint64_t record
+        cdef CacheSource source
         self._last_acl_error = ACL_SUCCESS
         if not self._initialized:
             return LLM_FAILED
-        if desc.fields.placement != LLMDD_kDevice:
-            return LLM_PARAM_INVALID  # "only support device cache" (spec section 4)
+        # Device caches, and host caches only from a host pool (LLM-DataDist v2); without
+        # one, "only support device cache" (spec section 4).
+        if desc.fields.placement == LLMDD_kDevice:
+            if self._device_pool.active:
+                pool = &self._device_pool
+        elif desc.fields.placement == LLMDD_kHost and self._host_pool.active:
+            pool = &self._host_pool
+        else:
+            return LLM_PARAM_INVALID
         if tensor_bytes(&desc.fields, &nbytes) != LLM_SUCCESS:
             return LLM_PARAM_INVALID
-        # One slab per cache: tensors at aligned offsets, one runtime call, one region to
+        # One slab per cache: tensors at aligned offsets, one allocation, one region to
         # register with a transfer engine. Its size, like a tensor's, must fit in int64.
-        # The runtime only promises 64-byte starts, so ask for slack to align the first tensor.
         if (not _round_up(nbytes, self._alignment, &stride)
                 or stride > <uint64_t>INT64_MAX // desc.fields.num_tensors):
             return LLM_PARAM_INVALID
         slab_bytes = stride * desc.fields.num_tensors
-        request_bytes = slab_bytes + self._alignment - RUNTIME_ALIGNMENT
-        if request_bytes > <uint64_t>SIZE_MAX:
-            return LLM_PARAM_INVALID
-        error = self.runtime_malloc(&address, request_bytes)
-        if error != ACL_SUCCESS:
-            return self.runtime_failure(error)
-        if llmdd_u64_insert(&self._caches, <uint64_t>_next_cache_id, <uintptr_t>address, request_bytes) != 0:
-            self.runtime_free(address)
+        if pool != NULL:
+            # Whole pages, starting at a multiple of the alignment (pages are powers of two).
+            pages = (slab_bytes + (1ULL << pool.page_shift) - 1) >> pool.page_shift
+            align_pages = self._alignment >> pool.page_shift
+            block = llmdd_pool_alloc(&pool.pages, pages, align_pages if align_pages > 1 else 1)
+            if block == NULL:
+                self._stats.num_failed_allocs += 1
+                return LLM_DEVICE_OUT_OF_MEMORY  # CANN v2 says LLM_OUT_OF_MEMORY here
+            first_tensor = pool.base + (block.start << pool.page_shift)
+            held_bytes = pages << pool.page_shift
+            record = <uintptr_t>block
+            source = FROM_HOST_POOL if pool.on_host else FROM_DEVICE_POOL
+        else:
+            # The runtime only promises 64-byte starts: ask for slack to align the first tensor.
+            held_bytes = slab_bytes + self._alignment - RUNTIME_ALIGNMENT
+            if held_bytes > <uint64_t>SIZE_MAX:
+                return LLM_PARAM_INVALID
+            error = self.runtime_malloc(&address, held_bytes, False)
+            if error != ACL_SUCCESS:
+                self._stats.num_failed_allocs += 1
+                return self.runtime_failure(error)
+            _round_up(<uintptr_t>address, self._alignment, &first_tensor)  # within the slack
+            record = <uintptr_t>address
+            source = FROM_RUNTIME
+        if llmdd_u64_insert(&self._caches, <uint64_t>_next_cache_id, record, held_bytes << 2 | source) != 0:
+            if pool != NULL:
+                llmdd_pool_free(&pool.pages, block)
+            else:
+                self.runtime_free(address, False)
             return LLM_FAILED  # the host is out of memory for the cache table
+        self.count_allocation(pool != NULL and pool.on_host, held_bytes)
         cache._cache_id = _next_cache_id
         _next_cache_id += 1
-        _round_up(<uintptr_t>address, self._alignment, &first_tensor)  # cannot overflow: the slack is there
         cache._first_addr = <uintptr_t>first_tensor
         cache._addr_stride = stride
         cache._addr_count = desc.fields.num_tensors
@@ -277,13 +376,26 @@ cdef class LlmDataDist:
         cache._desc = None
         return LLM_SUCCESS
 
+    cdef inline void count_allocation(self, bint on_host, uint64_t nbytes):
+        self._stats.num_caches += 1
+        self._stats.num_allocs += 1
+        if on_host:
+            self._stats.host_bytes_in_use += nbytes
+            if self._stats.host_bytes_in_use > self._stats.peak_host_bytes_in_use:
+                self._stats.peak_host_bytes_in_use = self._stats.host_bytes_in_use
+        else:
+            self._stats.bytes_in_use += nbytes
+            if self._stats.bytes_in_use > self._stats.peak_bytes_in_use:
+                self._stats.peak_bytes_in_use = self._stats.bytes_in_use
+
     def DeallocateCache(self, int64_t cache_id):
         """Free a cache this engine allocated; LLM_KV_CACHE_NOT_EXIST for any other id."""
         return _status(self.deallocate(cache_id))
 
     cdef uint32_t deallocate(self, int64_t cache_id):
         cdef llmdd_u64_slot* slot
-        cdef uint64_t address, request_bytes
+        cdef uint64_t record, held
+        cdef CacheSource source
         cdef aclError error
         self._last_acl_error = ACL_SUCCESS
         if not self._initialized:
@@ -291,16 +403,31 @@ cdef class LlmDataDist:
         slot = llmdd_u64_find(&self._caches, <uint64_t>cache_id) if cache_id > 0 else NULL
         if slot == NULL:
             return LLM_KV_CACHE_NOT_EXIST
-        address = slot.first
-        request_bytes = slot.second
+        record = slot.first
+        held = slot.second
+        source = <CacheSource>(held & 3)
         llmdd_u64_erase(&self._caches, slot)
-        error = self.runtime_free(<void*>address)
-        if error != ACL_SUCCESS:
-            # The runtime still holds the memory: keep the cache so a retry can free it.
-            # The erase left room, so this insert cannot fail.
-            llmdd_u64_insert(&self._caches, <uint64_t>cache_id, address, request_bytes)
-            return self.runtime_failure(error)
+        if source == FROM_RUNTIME:
+            error = self.runtime_free(<void*>record, False)
+            if error != ACL_SUCCESS:
+                # The runtime still holds the memory: keep the cache so a retry can free it.
+                # The erase left room, so this insert cannot fail.
+                llmdd_u64_insert(&self._caches, <uint64_t>cache_id, record, held)
+                return self.runtime_failure(error)
+        elif source == FROM_HOST_POOL:
+            llmdd_pool_free(&self._host_pool.pages, <llmdd_pool_block*>record)
+        else:
+            llmdd_pool_free(&self._device_pool.pages, <llmdd_pool_block*>record)
+        self.count_free(held)
         return LLM_SUCCESS
+
+    cdef inline void count_free(self, uint64_t held):
+        self._stats.num_caches -= 1
+        self._stats.num_frees += 1
+        if (held & 3) == FROM_HOST_POOL:
+            self._stats.host_bytes_in_use -= held >> 2
+        else:
+            self._stats.bytes_in_use -= held >> 2
 
     def Finalize(self):
         """Free every cache this engine holds and release the device. Later calls answer
@@ -318,9 +445,14 @@ cdef class LlmDataDist:
                 sched_yield()
         for i in range(self._caches.capacity):
             if self._caches.slots[i].key != 0:
-                # An error here leaves the memory to aclrtResetDevice, which releases the rest.
-                self.runtime_free(<void*>self._caches.slots[i].first)
+                # Pool caches go with their pool. A failed free leaves the memory to
+                # aclrtResetDevice, which releases what the process still holds.
+                if (self._caches.slots[i].second & 3) == FROM_RUNTIME:
+                    self.runtime_free(<void*>self._caches.slots[i].first, False)
+                self.count_free(self._caches.slots[i].second)
         llmdd_u64_release(&self._caches)
+        self.destroy_pool(&self._device_pool)
+        self.destroy_pool(&self._host_pool)
         aclrtDestroyContext(self._context)
         self._context = NULL
         aclrtResetDevice(self._device)
@@ -370,26 +502,29 @@ cdef class LlmDataDist:
     # contexts to threads) and the caller's context is put back after. The GIL is released
     # while the runtime works; Finalize waits for such calls to end.
 
-    cdef aclError runtime_malloc(self, void** address, uint64_t nbytes):
+    cdef aclError runtime_malloc(self, void** address, uint64_t nbytes, bint on_host):
         cdef aclError error
         cdef aclrtContext previous = NULL
         self._runtime_calls_in_flight += 1
         with nogil:
             error = self.bind_context(&previous)
             if error == ACL_SUCCESS:
-                error = aclrtMalloc(address, <size_t>nbytes, self._malloc_policy)
+                if on_host:
+                    error = aclrtMallocHost(address, <size_t>nbytes)
+                else:
+                    error = aclrtMalloc(address, <size_t>nbytes, self._malloc_policy)
                 self.restore_context(previous)
         self._runtime_calls_in_flight -= 1
         return error
 
-    cdef aclError runtime_free(self, void* address):
+    cdef aclError runtime_free(self, void* address, bint on_host):
         cdef aclError error
         cdef aclrtContext previous = NULL
         self._runtime_calls_in_flight += 1
         with nogil:
             error = self.bind_context(&previous)
             if error == ACL_SUCCESS:
-                error = aclrtFree(address)
+                error = aclrtFreeHost(address) if on_host else aclrtFree(address)
                 self.restore_context(previous)
         self._runtime_calls_in_flight -= 1
         return error
@@ -416,6 +551,27 @@ cdef class LlmDataDist:
         if error == ACL_ERROR_RT_INVALID_DEVICEID or error == ACL_ERROR_INVALID_DEVICE:
             return LLM_PARAM_INVALID
         return LLM_FAILED
+
+    def memory_stats(self):
+        """The engine's allocation statistics, exact and read without a runtime call.
+
+        bytes_in_use / peak_bytes_in_use: device bytes held for live caches (whole pages from a
+        pool; the slab and its alignment slack without one); host_bytes_in_use and its peak:
+        the same for host-pool caches; num_caches, num_allocs, num_frees; num_failed_allocs:
+        AllocateCache calls that found no memory or met a runtime error. With a pool also
+        pool_bytes, pool_free_bytes and largest_free_block (host_ prefixed for the host pool).
+        """
+        stats = dict(self._stats)
+        if self._initialized and self._device_pool.active:
+            stats.update(_pool_stats(&self._device_pool, ""))
+        if self._initialized and self._host_pool.active:
+            stats.update(_pool_stats(&self._host_pool, "host_"))
+        return stats
+
+    def reset_peak_memory_stats(self):
+        """Make the peaks the current values."""
+        self._stats.peak_bytes_in_use = self._stats.bytes_in_use
+        self._stats.peak_host_bytes_in_use = self._stats.host_bytes_in_use
 
     def device_memory_info(self):
         """(free, total) bytes of the engine's device, from aclrtGetMemInfo."""

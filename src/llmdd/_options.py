@@ -10,6 +10,9 @@ DEVICE_ID_KEYS = ("llm.DeviceId", "ge.exec.deviceId")
 SYNC_KV_WAIT_TIME = "llm.SyncKvCacheWaitTime"
 LISTEN_IP_INFO = "llm.ListenIpInfo"
 ENABLE_SWITCH_ROLE = "llm.EnableSwitchRole"
+MEM_POOL_CONFIG = "llm.MemPoolConfig"
+HOST_MEM_POOL_CONFIG = "llm.HostMemPoolConfig"
+BUF_POOL_CFG = "llm.BufPoolCfg"
 # llmdd's own options live in the llmdd namespace.
 TENSOR_ALIGNMENT = "llmdd.TensorAlignment"
 MALLOC_POLICY = "llmdd.MallocPolicy"
@@ -18,6 +21,11 @@ DEFAULT_TENSOR_ALIGNMENT = 512  # LLM-DataDist v1 aligns every tensor to 512 byt
 MIN_TENSOR_ALIGNMENT = 512
 MAX_TENSOR_ALIGNMENT = 1 << 30
 INT32_MAX = (1 << 31) - 1
+# Pool pages: 2**page_shift bytes, page_shift in [10, 31), default 16 (spec section 5).
+DEFAULT_PAGE_SHIFT = 16
+MIN_PAGE_SHIFT = 10
+MAX_PAGE_SHIFT = 30
+MAX_POOL_PAGES = (1 << 32) - 1
 # aclrtMemMallocPolicy values (spec section 7), by the names llmdd.MallocPolicy takes.
 MALLOC_POLICIES = {"huge_first": 0, "huge_only": 1, "normal_only": 2}
 
@@ -31,14 +39,61 @@ class OptionError(Exception):
 class EngineOptions:
     """What Initialize takes from its options."""
 
-    __slots__ = ("device_id", "tensor_alignment", "malloc_policy", "sync_kv_wait_ms", "listen_ip_info")
+    __slots__ = ("device_id", "tensor_alignment", "malloc_policy", "sync_kv_wait_ms", "listen_ip_info",
+                 "device_pool", "host_pool")
 
     def __init__(self):
+        self.device_pool = None  # PoolConfig, or None: one runtime allocation per cache
+        self.host_pool = None    # PoolConfig, or None: no host caches
         self.device_id = 0
         self.tensor_alignment = DEFAULT_TENSOR_ALIGNMENT
         self.malloc_policy = MALLOC_POLICIES["huge_first"]
         self.sync_kv_wait_ms = None
         self.listen_ip_info = None
+
+
+class PoolConfig:
+    """A memory pool: memory_size bytes in pages of 2**page_shift bytes."""
+
+    __slots__ = ("memory_size", "page_shift")
+
+    def __init__(self, memory_size, page_shift):
+        self.memory_size = memory_size
+        self.page_shift = page_shift
+
+
+def parse_json_object(text, key):
+    import json  # only when a JSON option is given: keeps `import llmdd` light
+
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise OptionError(f"{key}={text[:80]!r} is not JSON") from None
+    if not isinstance(value, dict):
+        raise OptionError(f"{key} must be a JSON object")
+    return value
+
+
+def json_integer(config, field, key):
+    value = config[field]
+    if type(value) is not int:
+        raise OptionError(f"{key}: {field} must be an integer, got {value!r}")
+    return value
+
+
+def parse_pool_config(text, key):
+    """{"memory_size": bytes, "page_shift": n}: page_shift optional, in [10, 31), default 16;
+    memory_size >> page_shift in [1, 2**32) (spec section 5)."""
+    config = parse_json_object(text, key)
+    if "memory_size" not in config:
+        raise OptionError(f"{key} has no memory_size")
+    memory_size = json_integer(config, "memory_size", key)
+    page_shift = json_integer(config, "page_shift", key) if "page_shift" in config else DEFAULT_PAGE_SHIFT
+    if not MIN_PAGE_SHIFT <= page_shift <= MAX_PAGE_SHIFT:
+        raise OptionError(f"{key}: page_shift {page_shift} is outside [{MIN_PAGE_SHIFT}, {MAX_PAGE_SHIFT}]")
+    if memory_size <= 0 or not 1 <= memory_size >> page_shift <= MAX_POOL_PAGES:
+        raise OptionError(f"{key}: memory_size {memory_size} is not 1 to 2**32-1 pages of {1 << page_shift} bytes")
+    return PoolConfig(memory_size, page_shift)
 
 
 def parse_decimal(text, key, low, high):
@@ -81,6 +136,13 @@ def parse_options(options):
         parsed.listen_ip_info = parse_ip_port(options[LISTEN_IP_INFO], LISTEN_IP_INFO)
     if ENABLE_SWITCH_ROLE in options and options[ENABLE_SWITCH_ROLE] not in ("0", "1"):
         raise OptionError(f"{ENABLE_SWITCH_ROLE}={options[ENABLE_SWITCH_ROLE]!r} is not '0' or '1'")
+    if MEM_POOL_CONFIG in options:
+        parsed.device_pool = parse_pool_config(options[MEM_POOL_CONFIG], MEM_POOL_CONFIG)
+    if HOST_MEM_POOL_CONFIG in options:
+        parsed.host_pool = parse_pool_config(options[HOST_MEM_POOL_CONFIG], HOST_MEM_POOL_CONFIG)
+    if BUF_POOL_CFG in options:
+        # v1's transfer buffer pool: checked for form, unused by allocation.
+        parse_json_object(options[BUF_POOL_CFG], BUF_POOL_CFG)
     if TENSOR_ALIGNMENT in options:
         alignment = parse_decimal(options[TENSOR_ALIGNMENT], TENSOR_ALIGNMENT, MIN_TENSOR_ALIGNMENT,
                                   MAX_TENSOR_ALIGNMENT)
