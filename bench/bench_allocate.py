@@ -24,6 +24,20 @@ def test_llmdd_allocate_and_deallocate(benchmark, engine):
 
 
 @pytest.mark.benchmark(group="round-trip")
+def test_llmdd_pool_allocate_and_deallocate(benchmark, pooled_engine):
+    desc = CacheDesc(80, [1, 256], llmdd.DT_FLOAT16)
+    allocate, deallocate = pooled_engine.AllocateCache, pooled_engine.DeallocateCache
+
+    def round_trip():
+        cache = Cache()
+        allocate(desc, cache)
+        deallocate(cache.cache_id)
+
+    benchmark(round_trip)
+    assert pooled_engine.memory_stats()["num_allocs"] > 0 == pooled_engine.memory_stats()["num_caches"]
+
+
+@pytest.mark.benchmark(group="round-trip")
 def test_llmdd_pythonic_allocate_and_deallocate(benchmark, engine):
     desc = CacheDesc(80, [1, 256], llmdd.DT_FLOAT16)
     allocate, deallocate = engine.allocate_cache, engine.deallocate_cache

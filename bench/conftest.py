@@ -14,6 +14,8 @@ BASELINES = {
     "round-trip": "test_numpy_empty_and_release",
     "descriptor": "test_plain_python_object",
     "import": "test_import_numpy",
+    "scaling": "test_pool_round_trip_with_live_caches[1]",
+    "large-cache": "test_numpy_empty_16_gib",
 }
 
 
@@ -33,13 +35,25 @@ def pytest_terminal_summary(terminalreporter, config):
         if bench.has_error or not bench.stats:
             continue
         median = bench.extra_info.get("importtime_median_s", bench.stats.median)
-        medians.setdefault(bench.group, {})[bench.name.split("[")[0]] = (bench.name, median)
+        medians.setdefault(bench.group, {})[bench.name] = (bench.name, median)
     write = terminalreporter.write_line
     write("")
     write(f"llmdd benchmark ratios (median vs the group's baseline); {platform.machine()}, "
           f"{platform.python_implementation()} {platform.python_version()}, runtime={llmdd.BACKEND}")
     for group, members in sorted(medians.items()):
         baseline = members.get(BASELINES.get(group, ""))
-        for short_name, (name, median) in sorted(members.items(), key=lambda item: item[1][1]):
-            ratio = f"{median / baseline[1]:6.2f}x {baseline[0]}" if baseline else "no baseline"
-            write(f"  {group:<12} {name:<48} {median * 1e9:12.0f} ns  {ratio}")
+        for name, median in sorted(members.values(), key=lambda item: item[1]):
+            ratio = f"{median / baseline[1]:6.2f}x {baseline[0]}" if baseline else ""
+            write(f"  {group:<12} {name:<56} {median * 1e9:14.0f} ns  {ratio}")
+    for bench in session.benchmarks:
+        if "report" in bench.extra_info:
+            write(f"  {bench.group:<12} {bench.name}: {bench.extra_info['report']}")
+
+
+@pytest.fixture
+def pooled_engine():
+    """An engine with a 4 GiB device pool of 64 KiB pages."""
+    options = {"llm.DeviceId": "0", "llm.MemPoolConfig": '{"memory_size": 4294967296, "page_shift": 16}'}
+    with llmdd.LlmDataDist(0, llmdd.LlmRole.kPrompt) as dd:
+        assert dd.Initialize(options) == llmdd.LLM_SUCCESS
+        yield dd

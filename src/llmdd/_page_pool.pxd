@@ -15,4 +15,4 @@ cdef extern from "page_pool.h" nogil:
     void llmdd_pool_release(llmdd_page_pool* pool)
     llmdd_pool_block* llmdd_pool_alloc(llmdd_page_pool* pool, uint64_t pages, uint64_t align_pages)
     void llmdd_pool_free(llmdd_page_pool* pool, llmdd_pool_block* block)
-    void llmdd_pool_free_pages(llmdd_page_pool* pool, uint64_t* free_pages, uint64_t* largest_free_block)
+    void llmdd_pool_free_pages(const llmdd_page_pool* pool, uint64_t* free_pages, uint64_t* largest_free_block)

@@ -135,7 +135,6 @@ static llmdd_pool_block *split_front(llmdd_page_pool *pool, llmdd_pool_block *bl
 
 int llmdd_pool_init(llmdd_page_pool *pool, uint64_t pages) {
     memset(pool, 0, sizeof *pool);
-    pthread_mutex_init(&pool->lock, NULL);
     llmdd_pool_block *all = (llmdd_pool_block *)calloc(1, sizeof(llmdd_pool_block));
     if (all == NULL) return -1;
     all->pages = pages;
@@ -154,18 +153,13 @@ void llmdd_pool_release(llmdd_page_pool *pool) {
         next = record->next_free;
         free(record);
     }
-    pthread_mutex_destroy(&pool->lock);
     memset(pool, 0, sizeof *pool);
 }
 
 llmdd_pool_block *llmdd_pool_alloc(llmdd_page_pool *pool, uint64_t pages, uint64_t align_pages) {
     if (pages == 0 || align_pages == 0) return NULL;
-    pthread_mutex_lock(&pool->lock);
     llmdd_pool_block *block = pages <= pool->free_pages ? find_free_block(pool, pages, align_pages) : NULL;
-    if (block == NULL || reserve_records(pool) != 0) {
-        pthread_mutex_unlock(&pool->lock);
-        return NULL;
-    }
+    if (block == NULL || reserve_records(pool) != 0) return NULL;
     unlink_free(pool, block);
     uint64_t padding = padding_for(block, align_pages);
     if (padding) link_free(pool, split_front(pool, block, padding));
@@ -176,12 +170,10 @@ llmdd_pool_block *llmdd_pool_alloc(llmdd_page_pool *pool, uint64_t pages, uint64
     }
     block->is_free = 0;
     pool->free_pages -= pages;
-    pthread_mutex_unlock(&pool->lock);
     return block;
 }
 
 void llmdd_pool_free(llmdd_page_pool *pool, llmdd_pool_block *block) {
-    pthread_mutex_lock(&pool->lock);
     pool->free_pages += block->pages;
     llmdd_pool_block *before = block->prev_in_memory, *after = block->next_in_memory;
     if (after && after->is_free) {
@@ -200,11 +192,9 @@ void llmdd_pool_free(llmdd_page_pool *pool, llmdd_pool_block *block) {
         block = before;
     }
     link_free(pool, block);
-    pthread_mutex_unlock(&pool->lock);
 }
 
-void llmdd_pool_free_pages(llmdd_page_pool *pool, uint64_t *free_pages, uint64_t *largest_free_block) {
-    pthread_mutex_lock(&pool->lock);
+void llmdd_pool_free_pages(const llmdd_page_pool *pool, uint64_t *free_pages, uint64_t *largest_free_block) {
     *free_pages = pool->free_pages;
     *largest_free_block = 0;
     if (pool->class_bitmap) {
@@ -213,5 +203,4 @@ void llmdd_pool_free_pages(llmdd_page_pool *pool, uint64_t *free_pages, uint64_t
         for (llmdd_pool_block *block = pool->free_lists[fl][sl]; block; block = block->next_free)
             if (block->pages > *largest_free_block) *largest_free_block = block->pages;
     }
-    pthread_mutex_unlock(&pool->lock);
 }
