@@ -165,7 +165,7 @@ def test_stats_without_a_pool_are_exact(engine):
     stats = engine.memory_stats()
     assert stats == {"bytes_in_use": sum(held), "peak_bytes_in_use": sum(held), "host_bytes_in_use": 0,
                      "peak_host_bytes_in_use": 0, "num_caches": 3, "num_allocs": 3, "num_frees": 0,
-                     "num_failed_allocs": 0}
+                     "num_failed_allocs": 0, "pending_bytes": 0, "num_pending": 0}
     engine.deallocate_cache(caches[0])
     engine.reset_peak_memory_stats()
     stats = engine.memory_stats()

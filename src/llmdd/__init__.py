@@ -7,6 +7,8 @@ touches no runtime: the runtime is set up by LlmDataDist.Initialize.
 from ._datadist import BACKEND, SIMULATED, Cache, LLMException, LlmDataDist, runtime_version
 from ._desc import *  # noqa: F403 - the enums, CacheDesc and the C++ module constants
 from ._desc import __all__ as _desc_names
+from ._tensor_view import TensorView
 from ._version import version as __version__
 
-__all__ = ["BACKEND", "SIMULATED", "Cache", "LLMException", "LlmDataDist", "runtime_version", *_desc_names]
+__all__ = ["BACKEND", "SIMULATED", "Cache", "LLMException", "LlmDataDist", "TensorView", "runtime_version",
+           *_desc_names]

@@ -5,5 +5,6 @@ from ._datadist import LLMException as LLMException
 from ._datadist import LlmDataDist as LlmDataDist
 from ._datadist import runtime_version as runtime_version
 from ._desc import *
+from ._tensor_view import TensorView as TensorView
 
 __version__: str

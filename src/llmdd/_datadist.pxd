@@ -27,10 +27,16 @@ cdef struct MemoryStats:
     uint64_t num_allocs
     uint64_t num_frees
     uint64_t num_failed_allocs      # AllocateCache calls that found no memory or met a runtime error
+    uint64_t pending_bytes          # released by DeallocateCache or Finalize, still held by exports
+    uint64_t num_pending
+
+
+cdef class LlmDataDist
 
 
 cdef class Cache:
     cdef int64_t _cache_id
+    cdef LlmDataDist _engine          # that allocated it; None for a Cache the caller filled
     # The descriptor: a CacheDesc once one was set or read, else kept as C fields and built
     # on first read, so that allocating makes no Python object the caller did not ask for.
     cdef CacheDesc _desc
@@ -44,6 +50,16 @@ cdef class Cache:
     cdef tuple _caller_addrs
 
     cdef CacheDesc desc(self)
+    cdef LlmDataDist live_engine(self)
+
+
+# A cache's memory once a view of it was made: the views, arrays and tensors hold it, and it
+# is freed when the engine has released it and the last of them is gone.
+cdef class _CacheMemory:
+    cdef LlmDataDist engine
+    cdef uint64_t record
+    cdef uint64_t held
+    cdef bint released
 
 
 cdef class LlmDataDist:
@@ -59,6 +75,7 @@ cdef class LlmDataDist:
     cdef uint64_t _alignment
     cdef aclrtMemMallocPolicy _malloc_policy
     cdef int _runtime_calls_in_flight # calls running without the GIL; Finalize waits for them
+    cdef bint _teardown_pending       # Finalize waits for exported memory to be let go
     # What the last failed call said beyond its status, for LLMException: the runtime's
     # error code and message, or why an option was refused.
     cdef aclError _last_acl_error
@@ -72,6 +89,11 @@ cdef class LlmDataDist:
     cdef void count_free(self, uint64_t held)
     cdef uint32_t deallocate(self, int64_t cache_id)
     cdef void finalize(self)
+    cdef void teardown(self)
+    cdef void release_memory(self, uint64_t record, uint64_t held)
+    cdef _CacheMemory export_memory(self, int64_t cache_id)
+    cdef void release_exported(self, uint64_t owner)
+    cdef void free_pending(self, uint64_t record, uint64_t held)
     cdef object exception(self, uint32_t status, str call)
     cdef aclError runtime_malloc(self, void** address, uint64_t nbytes, bint on_host)
     cdef aclError runtime_free(self, void* address, bint on_host)

@@ -1,9 +1,10 @@
 """Stubs for llmdd._datadist: Cache, LlmDataDist and LLMException."""
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Final, SupportsIndex
+from typing import Any, Final, SupportsIndex
 
 from ._desc import CacheDesc, LlmRole, LLMStatusCode
+from ._tensor_view import TensorView
 
 BACKEND: Final[str]
 SIMULATED: Final[bool]
@@ -23,6 +24,9 @@ class Cache:
     def tensor_addrs(self) -> list[int]: ...
     @tensor_addrs.setter
     def tensor_addrs(self, value: Sequence[SupportsIndex]) -> None: ...
+    def tensor(self, index: int) -> TensorView: ...
+    def to_descs(self, *, as_numpy: bool = False) -> Any: ...
+    def region(self) -> tuple[int, int, int]: ...
 
 class LlmDataDist:
     @property

@@ -34,6 +34,7 @@ from ._acl cimport (
     aclrtSetDevice,
 )
 from ._desc cimport CacheDesc, as_integer, tensor_bytes
+from ._tensor_view cimport make_view
 from ._llm_facts cimport (
     LLM_DEVICE_OUT_OF_MEMORY,
     LLM_FAILED,
@@ -51,13 +52,15 @@ from ._page_pool cimport (
     llmdd_pool_init,
     llmdd_pool_release,
 )
+from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
+
 from ._u64_table cimport llmdd_u64_erase, llmdd_u64_find, llmdd_u64_insert, llmdd_u64_release, llmdd_u64_slot
 
 
 cdef extern from "<sched.h>" nogil:
     int sched_yield()
 
-from ._desc import LLMStatusCode, LlmRole
+from ._desc import CachePlacement, DataType, LLMStatusCode, LlmRole
 
 BACKEND = "sim" if LLMDD_SIMULATED else "acl"
 SIMULATED = bool(LLMDD_SIMULATED)
@@ -65,11 +68,18 @@ SIMULATED = bool(LLMDD_SIMULATED)
 cdef enum:
     RUNTIME_ALIGNMENT = 64  # aclrtMalloc promises 64-byte-aligned starts, nothing more
 
-# Where a cache's memory came from; the low two bits of its cache table entry's second word.
+# A cache table entry is (memory, held_bytes << 3 | EXPORTED? | CacheSource). Memory is the
+# address from aclrtMalloc or the pool block; once a view was made of the cache, it is the
+# _CacheMemory object that owns them, and the EXPORTED bit is set.
 cdef enum CacheSource:
-    FROM_RUNTIME = 0        # its own aclrtMalloc; the first word is the address to free
-    FROM_DEVICE_POOL = 1    # the first word is the llmdd_pool_block
+    FROM_RUNTIME = 0
+    FROM_DEVICE_POOL = 1
     FROM_HOST_POOL = 2
+
+cdef enum:
+    SOURCE_BITS = 3
+    EXPORTED = 4
+    HELD_SHIFT = 3
 
 cdef dict _status_by_code = {int(member): member for member in LLMStatusCode}
 cdef object _SUCCESS = LLMStatusCode.LLM_SUCCESS
@@ -98,6 +108,13 @@ def runtime_version():
     if aclrtGetVersion(&major, &minor, &patch) != ACL_SUCCESS:
         return None
     return major, minor, patch
+
+
+cdef object _data_type_member(int64_t value):
+    try:
+        return DataType(value)
+    except ValueError:
+        return value
 
 
 cdef inline object _status(uint32_t code):
@@ -148,6 +165,7 @@ cdef class Cache:
         if not -INT64_MAX - 1 <= number <= INT64_MAX:
             raise ValueError(f"cache_id must fit in int64, got {number}")
         self._cache_id = number
+        self._engine = None  # no longer the engine's allocation
 
     @property
     def tensor_addrs(self):
@@ -166,6 +184,7 @@ cdef class Cache:
                 raise ValueError(f"tensor address {addr} is not a 64-bit unsigned address")
         self._caller_addrs = addrs
         self._addr_count = len(addrs)
+        self._engine = None
 
     @property
     def cache_desc(self):
@@ -177,8 +196,57 @@ cdef class Cache:
             raise TypeError(f"cache_desc must be a CacheDesc, not {type(value).__name__}")
         self._desc = value
 
+    cdef LlmDataDist live_engine(self):
+        """The engine of a cache it allocated and still holds; ValueError otherwise."""
+        if self._engine is None:
+            raise ValueError("this Cache holds no memory llmdd allocated: it was never allocated, "
+                             "or its cache_id or tensor_addrs were set by hand")
+        if not self._engine._initialized or llmdd_u64_find(&self._engine._caches, <uint64_t>self._cache_id) == NULL:
+            raise ValueError(f"cache {self._cache_id} is not allocated: it was deallocated or its engine finalized")
+        return self._engine
+
+    def tensor(self, Py_ssize_t index):
+        """A view of tensor `index`, sharing its memory with numpy, torch and memoryview
+        where the host can read it. The memory lives as long as any export of it."""
+        cdef LlmDataDist engine = self.live_engine()
+        cdef uint64_t nbytes
+        if not 0 <= index < self._addr_count:
+            raise IndexError(f"tensor index {index} is out of range for {self._addr_count} tensors")
+        memory = engine.export_memory(self._cache_id)
+        tensor_bytes(&self._desc_fields, &nbytes)
+        placement = CachePlacement(self._desc_fields.placement)
+        return make_view(memory, self._first_addr + index * self._addr_stride, nbytes, self._desc_shape,
+                         _data_type_member(self._desc_fields.data_type), placement, engine._device,
+                         SIMULATED or placement == CachePlacement.kHost)
+
+    def to_descs(self, *, as_numpy=False):
+        """(address, nbytes, device_id) of every tensor: the rows a transfer engine such as
+        NIXL registers. as_numpy=True gives an N x 3 uint64 array (needs numpy)."""
+        cdef LlmDataDist engine = self.live_engine()
+        cdef uint64_t nbytes
+        tensor_bytes(&self._desc_fields, &nbytes)
+        descs = [(self._first_addr + i * self._addr_stride, nbytes, engine._device) for i in range(self._addr_count)]
+        if as_numpy:
+            import numpy
+            return numpy.array(descs, dtype=numpy.uint64).reshape(len(descs), 3)
+        return descs
+
+    def region(self):
+        """(address, nbytes, device_id) of the whole slab holding every tensor, so a transfer
+        engine can register one region instead of num_tensors."""
+        cdef LlmDataDist engine = self.live_engine()
+        return (self._first_addr, self._addr_stride * self._addr_count, engine._device)
+
     def __repr__(self):
         return f"Cache(cache_id={self._cache_id}, num_tensors={self._addr_count}, cache_desc={self.desc()!r})"
+
+
+cdef class _CacheMemory:
+    """Owns a cache's memory once it was exported (see LlmDataDist.export_memory)."""
+
+    def __dealloc__(self):
+        if self.released:
+            self.engine.free_pending(self.record, self.held)
 
 
 cdef class LlmDataDist:
@@ -212,6 +280,11 @@ cdef class LlmDataDist:
         """Set up the runtime on the device the options name. A second call is a no-op."""
         if self._initialized:
             return _SUCCESS
+        if self._teardown_pending:
+            self._last_acl_error = ACL_SUCCESS
+            self._last_error_detail = (f"{self._stats.num_pending} caches of the last initialization are still "
+                                       f"exported to views, arrays or tensors")
+            return _status(LLM_FAILED)
         from ._options import OptionError, parse_options
         try:
             parsed = parse_options(options)
@@ -358,7 +431,7 @@ cdef class LlmDataDist:
             _round_up(<uintptr_t>address, self._alignment, &first_tensor)  # within the slack
             record = <uintptr_t>address
             source = FROM_RUNTIME
-        if llmdd_u64_insert(&self._caches, <uint64_t>_next_cache_id, record, held_bytes << 2 | source) != 0:
+        if llmdd_u64_insert(&self._caches, <uint64_t>_next_cache_id, record, held_bytes << HELD_SHIFT | source) != 0:
             if pool != NULL:
                 llmdd_pool_free(&pool.pages, block)
             else:
@@ -367,6 +440,7 @@ cdef class LlmDataDist:
         self.count_allocation(pool != NULL and pool.on_host, held_bytes)
         cache._cache_id = _next_cache_id
         _next_cache_id += 1
+        cache._engine = self
         cache._first_addr = <uintptr_t>first_tensor
         cache._addr_stride = stride
         cache._addr_count = desc.fields.num_tensors
@@ -395,7 +469,6 @@ cdef class LlmDataDist:
     cdef uint32_t deallocate(self, int64_t cache_id):
         cdef llmdd_u64_slot* slot
         cdef uint64_t record, held
-        cdef CacheSource source
         cdef aclError error
         self._last_acl_error = ACL_SUCCESS
         if not self._initialized:
@@ -405,29 +478,77 @@ cdef class LlmDataDist:
             return LLM_KV_CACHE_NOT_EXIST
         record = slot.first
         held = slot.second
-        source = <CacheSource>(held & 3)
         llmdd_u64_erase(&self._caches, slot)
-        if source == FROM_RUNTIME:
+        if held & EXPORTED:
+            self.release_exported(record)
+        elif (held & SOURCE_BITS) == FROM_RUNTIME:
             error = self.runtime_free(<void*>record, False)
             if error != ACL_SUCCESS:
                 # The runtime still holds the memory: keep the cache so a retry can free it.
                 # The erase left room, so this insert cannot fail.
                 llmdd_u64_insert(&self._caches, <uint64_t>cache_id, record, held)
                 return self.runtime_failure(error)
-        elif source == FROM_HOST_POOL:
-            llmdd_pool_free(&self._host_pool.pages, <llmdd_pool_block*>record)
         else:
-            llmdd_pool_free(&self._device_pool.pages, <llmdd_pool_block*>record)
+            self.release_memory(record, held)
         self.count_free(held)
         return LLM_SUCCESS
 
     cdef inline void count_free(self, uint64_t held):
         self._stats.num_caches -= 1
         self._stats.num_frees += 1
-        if (held & 3) == FROM_HOST_POOL:
-            self._stats.host_bytes_in_use -= held >> 2
+        if (held & SOURCE_BITS) == FROM_HOST_POOL:
+            self._stats.host_bytes_in_use -= held >> HELD_SHIFT
         else:
-            self._stats.bytes_in_use -= held >> 2
+            self._stats.bytes_in_use -= held >> HELD_SHIFT
+
+    cdef void release_memory(self, uint64_t record, uint64_t held):
+        """Give a cache's memory back to where it came from. A failed aclrtFree leaves the
+        memory to aclrtResetDevice, which releases what the process still holds."""
+        cdef CacheSource source = <CacheSource>(held & SOURCE_BITS)
+        if source == FROM_RUNTIME:
+            self.runtime_free(<void*>record, False)
+        elif source == FROM_HOST_POOL:
+            llmdd_pool_free(&self._host_pool.pages, <llmdd_pool_block*>record)
+        else:
+            llmdd_pool_free(&self._device_pool.pages, <llmdd_pool_block*>record)
+
+    # Exported memory: the lifetime rule of views (README, "Tensor views"). Memory a view,
+    # array or tensor was made of outlives DeallocateCache and Finalize, counted as pending,
+    # until the last export is gone; so nothing ever points at freed memory.
+
+    cdef _CacheMemory export_memory(self, int64_t cache_id):
+        """The owner of a live cache's memory, made on the first export."""
+        cdef llmdd_u64_slot* slot = llmdd_u64_find(&self._caches, <uint64_t>cache_id) if cache_id > 0 else NULL
+        cdef _CacheMemory memory
+        if not self._initialized or slot == NULL:
+            raise ValueError(f"cache {cache_id} is not allocated: it was deallocated or its engine finalized")
+        if slot.second & EXPORTED:
+            return <_CacheMemory><PyObject*>slot.first
+        memory = _CacheMemory.__new__(_CacheMemory)
+        memory.engine = self
+        memory.record = slot.first
+        memory.held = slot.second
+        Py_INCREF(memory)  # the cache table's reference, dropped when the engine releases it
+        slot.first = <uintptr_t><PyObject*>memory
+        slot.second |= EXPORTED
+        return memory
+
+    cdef void release_exported(self, uint64_t owner):
+        """The engine lets go of exported memory; it is freed with the last export."""
+        cdef _CacheMemory memory = <_CacheMemory><PyObject*>owner
+        memory.released = True
+        self._stats.pending_bytes += memory.held >> HELD_SHIFT
+        self._stats.num_pending += 1
+        Py_DECREF(memory)
+
+    cdef void free_pending(self, uint64_t record, uint64_t held):
+        """The last export of released memory is gone: free it, and finish a Finalize that
+        was waiting for it."""
+        self.release_memory(record, held)
+        self._stats.pending_bytes -= held >> HELD_SHIFT
+        self._stats.num_pending -= 1
+        if self._stats.num_pending == 0 and self._teardown_pending:
+            self.teardown()
 
     def Finalize(self):
         """Free every cache this engine holds and release the device. Later calls answer
@@ -435,8 +556,9 @@ cdef class LlmDataDist:
         self.finalize()
 
     cdef void finalize(self):
-        global _initialized_engines, _acl_initialized_by_llmdd
         cdef uint64_t i
+        cdef llmdd_u64_slot* slot
+        cdef list exported = []
         if not self._initialized:
             return
         self._initialized = False  # new calls fail from here on
@@ -444,13 +566,26 @@ cdef class LlmDataDist:
             with nogil:
                 sched_yield()
         for i in range(self._caches.capacity):
-            if self._caches.slots[i].key != 0:
-                # Pool caches go with their pool. A failed free leaves the memory to
-                # aclrtResetDevice, which releases what the process still holds.
-                if (self._caches.slots[i].second & 3) == FROM_RUNTIME:
-                    self.runtime_free(<void*>self._caches.slots[i].first, False)
-                self.count_free(self._caches.slots[i].second)
+            slot = &self._caches.slots[i]
+            if slot.key != 0:
+                if slot.second & EXPORTED:
+                    exported.append(<object><PyObject*>slot.first)
+                elif (slot.second & SOURCE_BITS) == FROM_RUNTIME:
+                    self.release_memory(slot.first, slot.second)  # pool caches go with their pool
+                self.count_free(slot.second)
         llmdd_u64_release(&self._caches)
+        # Released last: an export that is already gone frees its memory right here.
+        self._teardown_pending = True
+        for memory in exported:
+            self.release_exported(<uintptr_t><PyObject*>memory)
+        del exported
+        if self._stats.num_pending == 0:
+            self.teardown()
+
+    cdef void teardown(self):
+        """Release the pools, the context and the device, once no exported memory is left."""
+        global _initialized_engines, _acl_initialized_by_llmdd
+        self._teardown_pending = False
         self.destroy_pool(&self._device_pool)
         self.destroy_pool(&self._host_pool)
         aclrtDestroyContext(self._context)
