@@ -81,7 +81,7 @@ cdef class LlmDataDist:
     cdef aclError _last_acl_error
     cdef str _last_error_detail
 
-    cdef uint32_t initialize(self, int32_t device, uint64_t alignment, int malloc_policy, device_pool, host_pool)
+    cdef uint32_t set_up(self, int32_t device, uint64_t alignment, int malloc_policy, device_pool, host_pool)
     cdef uint32_t create_pool(self, MemoryPool* pool, bint on_host, uint64_t memory_size, uint64_t page_shift)
     cdef void destroy_pool(self, MemoryPool* pool)
     cdef uint32_t allocate(self, CacheDesc desc, Cache cache)

@@ -292,10 +292,10 @@ cdef class LlmDataDist:
             self._last_acl_error = ACL_SUCCESS
             self._last_error_detail = str(error)
             return error.status_code
-        return _status(self.initialize(parsed.device_id, parsed.tensor_alignment, parsed.malloc_policy,
+        return _status(self.set_up(parsed.device_id, parsed.tensor_alignment, parsed.malloc_policy,
                                        parsed.device_pool, parsed.host_pool))
 
-    cdef uint32_t initialize(self, int32_t device, uint64_t alignment, int malloc_policy, device_pool, host_pool):
+    cdef uint32_t set_up(self, int32_t device, uint64_t alignment, int malloc_policy, device_pool, host_pool):
         global _initialized_engines, _acl_initialized_by_llmdd
         cdef aclError error
         cdef aclrtContext previous = NULL
@@ -622,6 +622,16 @@ cdef class LlmDataDist:
         cdef uint32_t status = self.deallocate(cache_id)
         if status != LLM_SUCCESS:
             raise self.exception(status, "deallocate_cache")
+
+    def initialize(self, options):
+        """Initialize, raising LLMException (with the runtime's error) unless it succeeds."""
+        cdef uint32_t status = self.Initialize(options)
+        if status != LLM_SUCCESS:
+            raise self.exception(status, "initialize")
+
+    def _exception(self, status, str call):
+        """The LLMException for a status this engine just returned, with what it knows."""
+        return self.exception(status, call)
 
     cdef object exception(self, uint32_t status, str call):
         status_code = _status(status)
