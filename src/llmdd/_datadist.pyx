@@ -33,7 +33,7 @@ from ._acl cimport (
     aclrtSetCurrentContext,
     aclrtSetDevice,
 )
-from ._desc cimport CacheDesc, as_integer, tensor_bytes
+from ._desc cimport CacheDesc, DescFields, as_integer, tensor_bytes
 from ._tensor_view cimport make_view
 from ._llm_facts cimport (
     LLM_DEVICE_OUT_OF_MEMORY,
@@ -236,6 +236,22 @@ cdef class Cache:
         engine can register one region instead of num_tensors."""
         cdef LlmDataDist engine = self.live_engine()
         return (self._first_addr, self._addr_stride * self._addr_count, engine._device)
+
+    @staticmethod
+    def create_cpu_cache(CacheDesc cache_desc not None, addrs):
+        """A host cache over memory the caller owns (placement kHost), for copies to and from
+        device caches. Checked: one non-NULL address per tensor. Not checkable: that each
+        address has room for a tensor and outlives the Cache; that is the caller's promise."""
+        if cache_desc.fields.placement != LLMDD_kHost:
+            raise ValueError("create_cpu_cache needs a CacheDesc with placement kHost")
+        cache = Cache()
+        cache.tensor_addrs = addrs
+        if len(cache._caller_addrs) != cache_desc.fields.num_tensors:
+            raise ValueError(f"{len(cache._caller_addrs)} addresses for {cache_desc.fields.num_tensors} tensors")
+        if 0 in cache._caller_addrs:
+            raise ValueError("a tensor address is 0")
+        cache._desc = CacheDesc.from_fields(&cache_desc.fields, cache_desc._shape)
+        return cache
 
     def __repr__(self):
         return f"Cache(cache_id={self._cache_id}, num_tensors={self._addr_count}, cache_desc={self.desc()!r})"
@@ -623,6 +639,37 @@ cdef class LlmDataDist:
         if status != LLM_SUCCESS:
             raise self.exception(status, "deallocate_cache")
 
+    def CopyKvCache(self, Cache src not None, Cache dst not None, uint32_t src_batch_index=0,
+                    uint32_t dst_batch_index=0, uint64_t offset=0, int64_t size=-1):
+        """Copy batch entry src_batch_index of every tensor of src to dst_batch_index of dst,
+        from byte `offset`, `size` bytes (-1: the rest of the entry). Device to device and
+        device to host only."""
+        self._last_acl_error = ACL_SUCCESS
+        if not self._initialized:
+            return _status(LLM_FAILED)
+        return _status(_copy_kv_cache(self, src, dst, src_batch_index, dst_batch_index, offset, size))
+
+    def CopyKvBlocks(self, Cache src not None, Cache dst not None, src_blocks, dst_blocks_list):
+        """Copy block src_blocks[k] (block: shape[0] splits a tensor) of every tensor of src to
+        block dst_blocks[k] of dst, for each dst_blocks in dst_blocks_list. D2D, D2H and H2D."""
+        self._last_acl_error = ACL_SUCCESS
+        if not self._initialized:
+            return _status(LLM_FAILED)
+        return _status(_copy_kv_blocks(self, src, dst, src_blocks, dst_blocks_list))
+
+    def copy_cache(self, Cache src not None, Cache dst not None, src_batch_index=0, dst_batch_index=0,
+                   offset=0, size=-1):
+        """CopyKvCache, raising LLMException unless it succeeds."""
+        status = self.CopyKvCache(src, dst, src_batch_index, dst_batch_index, offset, size)
+        if status != LLM_SUCCESS:
+            raise self.exception(status, "copy_cache")
+
+    def copy_blocks(self, Cache src not None, Cache dst not None, src_blocks, dst_blocks_list):
+        """CopyKvBlocks, raising LLMException unless it succeeds."""
+        status = self.CopyKvBlocks(src, dst, src_blocks, dst_blocks_list)
+        if status != LLM_SUCCESS:
+            raise self.exception(status, "copy_blocks")
+
     def initialize(self, options):
         """Initialize, raising LLMException (with the runtime's error) unless it succeeds."""
         cdef uint32_t status = self.Initialize(options)
@@ -739,4 +786,5 @@ cdef class LlmDataDist:
         return f"LlmDataDist(cluster_id={self.cluster_id}, role={LlmRole(self._role)!r}, {state})"
 
 
+include "_copy.pxi"
 include "_sim_control.pxi"

@@ -95,9 +95,23 @@ class CacheDesc(_desc.CacheDesc):
 class Cache(_datadist.Cache):
     """A v2 cache: cache_id, cache_desc (as it was allocated), tensor_addrs."""
 
+    @staticmethod
+    def create_cpu_cache(cache_desc, addrs):
+        """A host cache over memory the caller owns, for copies and swaps."""
+        _datadist.Cache.create_cpu_cache(cache_desc, addrs)  # the checks
+        cache = Cache()
+        cache.cache_desc = cache_desc
+        cache.tensor_addrs = addrs
+        return cache
+
     @property
     def cache_desc(self):
         return self.__dict__.get("_requested_desc") or _datadist.Cache.cache_desc.__get__(self)
+
+    @cache_desc.setter
+    def cache_desc(self, desc):
+        _datadist.Cache.cache_desc.__set__(self, desc)
+        self._requested_desc = desc
 
     @property
     def cache_keys(self):
@@ -197,13 +211,37 @@ class CacheManager:
             raise TypeError(f"cache must be a Cache, not {type(cache).__name__}")
         self._engine.deallocate_cache(cache)
 
+    def copy_cache(self, dst, src, dst_batch_index=0, src_batch_index=0, offset=0, size=-1, req_id=None):
+        """Copy batch entry src_batch_index of src into dst_batch_index of dst (CopyKvCache)."""
+        self._engine.copy_cache(src, dst, src_batch_index, dst_batch_index, offset, size)
+
+    def copy_blocks(self, cache, copy_block_info):
+        """Within one cache, copy each source block to its destination blocks:
+        {src_block: [dst_block, ...]} (CopyKvBlocks, device to device)."""
+        pairs = [(source, target) for source, targets in self._block_map(copy_block_info, list).items()
+                 for target in targets]
+        self._engine.copy_blocks(cache, cache, [source for source, _ in pairs], [[target for _, target in pairs]])
+
+    def swap_blocks(self, src, dst, src_to_dst):
+        """Copy blocks between a device and a host cache, {src_block: dst_block}: swap out
+        (device to host) or in (host to device)."""
+        mapping = self._block_map(src_to_dst, int)
+        self._engine.copy_blocks(src, dst, list(mapping), [list(mapping.values())])
+
+    @staticmethod
+    def _block_map(mapping, value_type):
+        if not isinstance(mapping, dict):
+            raise TypeError(f"the block map must be a dict, not {type(mapping).__name__}")
+        for source, target in mapping.items():
+            _check_int(source, "block index")
+            if not isinstance(target, value_type) or isinstance(target, bool):
+                raise TypeError(f"block {source} maps to {target!r}, not a {value_type.__name__}")
+        return mapping
+
     pull_cache = _not_enabled("pull_cache")
     pull_blocks = _not_enabled("pull_blocks")
     push_cache = _not_enabled("push_cache")
     push_blocks = _not_enabled("push_blocks")
-    copy_cache = _not_enabled("copy_cache")
-    copy_blocks = _not_enabled("copy_blocks")
-    swap_blocks = _not_enabled("swap_blocks")
     register_cache = _not_enabled("register_cache")
     unregister_cache = _not_enabled("unregister_cache")
     remove_cache_key = _not_enabled("remove_cache_key")

@@ -1,0 +1,219 @@
+# Cache copies (CopyKvCache, CopyKvBlocks; spec section 4), included into _datadist so that
+# they reach the same runtime. Everything is checked before the first byte moves, so only a
+# runtime failure can stop a copy part-way; the GIL is released while bytes move.
+from libc.stdint cimport UINT64_MAX
+from libc.stdlib cimport free, malloc
+
+from ._acl cimport (
+    ACL_MEMCPY_DEVICE_TO_DEVICE,
+    ACL_MEMCPY_DEVICE_TO_HOST,
+    ACL_MEMCPY_HOST_TO_DEVICE,
+    aclrtMemcpy,
+    aclrtMemcpyKind,
+)
+
+
+# One side of a copy: where its tensors are and how they split into batch entries (blocks).
+cdef struct CopyEndpoint:
+    uintptr_t first_addr      # tensor i is at first_addr + i * stride ...
+    uint64_t stride
+    uintptr_t* addrs          # ... or at addrs[i], for a cache whose addresses the caller set
+    uint32_t num_tensors
+    uint64_t tensor_bytes
+    uint64_t batch            # shape[0]: the number of blocks
+    uint64_t block_bytes      # tensor_bytes / shape[0]
+    bint on_device
+    Py_ssize_t cache_key      # the Cache object, to tell a copy within one cache
+
+
+cdef inline uintptr_t _tensor_address(const CopyEndpoint* side, uint32_t index) noexcept nogil:
+    return side.addrs[index] if side.addrs != NULL else side.first_addr + index * side.stride
+
+
+cdef uint32_t _copy_endpoint(LlmDataDist engine, Cache cache, CopyEndpoint* side) except? 0xFFFFFFFE:
+    """Fill `side` for `cache`; LLM_KV_CACHE_NOT_EXIST for a device cache this engine does
+    not hold, LLM_PARAM_INVALID for a cache that cannot take part in a copy."""
+    cdef DescFields fields
+    cdef bint engine_cache = cache._engine is engine
+    cdef tuple shape
+    cdef Py_ssize_t i
+    side.addrs = NULL
+    side.cache_key = <Py_ssize_t><PyObject*>cache
+    if engine_cache:
+        fields = cache._desc_fields      # what was allocated, whatever was set since
+        shape = cache._desc_shape
+    else:
+        fields = cache.desc().fields
+        shape = cache.desc()._shape
+    if fields.placement == LLMDD_kDevice or engine_cache:
+        if not engine_cache or llmdd_u64_find(&engine._caches, <uint64_t>cache._cache_id) == NULL:
+            return LLM_KV_CACHE_NOT_EXIST
+        side.first_addr = cache._first_addr
+        side.stride = cache._addr_stride
+    elif fields.placement == LLMDD_kHost:
+        # Caller-owned host memory: what can be checked is the count and that none is NULL.
+        if cache._caller_addrs is None or len(cache._caller_addrs) != fields.num_tensors:
+            return LLM_PARAM_INVALID
+        if 0 in cache._caller_addrs:
+            return LLM_PARAM_INVALID
+    else:
+        return LLM_PARAM_INVALID
+    if tensor_bytes(&fields, &side.tensor_bytes) != LLM_SUCCESS or side.tensor_bytes % <uint64_t>shape[0] != 0:
+        return LLM_PARAM_INVALID
+    side.on_device = fields.placement == LLMDD_kDevice
+    side.num_tensors = fields.num_tensors
+    side.batch = shape[0]
+    side.block_bytes = side.tensor_bytes // side.batch
+    if not engine_cache:
+        side.addrs = <uintptr_t*>malloc(side.num_tensors * sizeof(uintptr_t))
+        if side.addrs == NULL:
+            raise MemoryError()
+        for i in range(side.num_tensors):
+            side.addrs[i] = cache._caller_addrs[i]
+    return LLM_SUCCESS
+
+
+cdef aclrtMemcpyKind _copy_kind(const CopyEndpoint* src, const CopyEndpoint* dst) noexcept:
+    if src.on_device:
+        return ACL_MEMCPY_DEVICE_TO_DEVICE if dst.on_device else ACL_MEMCPY_DEVICE_TO_HOST
+    return ACL_MEMCPY_HOST_TO_DEVICE
+
+
+cdef uint32_t _copy_kv_cache(LlmDataDist engine, Cache src_cache, Cache dst_cache, uint64_t src_batch_index,
+                             uint64_t dst_batch_index, uint64_t offset, int64_t size):
+    cdef CopyEndpoint src, dst
+    cdef uint32_t status
+    cdef uint64_t count
+    cdef uint32_t i
+    cdef aclError error = ACL_SUCCESS
+    cdef aclrtContext previous = NULL
+    cdef aclrtMemcpyKind kind
+    src.addrs = dst.addrs = NULL
+    try:
+        status = _copy_endpoint(engine, src_cache, &src)
+        if status == LLM_SUCCESS:
+            status = _copy_endpoint(engine, dst_cache, &dst)
+        if status != LLM_SUCCESS:
+            return status
+        # Device to device and device to host only (spec section 4).
+        if (not src.on_device or src.num_tensors != dst.num_tensors or src_batch_index >= src.batch
+                or dst_batch_index >= dst.batch or offset >= src.block_bytes or offset >= dst.block_bytes):
+            return LLM_PARAM_INVALID
+        count = src.block_bytes - offset if size == -1 else <uint64_t>size
+        if size == 0 or size < -1 or count > src.block_bytes - offset or count > dst.block_bytes - offset:
+            return LLM_PARAM_INVALID
+        kind = _copy_kind(&src, &dst)
+        engine._runtime_calls_in_flight += 1
+        with nogil:
+            error = engine.bind_context(&previous)
+            if error == ACL_SUCCESS:
+                for i in range(src.num_tensors):
+                    error = aclrtMemcpy(
+                        <void*>(_tensor_address(&dst, i) + dst_batch_index * dst.block_bytes + offset), count,
+                        <void*>(_tensor_address(&src, i) + src_batch_index * src.block_bytes + offset), count, kind)
+                    if error != ACL_SUCCESS:
+                        break
+                engine.restore_context(previous)
+        engine._runtime_calls_in_flight -= 1
+        return engine.runtime_failure(error) if error != ACL_SUCCESS else LLM_SUCCESS
+    finally:
+        free(src.addrs)
+        free(dst.addrs)
+
+
+cdef int _block_indices(object blocks, uint64_t* out, Py_ssize_t count, str name) except -1:
+    """Python ints into `out`; TypeError for anything else. Negative values become huge
+    indices, which the range check refuses."""
+    cdef Py_ssize_t i
+    for i in range(count):
+        index = as_integer(blocks[i], name)
+        out[i] = <uint64_t>index if 0 <= index <= <uint64_t>UINT64_MAX else UINT64_MAX
+    return 0
+
+
+cdef aclError _copy_block_runs(LlmDataDist engine, const CopyEndpoint* src, const CopyEndpoint* dst,
+                               const uint64_t* src_blocks, const uint64_t* dst_blocks, Py_ssize_t count,
+                               aclrtMemcpyKind kind) noexcept nogil:
+    """Copy src block src_blocks[k] to dst block dst_blocks[k] in every tensor, one runtime
+    copy per run of consecutive blocks."""
+    cdef uint32_t tensor
+    cdef Py_ssize_t start, end
+    cdef uint64_t nbytes
+    cdef aclError error
+    for tensor in range(src.num_tensors):
+        start = 0
+        while start < count:
+            end = start + 1
+            while end < count and src_blocks[end] == src_blocks[end - 1] + 1 and dst_blocks[end] == dst_blocks[end - 1] + 1:
+                end += 1
+            nbytes = (end - start) * src.block_bytes
+            error = aclrtMemcpy(<void*>(_tensor_address(dst, tensor) + dst_blocks[start] * dst.block_bytes), nbytes,
+                                <void*>(_tensor_address(src, tensor) + src_blocks[start] * src.block_bytes), nbytes,
+                                kind)
+            if error != ACL_SUCCESS:
+                return error
+            start = end
+    return ACL_SUCCESS
+
+
+cdef uint32_t _copy_kv_blocks(LlmDataDist engine, Cache src_cache, Cache dst_cache, object src_blocks,
+                              object dst_blocks_list):
+    cdef CopyEndpoint src, dst
+    cdef uint32_t status
+    cdef Py_ssize_t count, lists, i, j
+    cdef uint64_t* indices = NULL      # src blocks, then each destination list
+    cdef aclError error = ACL_SUCCESS
+    cdef aclrtContext previous = NULL
+    cdef aclrtMemcpyKind kind
+    if not isinstance(src_blocks, (list, tuple)):
+        raise TypeError(f"src_blocks must be a list of ints, not {type(src_blocks).__name__}")
+    if not isinstance(dst_blocks_list, (list, tuple)) or not all(
+            isinstance(dst_blocks, (list, tuple)) for dst_blocks in dst_blocks_list):
+        raise TypeError("dst_blocks_list must be a list of lists of ints")
+    src.addrs = dst.addrs = NULL
+    count = len(src_blocks)
+    lists = len(dst_blocks_list)
+    try:
+        status = _copy_endpoint(engine, src_cache, &src)
+        if status == LLM_SUCCESS:
+            status = _copy_endpoint(engine, dst_cache, &dst)
+        if status != LLM_SUCCESS:
+            return status
+        # D2D, D2H and H2D; not H2H; equal block sizes and tensor counts (spec section 4).
+        if ((not src.on_device and not dst.on_device) or src.block_bytes != dst.block_bytes
+                or src.num_tensors != dst.num_tensors or count == 0 or lists == 0
+                or any(len(dst_blocks) != count for dst_blocks in dst_blocks_list)):
+            return LLM_PARAM_INVALID
+        indices = <uint64_t*>malloc((lists + 1) * count * sizeof(uint64_t))
+        if indices == NULL:
+            raise MemoryError()
+        _block_indices(src_blocks, indices, count, "src block")
+        for j in range(lists):
+            _block_indices(dst_blocks_list[j], indices + (j + 1) * count, count, "dst block")
+        for i in range(count):
+            if indices[i] >= src.batch:
+                return LLM_PARAM_INVALID
+        written = set()
+        for i in range(count, (lists + 1) * count):
+            # Every destination block once per call, and never a source block of the same cache.
+            if indices[i] >= dst.batch or indices[i] in written:
+                return LLM_PARAM_INVALID
+            written.add(indices[i])
+        if src.cache_key == dst.cache_key and any(indices[i] in written for i in range(count)):
+            return LLM_PARAM_INVALID
+        kind = _copy_kind(&src, &dst)
+        engine._runtime_calls_in_flight += 1
+        with nogil:
+            error = engine.bind_context(&previous)
+            if error == ACL_SUCCESS:
+                for j in range(lists):
+                    error = _copy_block_runs(engine, &src, &dst, indices, indices + (j + 1) * count, count, kind)
+                    if error != ACL_SUCCESS:
+                        break
+                engine.restore_context(previous)
+        engine._runtime_calls_in_flight -= 1
+        return engine.runtime_failure(error) if error != ACL_SUCCESS else LLM_SUCCESS
+    finally:
+        free(indices)
+        free(src.addrs)
+        free(dst.addrs)
