@@ -16,6 +16,7 @@ BASELINES = {
     "import": "test_import_numpy",
     "scaling": "test_pool_round_trip_with_live_caches[1]",
     "large-cache": "test_numpy_empty_16_gib",
+    "copy-1GiB": "test_one_large_memcpy",
 }
 
 
