@@ -192,3 +192,48 @@ def test_cache_ids_start_at_one_in_a_fresh_process():
               "print([dd.allocate_cache(llmdd.CacheDesc(1, [1], llmdd.DT_INT8)).cache_id for _ in range(3)])\n")
     output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
     assert output.strip() == "[1, 2, 3]"
+
+
+@pytest.mark.sim_only
+def test_a_forked_child_cannot_free_or_corrupt_the_parents_caches():
+    import ctypes
+    import json
+    import os
+
+    with new_engine() as dd:
+        assert dd.Initialize({"llm.MemPoolConfig": '{"memory_size": 16777216}'}) == llmdd.LLM_SUCCESS
+        plain = LlmDataDist(1, LlmRole.kPrompt)
+        assert plain.Initialize({}) == llmdd.LLM_SUCCESS
+        caches = [dd.allocate_cache(seed_desc()), plain.allocate_cache(seed_desc())]
+        for index, cache in enumerate(caches):
+            ctypes.memset(cache.tensor_addrs[0], 0x40 + index, 512)
+        usage, frees = llmdd.sim.device_usage(0), llmdd.sim.call_count("aclrtFree")
+        reader, writer = os.pipe()
+        child = os.fork()
+        if child == 0:
+            try:
+                results = [int(dd.AllocateCache(seed_desc(), Cache())), int(plain.DeallocateCache(caches[1].cache_id)),
+                           int(dd.Initialize({}))]
+                plain.Finalize()
+                dd.Finalize()
+                del plain
+                gc.collect()
+                results.append(llmdd.sim.call_count("aclrtFree") - frees)
+                ctypes.memset(caches[0].tensor_addrs[0], 0, 512)       # the child's own copy
+                with new_engine() as fresh:
+                    results.append(int(fresh.Initialize({})))
+                    results.append(int(fresh.DeallocateCache(fresh.allocate_cache(seed_desc()).cache_id)))
+                os.write(writer, json.dumps(results).encode())
+            finally:
+                os._exit(0)
+        os.close(writer)
+        with os.fdopen(reader) as pipe:
+            results = json.loads(pipe.read())
+        os.waitpid(child, 0)
+        failed = int(llmdd.LLM_FAILED)
+        assert results == [failed, failed, failed, 0, 0, 0]
+        assert [ctypes.string_at(cache.tensor_addrs[0], 512) for cache in caches] == [b"\x40" * 512, b"\x41" * 512]
+        assert llmdd.sim.device_usage(0) == usage
+        assert dd.DeallocateCache(caches[0].cache_id) == llmdd.LLM_SUCCESS
+        assert plain.DeallocateCache(caches[1].cache_id) == llmdd.LLM_SUCCESS
+        plain.Finalize()

@@ -76,6 +76,8 @@ cdef class LlmDataDist:
     cdef aclrtMemMallocPolicy _malloc_policy
     cdef int _runtime_calls_in_flight # calls running without the GIL; Finalize waits for them
     cdef bint _teardown_pending       # Finalize waits for exported memory to be let go
+    cdef bint _abandoned              # initialized before a fork, and this is the child
+    cdef object __weakref__
     # What the last failed call said beyond its status, for LLMException: the runtime's
     # error code and message, or why an option was refused.
     cdef aclError _last_acl_error
@@ -90,6 +92,7 @@ cdef class LlmDataDist:
     cdef uint32_t deallocate(self, int64_t cache_id)
     cdef void finalize(self)
     cdef void teardown(self)
+    cdef void abandon(self)
     cdef void release_memory(self, uint64_t record, uint64_t held)
     cdef _CacheMemory export_memory(self, int64_t cache_id)
     cdef void release_exported(self, uint64_t owner)

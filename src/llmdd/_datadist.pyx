@@ -91,6 +91,31 @@ cdef int64_t _next_cache_id = 1
 cdef int _initialized_engines = 0
 cdef bint _acl_initialized_by_llmdd = False
 
+# Engines between Initialize and teardown, for the fork handler below.
+cdef object _live_engines = None
+
+
+def _abandon_engines_in_child():
+    """After fork, in the child: the runtime state belongs to the parent. Every engine that
+    was live is abandoned: it answers LLM_FAILED, and frees nothing on the device, ever, so
+    the child cannot release or corrupt the parent's memory (README, "fork")."""
+    global _initialized_engines, _acl_initialized_by_llmdd
+    for engine in list(_live_engines):
+        (<LlmDataDist>engine).abandon()
+    _live_engines.clear()
+    _initialized_engines = 0
+    _acl_initialized_by_llmdd = False
+
+
+cdef void _track_live_engine(LlmDataDist engine):
+    global _live_engines
+    if _live_engines is None:
+        import os
+        import weakref
+        _live_engines = weakref.WeakSet()
+        os.register_at_fork(after_in_child=_abandon_engines_in_child)
+    _live_engines.add(engine)
+
 
 cdef dict _pool_stats(MemoryPool* pool, str prefix):
     cdef uint64_t free_pages, largest_pages
@@ -296,6 +321,10 @@ cdef class LlmDataDist:
         """Set up the runtime on the device the options name. A second call is a no-op."""
         if self._initialized:
             return _SUCCESS
+        if self._abandoned:
+            self._last_acl_error = ACL_SUCCESS
+            self._last_error_detail = "this engine was initialized before a fork; make a new one in this process"
+            return _status(LLM_FAILED)
         if self._teardown_pending:
             self._last_acl_error = ACL_SUCCESS
             self._last_error_detail = (f"{self._stats.num_pending} caches of the last initialization are still "
@@ -360,6 +389,7 @@ cdef class LlmDataDist:
         _initialized_engines += 1
         self._stats = MemoryStats()
         self._initialized = True
+        _track_live_engine(self)
         return LLM_SUCCESS
 
     cdef uint32_t create_pool(self, MemoryPool* pool, bint on_host, uint64_t memory_size, uint64_t page_shift):
@@ -560,6 +590,8 @@ cdef class LlmDataDist:
     cdef void free_pending(self, uint64_t record, uint64_t held):
         """The last export of released memory is gone: free it, and finish a Finalize that
         was waiting for it."""
+        if self._abandoned:
+            return  # a forked child: the memory is the parent's
         self.release_memory(record, held)
         self._stats.pending_bytes -= held >> HELD_SHIFT
         self._stats.num_pending -= 1
@@ -598,9 +630,29 @@ cdef class LlmDataDist:
         if self._stats.num_pending == 0:
             self.teardown()
 
+    cdef void abandon(self):
+        """Forget the runtime state without a runtime call (a forked child's copy of it)."""
+        cdef uint64_t i
+        for i in range(self._caches.capacity):
+            if self._caches.slots[i].key != 0 and self._caches.slots[i].second & EXPORTED:
+                (<_CacheMemory><PyObject*>self._caches.slots[i].first).released = False
+                Py_DECREF(<object><PyObject*>self._caches.slots[i].first)
+        llmdd_u64_release(&self._caches)
+        if self._device_pool.active:
+            llmdd_pool_release(&self._device_pool.pages)
+            self._device_pool.active = False
+        if self._host_pool.active:
+            llmdd_pool_release(&self._host_pool.pages)
+            self._host_pool.active = False
+        self._initialized = False
+        self._teardown_pending = False
+        self._abandoned = True
+
     cdef void teardown(self):
         """Release the pools, the context and the device, once no exported memory is left."""
         global _initialized_engines, _acl_initialized_by_llmdd
+        if _live_engines is not None:
+            _live_engines.discard(self)
         self._teardown_pending = False
         self.destroy_pool(&self._device_pool)
         self.destroy_pool(&self._host_pool)
