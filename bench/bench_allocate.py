@@ -6,34 +6,18 @@ import numpy
 import pytest
 
 import llmdd
-from llmdd import Cache, CacheDesc
+from llmdd import CacheDesc
 
 
 @pytest.mark.benchmark(group="round-trip")
-def test_llmdd_allocate_and_deallocate(benchmark, engine):
-    desc = CacheDesc(80, [1, 256], llmdd.DT_FLOAT16)
-    allocate, deallocate = engine.AllocateCache, engine.DeallocateCache
-
-    def round_trip():
-        cache = Cache()
-        allocate(desc, cache)
-        deallocate(cache.cache_id)
-
-    benchmark(round_trip)
-    assert engine.AllocateCache(desc, Cache()) == llmdd.LLM_SUCCESS
+def test_llmdd_allocate_and_deallocate(benchmark, engine, seed_round_trip):
+    benchmark(seed_round_trip(engine))
+    assert engine.memory_stats()["num_allocs"] > 0 == engine.memory_stats()["num_caches"]
 
 
 @pytest.mark.benchmark(group="round-trip")
-def test_llmdd_pool_allocate_and_deallocate(benchmark, pooled_engine):
-    desc = CacheDesc(80, [1, 256], llmdd.DT_FLOAT16)
-    allocate, deallocate = pooled_engine.AllocateCache, pooled_engine.DeallocateCache
-
-    def round_trip():
-        cache = Cache()
-        allocate(desc, cache)
-        deallocate(cache.cache_id)
-
-    benchmark(round_trip)
+def test_llmdd_pool_allocate_and_deallocate(benchmark, pooled_engine, seed_round_trip):
+    benchmark(seed_round_trip(pooled_engine))
     assert pooled_engine.memory_stats()["num_allocs"] > 0 == pooled_engine.memory_stats()["num_caches"]
 
 

@@ -10,9 +10,6 @@ import pytest
 import llmdd
 from llmdd import Cache, CacheDesc
 
-SEED_DESC = CacheDesc(80, [1, 256], llmdd.DT_FLOAT16)
-
-
 @pytest.fixture(scope="module")
 def small_page_engine():
     """An engine whose 2 GiB pool has 4 KiB pages, room for 100k one-page caches and more."""
@@ -24,7 +21,7 @@ def small_page_engine():
 
 @pytest.mark.benchmark(group="scaling")
 @pytest.mark.parametrize("live_caches", [1, 1_000, 100_000])
-def test_pool_round_trip_with_live_caches(benchmark, small_page_engine, live_caches):
+def test_pool_round_trip_with_live_caches(benchmark, small_page_engine, seed_round_trip, live_caches):
     dd = small_page_engine
     one_page = CacheDesc(1, [8], llmdd.DT_INT8)
     # Live caches of one page each, every other one freed again so that the free space is
@@ -32,14 +29,7 @@ def test_pool_round_trip_with_live_caches(benchmark, small_page_engine, live_cac
     held = [dd.allocate_cache(one_page) for _ in range(2 * (live_caches - 1))]
     for cache in held[::2]:
         dd.deallocate_cache(cache)
-    allocate, deallocate = dd.AllocateCache, dd.DeallocateCache
-
-    def round_trip():
-        cache = Cache()
-        allocate(SEED_DESC, cache)
-        deallocate(cache.cache_id)
-
-    benchmark(round_trip)
+    benchmark(seed_round_trip(dd))
     assert dd.memory_stats()["num_caches"] == live_caches - 1
     for cache in held[1::2]:
         dd.deallocate_cache(cache)

@@ -58,3 +58,22 @@ def pooled_engine():
     with llmdd.LlmDataDist(0, llmdd.LlmRole.kPrompt) as dd:
         assert dd.Initialize(options) == llmdd.LLM_SUCCESS
         yield dd
+
+
+@pytest.fixture
+def seed_round_trip():
+    """Makes the benchmarked call for an engine: Cache() + AllocateCache + DeallocateCache of
+    the AllocateCache page's cache (80 x fp16 [1, 256])."""
+
+    def make(engine):
+        desc = llmdd.CacheDesc(80, [1, 256], llmdd.DT_FLOAT16)
+        allocate, deallocate, new_cache = engine.AllocateCache, engine.DeallocateCache, llmdd.Cache
+
+        def round_trip():
+            cache = new_cache()
+            allocate(desc, cache)
+            deallocate(cache.cache_id)
+
+        return round_trip
+
+    return make

@@ -29,7 +29,7 @@ def _not_enabled(name):
                            LLMStatusCode.LLM_FEATURE_NOT_ENABLED)
 
     method.__name__ = name
-    method.__doc__ = f"Not implemented by llmdd yet: raises LLMException(LLM_FEATURE_NOT_ENABLED)."
+    method.__doc__ = "Not implemented by llmdd yet: raises LLMException(LLM_FEATURE_NOT_ENABLED)."
     return method
 
 
