@@ -1,10 +1,14 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
 """Cache and LlmDataDist: LLM-DataDist v1's cache allocation over the ACL runtime.
 
-The C++-faithful methods (Initialize, AllocateCache, DeallocateCache, Finalize) return
-status codes; the Pythonic ones (allocate_cache, deallocate_cache) raise LLMException.
-Typed cdef methods do the work for both. Rules: shared/spec/llm-datadist.md section 4.
+The C++-faithful methods (Initialize, AllocateCache, DeallocateCache, CopyKvCache,
+CopyKvBlocks, Finalize) return status codes; the Pythonic ones (initialize, allocate_cache,
+deallocate_cache, copy_cache, copy_blocks) raise LLMException. Typed cdef methods do the
+work for both. Rules: shared/spec/llm-datadist.md sections 4 and 5. The engine keeps its
+caches in a C hash table, carves them from memory pools (page_pool.c) when configured, and
+keeps exported memory alive for its views (_CacheMemory). Copies: _copy.pxi.
 """
+from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
 from libc.stdint cimport INT64_MAX, SIZE_MAX, UINT64_MAX
 
 from ._acl cimport (
@@ -34,7 +38,6 @@ from ._acl cimport (
     aclrtSetDevice,
 )
 from ._desc cimport CacheDesc, DescFields, as_integer, tensor_bytes
-from ._tensor_view cimport make_view
 from ._llm_facts cimport (
     LLM_DEVICE_OUT_OF_MEMORY,
     LLM_FAILED,
@@ -52,15 +55,15 @@ from ._page_pool cimport (
     llmdd_pool_init,
     llmdd_pool_release,
 )
-from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
-
+from ._tensor_view cimport make_view
 from ._u64_table cimport llmdd_u64_erase, llmdd_u64_find, llmdd_u64_insert, llmdd_u64_release, llmdd_u64_slot
+
+from ._desc import CachePlacement, DataType, LLMStatusCode, LlmRole
 
 
 cdef extern from "<sched.h>" nogil:
     int sched_yield()
 
-from ._desc import CachePlacement, DataType, LLMStatusCode, LlmRole
 
 BACKEND = "sim" if LLMDD_SIMULATED else "acl"
 SIMULATED = bool(LLMDD_SIMULATED)
@@ -600,7 +603,8 @@ cdef class LlmDataDist:
 
     def Finalize(self):
         """Free every cache this engine holds and release the device. Later calls answer
-        LLM_FAILED until the next Initialize."""
+        LLM_FAILED until the next Initialize. Memory still exported to views, arrays or
+        tensors is freed, and the device released, when the last of them is gone."""
         self.finalize()
 
     cdef void finalize(self):
