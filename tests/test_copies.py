@@ -285,3 +285,28 @@ def test_drop_in_copy_cache_copy_blocks_and_swap_blocks():
     with pytest.raises(TypeError):
         manager.swap_blocks(cache, host, {0: [1]})
     datadist.finalize()
+
+
+def test_deallocating_a_cache_during_a_copy_from_another_thread_frees_it_after_the_copy(engine):
+    import threading
+
+    desc = CacheDesc(8, [16, 1 << 16], llmdd.DT_INT8)      # 8 MiB a cache: copies take a while
+    host = HostCache(8, [16, 1 << 16])
+    statuses, started = [], threading.Event()
+
+    def copy_repeatedly(source):
+        started.set()
+        for _ in range(20):
+            statuses.append(engine.CopyKvBlocks(source, host.cache, list(range(16)), [list(range(16))]))
+
+    for _ in range(5):
+        source = engine.allocate_cache(desc)
+        started.clear()
+        copier = threading.Thread(target=copy_repeatedly, args=(source,))
+        copier.start()
+        started.wait()
+        assert engine.DeallocateCache(source.cache_id) == llmdd.LLM_SUCCESS
+        copier.join()
+    assert set(statuses) <= {llmdd.LLM_SUCCESS, llmdd.LLM_KV_CACHE_NOT_EXIST}
+    stats = engine.memory_stats()
+    assert (stats["num_caches"], stats["num_pending"], stats["pending_bytes"], stats["bytes_in_use"]) == (0, 0, 0, 0)

@@ -1,6 +1,8 @@
 # Cache copies (CopyKvCache, CopyKvBlocks; spec section 4), included into _datadist so that
 # they reach the same runtime. Everything is checked before the first byte moves, so only a
-# runtime failure can stop a copy part-way; the GIL is released while bytes move.
+# runtime failure can stop a copy part-way; the GIL is released while bytes move, and the
+# engine's caches taking part are pinned like exports meanwhile, so that a DeallocateCache from
+# another thread cannot free memory under a copy (it is freed when the copy lets go).
 from libc.stdint cimport UINT64_MAX
 from libc.stdlib cimport free, malloc
 
@@ -73,6 +75,11 @@ cdef uint32_t _copy_endpoint(LlmDataDist engine, Cache cache, CopyEndpoint* side
     return LLM_SUCCESS
 
 
+cdef tuple _pin(LlmDataDist engine, Cache src, Cache dst):
+    """Hold the memory of the engine's caches among src and dst for the length of a copy."""
+    return tuple([engine.export_memory(cache._cache_id) for cache in (src, dst) if cache._engine is engine])
+
+
 cdef aclrtMemcpyKind _copy_kind(const CopyEndpoint* src, const CopyEndpoint* dst) noexcept:
     if src.on_device:
         return ACL_MEMCPY_DEVICE_TO_DEVICE if dst.on_device else ACL_MEMCPY_DEVICE_TO_HOST
@@ -102,6 +109,7 @@ cdef uint32_t _copy_kv_cache(LlmDataDist engine, Cache src_cache, Cache dst_cach
         count = src.block_bytes - offset if size == -1 else <uint64_t>size
         if size == 0 or size < -1 or count > src.block_bytes - offset or count > dst.block_bytes - offset:
             return LLM_PARAM_INVALID
+        pinned = _pin(engine, src_cache, dst_cache)
         kind = _copy_kind(&src, &dst)
         engine._runtime_calls_in_flight += 1
         with nogil:
@@ -201,6 +209,7 @@ cdef uint32_t _copy_kv_blocks(LlmDataDist engine, Cache src_cache, Cache dst_cac
             written.add(indices[i])
         if src.cache_key == dst.cache_key and any(indices[i] in written for i in range(count)):
             return LLM_PARAM_INVALID
+        pinned = _pin(engine, src_cache, dst_cache)
         kind = _copy_kind(&src, &dst)
         engine._runtime_calls_in_flight += 1
         with nogil:
