@@ -310,3 +310,18 @@ def test_deallocating_a_cache_during_a_copy_from_another_thread_frees_it_after_t
     assert set(statuses) <= {llmdd.LLM_SUCCESS, llmdd.LLM_KV_CACHE_NOT_EXIST}
     stats = engine.memory_stats()
     assert (stats["num_caches"], stats["num_pending"], stats["pending_bytes"], stats["bytes_in_use"]) == (0, 0, 0, 0)
+
+
+def test_block_lists_changed_by_index_while_being_read_are_read_as_they_were(engine, pair):
+    # An item's __index__ empties the caller's list mid-read; the copy works from a snapshot
+    # (before, it read past the end of the shrunken list).
+    src_blocks = [0, 1, 2]
+
+    class Shrinking:
+        def __index__(self):
+            del src_blocks[1:]
+            return 3
+
+    src_blocks.insert(1, Shrinking())
+    assert engine.CopyKvBlocks(*pair, src_blocks, [[0, 1, 2, 3]]) == llmdd.LLM_SUCCESS
+    assert src_blocks == [0]

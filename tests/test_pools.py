@@ -253,3 +253,25 @@ def test_threads_allocating_writing_and_verifying_never_collide(use_pool):
         assert errors == []
         stats = dd.memory_stats()
         assert (stats["num_allocs"], stats["num_frees"], stats["num_caches"], stats["bytes_in_use"]) == (600, 600, 0, 0)
+
+
+def test_a_fitting_block_deep_in_its_size_class_is_found():
+    # 16 free blocks of 64 pages sit before a free block of 65 pages in the same size class,
+    # and no larger free block exists: a request for 65 pages must still be served.
+    page = 4096
+    pages = 65 + 1 + 16 * (64 + 1)
+    with pooled_engine(pages * page, 12) as dd:
+        def of_pages(count):
+            return dd.allocate_cache(CacheDesc(1, [count * page], llmdd.DT_INT8))
+
+        big, separators, blocks = of_pages(65), [], []
+        separators.append(of_pages(1))
+        for _ in range(16):
+            blocks.append(of_pages(64))
+            separators.append(of_pages(1))
+        assert dd.memory_stats()["pool_free_bytes"] == 0
+        dd.deallocate_cache(big)
+        for block in blocks:
+            dd.deallocate_cache(block)
+        assert dd.memory_stats()["largest_free_block"] == 65 * page
+        assert dd.allocate_cache(CacheDesc(1, [65 * page], llmdd.DT_INT8)).cache_id > 0

@@ -205,3 +205,36 @@ def test_an_unconsumed_dlpack_capsule_releases_its_reference(engine):
 def test_view_objects_cannot_be_made_by_hand():
     with pytest.raises(TypeError):
         llmdd.TensorView()
+
+
+def test_a_view_in_a_garbage_cycle_is_collected_safely(engine):
+    cache = engine.allocate_cache(seed_desc())
+    view = cache.tensor(0)
+    engine.deallocate_cache(cache)
+    cycle = [view]
+    cycle.append(cycle)
+    del view, cycle
+    gc.collect()
+    stats = engine.memory_stats()
+    assert (stats["num_pending"], stats["pending_bytes"]) == (0, 0)
+
+
+@pytest.mark.sim_only
+@pytest.mark.parametrize("export", ["view", "copy"])
+def test_an_engine_dropped_with_exports_frees_everything_once_they_are_gone(export):
+    with LlmDataDist(0, LlmRole.kPrompt) as witness:       # keeps the runtime up to read usage
+        assert witness.Initialize({}) == llmdd.LLM_SUCCESS
+        before = llmdd.sim.device_usage(0)
+        dd = LlmDataDist(0, LlmRole.kPrompt)
+        assert dd.Initialize({}) == llmdd.LLM_SUCCESS
+        first, second = dd.allocate_cache(seed_desc()), dd.allocate_cache(seed_desc())
+        view = first.tensor(0) if export == "view" else None
+        if export == "copy":
+            dd.copy_cache(first, second)
+        del dd, first, second
+        gc.collect()
+        if view is not None:
+            assert llmdd.sim.device_usage(0)[1] > before[1]      # the view still holds its memory
+            del view
+            gc.collect()
+        assert llmdd.sim.device_usage(0) == before

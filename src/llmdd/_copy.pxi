@@ -178,6 +178,9 @@ cdef uint32_t _copy_kv_blocks(LlmDataDist engine, Cache src_cache, Cache dst_cac
     if not isinstance(dst_blocks_list, (list, tuple)) or not all(
             isinstance(dst_blocks, (list, tuple)) for dst_blocks in dst_blocks_list):
         raise TypeError("dst_blocks_list must be a list of lists of ints")
+    # Tuples from here on: an item's __index__ may run code that changes the caller's lists.
+    src_blocks = tuple(src_blocks)
+    dst_blocks_list = tuple([tuple(dst_blocks) for dst_blocks in dst_blocks_list])
     src.addrs = dst.addrs = NULL
     count = len(src_blocks)
     lists = len(dst_blocks_list)

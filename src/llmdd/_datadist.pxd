@@ -68,7 +68,8 @@ cdef class LlmDataDist:
     cdef bint _initialized
     cdef int32_t _device
     cdef aclrtContext _context
-    cdef llmdd_u64_table _caches      # cache_id -> (memory, bytes << 2 | CacheSource)
+    cdef llmdd_u64_table _caches      # cache_id -> (memory, held bytes << 3 | flags): see _datadist.pyx
+    cdef dict _exports                # cache_id -> _CacheMemory of exported caches
     cdef MemoryPool _device_pool
     cdef MemoryPool _host_pool
     cdef MemoryStats _stats
@@ -76,6 +77,7 @@ cdef class LlmDataDist:
     cdef aclrtMemMallocPolicy _malloc_policy
     cdef int _runtime_calls_in_flight # calls running without the GIL; Finalize waits for them
     cdef bint _teardown_pending       # Finalize waits for exported memory to be let go
+    cdef bint _finalizing             # inside Finalize: the teardown comes at its end
     cdef bint _abandoned              # initialized before a fork, and this is the child
     cdef object __weakref__
     # What the last failed call said beyond its status, for LLMException: the runtime's
@@ -95,7 +97,7 @@ cdef class LlmDataDist:
     cdef void abandon(self)
     cdef void release_memory(self, uint64_t record, uint64_t held)
     cdef _CacheMemory export_memory(self, int64_t cache_id)
-    cdef void release_exported(self, uint64_t owner)
+    cdef void release_exported(self, _CacheMemory memory)
     cdef void free_pending(self, uint64_t record, uint64_t held)
     cdef object exception(self, uint32_t status, str call)
     cdef aclError runtime_malloc(self, void** address, uint64_t nbytes, bint on_host)

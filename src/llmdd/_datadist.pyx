@@ -8,7 +8,8 @@ work for both. Rules: shared/spec/llm-datadist.md sections 4 and 5. The engine k
 caches in a C hash table, carves them from memory pools (page_pool.c) when configured, and
 keeps exported memory alive for its views (_CacheMemory). Copies: _copy.pxi.
 """
-from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
+cimport cython
+from cpython.ref cimport PyObject
 from libc.stdint cimport INT64_MAX, SIZE_MAX, UINT64_MAX
 
 from ._acl cimport (
@@ -72,8 +73,10 @@ cdef enum:
     RUNTIME_ALIGNMENT = 64  # aclrtMalloc promises 64-byte-aligned starts, nothing more
 
 # A cache table entry is (memory, held_bytes << 3 | EXPORTED? | CacheSource). Memory is the
-# address from aclrtMalloc or the pool block; once a view was made of the cache, it is the
-# _CacheMemory object that owns them, and the EXPORTED bit is set.
+# address from aclrtMalloc or the pool block. Once a view was made of the cache, or a copy
+# holds it, the EXPORTED bit is set and the engine's _exports dict has the _CacheMemory that
+# owns the memory from then on (a dict the garbage collector sees, so an engine and its
+# exports dropped together are collected).
 cdef enum CacheSource:
     FROM_RUNTIME = 0
     FROM_DEVICE_POOL = 1
@@ -83,6 +86,9 @@ cdef enum:
     SOURCE_BITS = 3
     EXPORTED = 4
     HELD_SHIFT = 3
+
+# No device holds 2**60 bytes; the cap keeps held_bytes << HELD_SHIFT inside 64 bits.
+cdef uint64_t MAX_HELD_BYTES = 1ULL << 60
 
 cdef dict _status_by_code = {int(member): member for member in LLMStatusCode}
 cdef object _SUCCESS = LLMStatusCode.LLM_SUCCESS
@@ -285,11 +291,12 @@ cdef class Cache:
         return f"Cache(cache_id={self._cache_id}, num_tensors={self._addr_count}, cache_desc={self.desc()!r})"
 
 
+@cython.no_gc_clear  # __dealloc__ needs self.engine, whatever order a collection clears things in
 cdef class _CacheMemory:
     """Owns a cache's memory once it was exported (see LlmDataDist.export_memory)."""
 
     def __dealloc__(self):
-        if self.released:
+        if self.released and self.engine is not None:
             self.engine.free_pending(self.record, self.held)
 
 
@@ -330,7 +337,7 @@ cdef class LlmDataDist:
             return _status(LLM_FAILED)
         if self._teardown_pending:
             self._last_acl_error = ACL_SUCCESS
-            self._last_error_detail = (f"{self._stats.num_pending} caches of the last initialization are still "
+            self._last_error_detail = (f"Finalize is running, or {self._stats.num_pending} caches of the last initialization are still "
                                        f"exported to views, arrays or tensors")
             return _status(LLM_FAILED)
         from ._options import OptionError, parse_options
@@ -473,6 +480,9 @@ cdef class LlmDataDist:
             held_bytes = slab_bytes + self._alignment - RUNTIME_ALIGNMENT
             if held_bytes > <uint64_t>SIZE_MAX:
                 return LLM_PARAM_INVALID
+            if held_bytes > MAX_HELD_BYTES:
+                self._stats.num_failed_allocs += 1
+                return LLM_DEVICE_OUT_OF_MEMORY
             error = self.runtime_malloc(&address, held_bytes, False)
             if error != ACL_SUCCESS:
                 self._stats.num_failed_allocs += 1
@@ -529,7 +539,7 @@ cdef class LlmDataDist:
         held = slot.second
         llmdd_u64_erase(&self._caches, slot)
         if held & EXPORTED:
-            self.release_exported(record)
+            self.release_exported(self._exports.pop(cache_id))
         elif (held & SOURCE_BITS) == FROM_RUNTIME:
             error = self.runtime_free(<void*>record, False)
             if error != ACL_SUCCESS:
@@ -572,23 +582,23 @@ cdef class LlmDataDist:
         if not self._initialized or slot == NULL:
             raise ValueError(f"cache {cache_id} is not allocated: it was deallocated or its engine finalized")
         if slot.second & EXPORTED:
-            return <_CacheMemory><PyObject*>slot.first
+            return self._exports[cache_id]
         memory = _CacheMemory.__new__(_CacheMemory)
         memory.engine = self
         memory.record = slot.first
         memory.held = slot.second
-        Py_INCREF(memory)  # the cache table's reference, dropped when the engine releases it
-        slot.first = <uintptr_t><PyObject*>memory
+        if self._exports is None:
+            self._exports = {}
+        self._exports[cache_id] = memory
         slot.second |= EXPORTED
         return memory
 
-    cdef void release_exported(self, uint64_t owner):
-        """The engine lets go of exported memory; it is freed with the last export."""
-        cdef _CacheMemory memory = <_CacheMemory><PyObject*>owner
+    cdef void release_exported(self, _CacheMemory memory):
+        """The engine lets go of exported memory; it is freed with the last export (which
+        may be the caller's reference, dropped right after)."""
         memory.released = True
         self._stats.pending_bytes += memory.held >> HELD_SHIFT
         self._stats.num_pending += 1
-        Py_DECREF(memory)
 
     cdef void free_pending(self, uint64_t record, uint64_t held):
         """The last export of released memory is gone: free it, and finish a Finalize that
@@ -598,7 +608,7 @@ cdef class LlmDataDist:
         self.release_memory(record, held)
         self._stats.pending_bytes -= held >> HELD_SHIFT
         self._stats.num_pending -= 1
-        if self._stats.num_pending == 0 and self._teardown_pending:
+        if self._stats.num_pending == 0 and self._teardown_pending and not self._finalizing:
             self.teardown()
 
     def Finalize(self):
@@ -610,37 +620,37 @@ cdef class LlmDataDist:
     cdef void finalize(self):
         cdef uint64_t i
         cdef llmdd_u64_slot* slot
-        cdef list exported = []
+        cdef dict exports = self._exports or {}
         if not self._initialized:
             return
-        self._initialized = False  # new calls fail from here on
+        # New calls fail from here on, and a concurrent Initialize waits for the teardown.
+        self._initialized = False
+        self._teardown_pending = True
+        self._finalizing = True
         while self._runtime_calls_in_flight:
             with nogil:
                 sched_yield()
+        self._exports = None
         for i in range(self._caches.capacity):
             slot = &self._caches.slots[i]
             if slot.key != 0:
-                if slot.second & EXPORTED:
-                    exported.append(<object><PyObject*>slot.first)
-                elif (slot.second & SOURCE_BITS) == FROM_RUNTIME:
+                if slot.second & EXPORTED and <int64_t>slot.key in exports:
+                    self.release_exported(exports[<int64_t>slot.key])
+                elif slot.second & EXPORTED or (slot.second & SOURCE_BITS) == FROM_RUNTIME:
+                    # (an export whose owner a garbage collection already took is gone too)
                     self.release_memory(slot.first, slot.second)  # pool caches go with their pool
                 self.count_free(slot.second)
         llmdd_u64_release(&self._caches)
-        # Released last: an export that is already gone frees its memory right here.
-        self._teardown_pending = True
-        for memory in exported:
-            self.release_exported(<uintptr_t><PyObject*>memory)
-        del exported
+        exports.clear()     # exports nobody else holds free their memory here
+        self._finalizing = False
         if self._stats.num_pending == 0:
             self.teardown()
 
     cdef void abandon(self):
         """Forget the runtime state without a runtime call (a forked child's copy of it)."""
-        cdef uint64_t i
-        for i in range(self._caches.capacity):
-            if self._caches.slots[i].key != 0 and self._caches.slots[i].second & EXPORTED:
-                (<_CacheMemory><PyObject*>self._caches.slots[i].first).released = False
-                Py_DECREF(<object><PyObject*>self._caches.slots[i].first)
+        for memory in (self._exports or {}).values():
+            (<_CacheMemory>memory).released = False
+        self._exports = None
         llmdd_u64_release(&self._caches)
         if self._device_pool.active:
             llmdd_pool_release(&self._device_pool.pages)

@@ -88,6 +88,9 @@ static llmdd_pool_block *find_free_block(const llmdd_page_pool *pool, uint64_t p
         size_class(block->pages, &block_fl, &block_sl);
         block = block->next_free ? block->next_free : first_block_above(pool, block_fl, block_sl);
     }
+    /* Last, the rest of the request's own class: a fitting block there must not be missed. */
+    for (llmdd_pool_block *block = pool->free_lists[fl][sl]; block; block = block->next_free)
+        if (fits(block, pages, align_pages)) return block;
     return NULL;
 }
 
