@@ -6,7 +6,7 @@ through the buffer protocol, __array_interface__ and DLPack (kDLCPU). Data types
 DLPack lack come out as raw bytes (uint8, one dim of nbytes). Every export holds a reference
 to the cache's memory owner, so no array or tensor ever outlives the memory it points at.
 """
-from cpython.buffer cimport PyBUF_FORMAT, PyBUF_WRITABLE
+from cpython.buffer cimport PyBUF_FORMAT, PyBUF_ND, PyBUF_STRIDES
 from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_IsValid, PyCapsule_New
 from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
 from libc.stdint cimport int64_t, uint8_t, uint64_t, uintptr_t
@@ -75,6 +75,7 @@ cdef class TensorView:
         return 0
 
     def __getbuffer__(self, Py_buffer* buffer, int flags):
+        # Row-major and writable: every request can be met; give what each one asks for.
         self.require_host_access()
         buffer.buf = <void*>self.data_ptr
         buffer.obj = self
@@ -82,9 +83,9 @@ cdef class TensorView:
         buffer.readonly = 0
         buffer.itemsize = self._itemsize
         buffer.format = <char*>self._buffer_format if flags & PyBUF_FORMAT else <char*>NULL
-        buffer.ndim = self._ndim
-        buffer.shape = self._export_shape
-        buffer.strides = self._export_strides
+        buffer.ndim = self._ndim if (flags & PyBUF_ND) == PyBUF_ND else 1
+        buffer.shape = self._export_shape if (flags & PyBUF_ND) == PyBUF_ND else NULL
+        buffer.strides = self._export_strides if (flags & PyBUF_STRIDES) == PyBUF_STRIDES else NULL
         buffer.suboffsets = NULL
         buffer.internal = NULL
 

@@ -212,9 +212,17 @@ static llmdd_u64_slot *containing_allocation(const void *address, size_t bytes) 
     return NULL;
 }
 
+/* fork() while another thread holds the lock would leave the child's copy locked for good:
+ * hold it across the fork, and release both copies after. */
+static void lock_for_fork(void) { pthread_mutex_lock(&sim.lock); }
+static void unlock_after_fork(void) { pthread_mutex_unlock(&sim.lock); }
+static pthread_once_t fork_handlers_once = PTHREAD_ONCE_INIT;
+static void install_fork_handlers(void) { pthread_atfork(lock_for_fork, unlock_after_fork, unlock_after_fork); }
+
 aclError aclInit(const char *configPath) {
     (void)configPath; /* the host runtime has no configuration file */
     aclError error;
+    pthread_once(&fork_handlers_once, install_fork_handlers);
     pthread_mutex_lock(&sim.lock);
     if (injected_failure(LLMDD_SIM_INIT, &error)) return unlock_with(error);
     if (sim.initialized) return unlock_with(fail(ACL_ERROR_REPEAT_INITIALIZE, "aclInit was already called"));
