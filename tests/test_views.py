@@ -106,6 +106,8 @@ def test_memoryview_and_dlpack_share_memory(host_pool_engine, placement):
     buffer.cast("B")[:4] = numpy.float32(2.5).tobytes()
     assert from_dlpack[0, 0] == 2.5 and numpy.asarray(view)[0, 0] == 2.5
     assert view.__dlpack_device__() == (1, 0)
+    simple = (ctypes.c_char * desc.size).from_buffer(view)       # a simple, writable request
+    assert len(simple) == desc.size and simple.raw[:4] == numpy.float32(2.5).tobytes()
 
 
 @host_only
