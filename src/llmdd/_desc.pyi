@@ -4,6 +4,8 @@ The enum values repeat llm_facts.h; tests/test_facts.py checks that they agree."
 import enum
 from typing import Final, Sequence, SupportsIndex
 
+__all__: list[str]
+
 class LLMStatusCode(enum.IntEnum):
     LLM_SUCCESS = 0
     LLM_FAILED = 4294967295
@@ -198,6 +200,6 @@ class CacheDesc:
     def size(self) -> int: ...
     def __copy__(self) -> CacheDesc: ...
     def __deepcopy__(self, memo: object) -> CacheDesc: ...
-    def __eq__(self, other: object) -> bool: ...
+    def __eq__(self, other: object, /) -> bool: ...
     __hash__: None  # type: ignore[assignment]
 
