@@ -33,6 +33,13 @@ static void *malloc_on_fresh_thread(void *context) {
     return results;
 }
 
+static void *replace_context(void *context) {
+    static aclrtContext replacement;
+    aclrtDestroyContext((aclrtContext)context);
+    aclrtCreateContext(&replacement, 0); /* malloc may hand it the destroyed one's address */
+    return replacement;
+}
+
 int main(void) {
     void *memory = NULL;
     CHECK(aclrtMalloc(&memory, 64, ACL_MEM_MALLOC_HUGE_FIRST) == ACL_ERROR_UNINITIALIZE, "malloc before aclInit");
@@ -92,6 +99,15 @@ int main(void) {
     CHECK(results[1] == ACL_SUCCESS, "after aclrtSetCurrentContext it allocates");
     CHECK(aclrtDestroyContext(context) == ACL_SUCCESS, "aclrtDestroyContext");
     CHECK(aclrtSetCurrentContext(context) == ACL_ERROR_INVALID_PARAM, "a destroyed context cannot be set");
+
+    aclrtContext stale = NULL, replacement = NULL;
+    CHECK(aclrtCreateContext(&stale, 0) == ACL_SUCCESS, "a context bound to this thread");
+    pthread_create(&thread, NULL, replace_context, stale);
+    pthread_join(thread, &replacement);
+    CHECK(aclrtMalloc(&memory, 64, ACL_MEM_MALLOC_HUGE_FIRST) == ACL_ERROR_RT_CONTEXT_NULL,
+          "destroyed elsewhere, and its address reused or not, the binding is gone");
+    printf("(the replacement context %s the destroyed one's address)\n", replacement == stale ? "reused" : "did not reuse");
+    aclrtDestroyContext(replacement);
 
     void *pinned = NULL;
     CHECK(aclrtMallocHost(&pinned, 100) == ACL_SUCCESS && (uintptr_t)pinned % 64 == 0, "aclrtMallocHost");

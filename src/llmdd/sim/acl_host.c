@@ -62,13 +62,15 @@ static struct {
     sim_device *devices;
     llmdd_u64_table device_allocations; /* address -> (charged bytes, device | SIM_RESERVED_FLAG) */
     llmdd_u64_table host_allocations;   /* address -> (bytes, 0) */
-    llmdd_u64_table contexts;           /* live context -> (device, 0) */
+    llmdd_u64_table contexts;           /* live context -> (device, serial) */
+    uint64_t next_context_serial;       /* tells a context from a later one at the same address */
     uint64_t call_counts[LLMDD_SIM_CALL_COUNT];
     uint64_t failure_countdown[LLMDD_SIM_CALL_COUNT];
     int failure_error[LLMDD_SIM_CALL_COUNT];
 } sim = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 static _Thread_local sim_context *current_context;
+static _Thread_local uint64_t current_serial; /* the serial current_context had when bound */
 static _Thread_local char recent_error[256];
 
 static aclError fail(aclError error, const char *format, ...) {
@@ -105,9 +107,22 @@ static aclError unlock_with(aclError error) {
     return error;
 }
 
-/* The calling thread's context if it is still alive, else NULL. Lock held. */
+/* The calling thread's context if it is still alive, else NULL. Lock held. The serial check
+ * keeps a destroyed context's address, reused by a new context, from reviving the binding. */
 static sim_context *bound_context(void) {
-    return llmdd_u64_find(&sim.contexts, (uint64_t)(uintptr_t)current_context) ? current_context : NULL;
+    llmdd_u64_slot *slot = llmdd_u64_find(&sim.contexts, (uint64_t)(uintptr_t)current_context);
+    return slot != NULL && slot->second == current_serial ? current_context : NULL;
+}
+
+/* Registers a new context. Returns 0, or -1 when the host is out of memory. Lock held. */
+static int register_context(sim_context *context, int32_t device) {
+    return llmdd_u64_insert(&sim.contexts, (uint64_t)(uintptr_t)context, (uint64_t)device, ++sim.next_context_serial);
+}
+
+/* Makes a registered context the calling thread's current one. Lock held. */
+static void bind(sim_context *context) {
+    current_context = context;
+    current_serial = llmdd_u64_find(&sim.contexts, (uint64_t)(uintptr_t)context)->second;
 }
 
 static int valid_device(int32_t device) { return device >= 0 && (uint32_t)device < sim.device_count; }
@@ -273,10 +288,10 @@ aclError aclrtSetDevice(int32_t deviceId) {
                                 sim.device_count));
     sim_device *device = &sim.devices[deviceId];
     if (device->set_count == 0 &&
-        llmdd_u64_insert(&sim.contexts, (uint64_t)(uintptr_t)&device->default_context, (uint64_t)deviceId, 0) != 0)
+        register_context(&device->default_context, deviceId) != 0)
         return unlock_with(fail(ACL_ERROR_BAD_ALLOC, "no host memory for the context table"));
     device->set_count++;
-    current_context = &device->default_context;
+    bind(&device->default_context);
     return unlock_with(ACL_SUCCESS);
 }
 
@@ -330,11 +345,11 @@ aclError aclrtCreateContext(aclrtContext *context, int32_t deviceId) {
     sim_context *created = (sim_context *)malloc(sizeof(sim_context));
     if (created == NULL) return unlock_with(fail(ACL_ERROR_BAD_ALLOC, "no host memory for a context"));
     created->device = deviceId;
-    if (llmdd_u64_insert(&sim.contexts, (uint64_t)(uintptr_t)created, (uint64_t)deviceId, 0) != 0) {
+    if (register_context(created, deviceId) != 0) {
         free(created);
         return unlock_with(fail(ACL_ERROR_BAD_ALLOC, "no host memory for the context table"));
     }
-    current_context = created; /* as in ACL, a new context becomes the thread's current one */
+    bind(created); /* as in ACL, a new context becomes the thread's current one */
     *context = created;
     return unlock_with(ACL_SUCCESS);
 }
@@ -354,7 +369,7 @@ aclError aclrtSetCurrentContext(aclrtContext context) {
     SIM_ENTER(LLMDD_SIM_SET_CURRENT_CONTEXT);
     if (llmdd_u64_find(&sim.contexts, (uint64_t)(uintptr_t)context) == NULL)
         return unlock_with(fail(ACL_ERROR_INVALID_PARAM, "%p is not a live context", context));
-    current_context = (sim_context *)context;
+    bind((sim_context *)context);
     return unlock_with(ACL_SUCCESS);
 }
 
