@@ -1,4 +1,5 @@
 import os
+import threading
 
 import pytest
 from hypothesis import strategies as st
@@ -77,3 +78,40 @@ descriptors = st.builds(
     data_type=st.one_of(st.sampled_from(list(llmdd.DataType)), st.integers(-5, 60)),
     placement=st.one_of(st.just(llmdd.CachePlacement.kDevice), st.integers(0, 3)),
 )
+
+
+def allocate_until_failure(engine, desc):
+    """Allocate `desc` until AllocateCache fails: (the caches made, the failing status, the
+    Cache the failed call was given)."""
+    caches = []
+    while True:
+        cache = llmdd.Cache()
+        status = engine.AllocateCache(desc, cache)
+        if status != llmdd.LLM_SUCCESS:
+            return caches, status, cache
+        caches.append(cache)
+
+
+def run_workers(worker, count):
+    """Run worker(seed) for seeds 0..count-1 on threads; the (seed, error) of those that raised."""
+    errors = []
+
+    def guarded(seed):
+        try:
+            worker(seed)
+        except Exception as error:   # reported to the test, with the worker's seed
+            errors.append((seed, repr(error)))
+
+    threads = [threading.Thread(target=guarded, args=(seed,)) for seed in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors
+
+
+def assert_disjoint(spans):
+    """No two (start, end) byte ranges overlap."""
+    spans = sorted(spans)
+    overlapping = [(a, b) for a, b in zip(spans, spans[1:]) if a[1] > b[0]]
+    assert not overlapping, f"overlapping ranges: {overlapping[:3]}"

@@ -2,7 +2,7 @@
 import ctypes
 
 import pytest
-from conftest import INT64_MAX, seed_desc
+from conftest import INT64_MAX, assert_disjoint, seed_desc
 
 import llmdd
 from llmdd import Cache, CacheDesc
@@ -65,8 +65,7 @@ def test_tensors_are_aligned_disjoint_sized_and_writable(engine, shape, data_typ
     size = desc.size
     assert len(addrs) == 16
     assert all(address % 512 == 0 for address in addrs)
-    ordered = sorted(addrs)
-    assert all(low + size <= high for low, high in zip(ordered, ordered[1:]))
+    assert_disjoint([(address, address + size) for address in addrs])
     for index, address in enumerate(addrs):
         ctypes.memset(address, index + 1, size)
     for index, address in enumerate(addrs):
@@ -79,8 +78,7 @@ def test_caches_do_not_overlap_each_other(engine):
         desc = CacheDesc(tensors, [length], llmdd.DT_FLOAT)
         cache = engine.allocate_cache(desc)
         spans += [(address, address + desc.size) for address in cache.tensor_addrs]
-    spans.sort()
-    assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:]))
+    assert_disjoint(spans)
 
 
 def test_not_initialized_is_failed():

@@ -5,7 +5,7 @@ import sys
 import threading
 
 import pytest
-from conftest import seed_desc
+from conftest import assert_disjoint, run_workers, seed_desc
 
 import llmdd
 import llmdd.sim
@@ -161,28 +161,19 @@ def test_allocate_and_deallocate_from_a_thread_that_did_not_initialize(engine):
 
 
 def test_concurrent_allocations_never_overlap(engine):
-    spans, errors = [], []
+    spans = []
     lock = threading.Lock()
 
     def worker(seed):
-        try:
-            for round_ in range(50):
-                desc = llmdd.CacheDesc(4, [64 + seed + round_], llmdd.DT_INT8)
-                cache = engine.allocate_cache(desc)
-                with lock:
-                    spans.extend((address, address + desc.size) for address in cache.tensor_addrs)
-        except Exception as error:  # reported below, with the thread's seed
-            errors.append((seed, error))
+        for round_ in range(50):
+            desc = llmdd.CacheDesc(4, [64 + seed + round_], llmdd.DT_INT8)
+            cache = engine.allocate_cache(desc)
+            with lock:
+                spans.extend((address, address + desc.size) for address in cache.tensor_addrs)
 
-    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
-    spans.sort()
+    assert run_workers(worker, 4) == []
     assert len(spans) == 4 * 50 * 4
-    assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:]))
+    assert_disjoint(spans)
 
 
 def test_cache_ids_start_at_one_in_a_fresh_process():

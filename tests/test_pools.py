@@ -1,10 +1,8 @@
 """Memory pools (llm.MemPoolConfig / llm.HostMemPoolConfig), alignment and memory_stats."""
 import ctypes
 import json
-import threading
-
 import pytest
-from conftest import seed_desc
+from conftest import allocate_until_failure, assert_disjoint, run_workers, seed_desc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -110,13 +108,7 @@ def test_pool_caches_are_page_rounded_inside_the_pool_and_writable():
 def test_exhaustion_is_device_out_of_memory_and_freeing_coalesces_everything():
     with pooled_engine(4 * MiB) as dd:
         desc = CacheDesc(2, [100_000], llmdd.DT_INT8)   # 2 x 100 KB -> 4 pages of 64 KiB
-        caches = []
-        while True:
-            cache = Cache()
-            status = dd.AllocateCache(desc, cache)
-            if status != llmdd.LLM_SUCCESS:
-                break
-            caches.append(cache)
+        caches, status, cache = allocate_until_failure(dd, desc)
         assert status == llmdd.LLM_DEVICE_OUT_OF_MEMORY and cache.cache_id == -1
         assert len(caches) == 16
         stats = dd.memory_stats()
@@ -213,10 +205,9 @@ def test_random_churn_keeps_caches_disjoint_and_stats_exact(ops, page_shift):
                 cache_id = sorted(live)[count % len(live)]
                 assert dd.DeallocateCache(cache_id) == llmdd.LLM_SUCCESS
                 del live[cache_id]
-            spans = sorted(live.values())
-            assert all(start + size <= next_start for (start, size), (next_start, _) in zip(spans, spans[1:]))
+            assert_disjoint([(start, start + size) for start, size in live.values()])
             stats = dd.memory_stats()
-            assert stats["bytes_in_use"] == sum(size for _, size in spans)
+            assert stats["bytes_in_use"] == sum(size for _, size in live.values())
             assert stats["pool_free_bytes"] == pool_bytes - stats["bytes_in_use"]
             assert stats["num_caches"] == len(live)
         for cache_id in list(live):
@@ -227,30 +218,21 @@ def test_random_churn_keeps_caches_disjoint_and_stats_exact(ops, page_shift):
 @pytest.mark.parametrize("use_pool", [False, True])
 def test_threads_allocating_writing_and_verifying_never_collide(use_pool):
     options = {"llm.MemPoolConfig": pool_option(256 * MiB)} if use_pool else {}
-    errors = []
     with LlmDataDist(0, LlmRole.kPrompt) as dd:
         assert dd.Initialize(options) == llmdd.LLM_SUCCESS
 
         def worker(seed):
-            try:
-                for round_ in range(100):
-                    desc = CacheDesc(2, [512 + 97 * ((seed * 31 + round_) % 40)], llmdd.DT_INT8)
-                    cache = dd.allocate_cache(desc)
-                    pattern = bytes([(seed * 7 + round_) % 251 + 1]) * desc.size
-                    for address in cache.tensor_addrs:
-                        ctypes.memmove(address, pattern, desc.size)
-                    for address in cache.tensor_addrs:
-                        assert ctypes.string_at(address, desc.size) == pattern, (seed, round_)
-                    dd.deallocate_cache(cache)
-            except Exception as error:   # reported below with the thread's seed
-                errors.append((seed, repr(error)))
+            for round_ in range(100):
+                desc = CacheDesc(2, [512 + 97 * ((seed * 31 + round_) % 40)], llmdd.DT_INT8)
+                cache = dd.allocate_cache(desc)
+                pattern = bytes([(seed * 7 + round_) % 251 + 1]) * desc.size
+                for address in cache.tensor_addrs:
+                    ctypes.memmove(address, pattern, desc.size)
+                for address in cache.tensor_addrs:
+                    assert ctypes.string_at(address, desc.size) == pattern, (seed, round_)
+                dd.deallocate_cache(cache)
 
-        threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(6)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert errors == []
+        assert run_workers(worker, 6) == []
         stats = dd.memory_stats()
         assert (stats["num_allocs"], stats["num_frees"], stats["num_caches"], stats["bytes_in_use"]) == (600, 600, 0, 0)
 

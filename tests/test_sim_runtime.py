@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import seed_desc
+from conftest import allocate_until_failure, seed_desc
 
 import llmdd
 import llmdd.sim
@@ -53,13 +53,7 @@ def test_out_of_memory_and_memory_fully_back(device_memory):
         assert dd.Initialize({}) == llmdd.LLM_SUCCESS
         assert dd.device_memory_info() == (1 << 20, 1 << 20)
         desc = CacheDesc(8, [16384], llmdd.DT_INT8)      # 8 x 16 KiB: 7 fit in 1 MiB
-        caches = []
-        while True:
-            cache = Cache()
-            status = dd.AllocateCache(desc, cache)
-            if status != llmdd.LLM_SUCCESS:
-                break
-            caches.append(cache)
+        caches, status, cache = allocate_until_failure(dd, desc)
         assert status == llmdd.LLM_DEVICE_OUT_OF_MEMORY
         assert cache.cache_id == -1 and cache.tensor_addrs == []
         assert len(caches) == (1 << 20) // charged(slab_request(desc))

@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+from conftest import assert_disjoint, run_workers
 
 import llmdd
 from llmdd import Cache, CacheDesc, LlmDataDist, LlmRole
@@ -24,52 +25,43 @@ def rss_bytes():
 @pytest.mark.parametrize("options", [{}, {"llm.MemPoolConfig": '{"memory_size": 268435456, "page_shift": 12}'}],
                          ids=["runtime", "pool"])
 def test_concurrency_soak(options):
-    errors, lock, live = [], threading.Lock(), {}
+    lock, live = threading.Lock(), {}
     deadline = time.monotonic() + SOAK_SECONDS
     with LlmDataDist(0, LlmRole.kPrompt) as dd:
         assert dd.Initialize(options) == llmdd.LLM_SUCCESS
 
         def check_disjoint():
             with lock:
-                spans = sorted(span for spans in live.values() for span in spans)
-            for (_, end, owner), (start, _, other) in zip(spans, spans[1:]):
-                assert end <= start, f"caches {owner} and {other} overlap"
+                spans = [span for spans in live.values() for span in spans]
+            assert_disjoint(spans)
 
         def worker(seed):
             rng = random.Random(seed)
             held = []
-            try:
-                while time.monotonic() < deadline:
-                    desc = CacheDesc(rng.randint(1, 4), [rng.randint(1, 20000)], llmdd.DT_INT8)
-                    cache = dd.allocate_cache(desc)
-                    pattern = rng.randrange(1, 256)
-                    for address in cache.tensor_addrs:
-                        ctypes.memset(address, pattern, desc.size)
-                    with lock:
-                        live[cache.cache_id] = [(a, a + desc.size, cache.cache_id) for a in cache.tensor_addrs]
-                    held.append((cache, pattern, desc.size))
-                    if len(held) > 8 or rng.random() < 0.4:
-                        old, old_pattern, size = held.pop(rng.randrange(len(held)))
-                        for address in old.tensor_addrs:
-                            assert ctypes.string_at(address, size) == bytes([old_pattern]) * size, "corrupted"
-                        with lock:
-                            del live[old.cache_id]
-                        dd.deallocate_cache(old)
-                    if rng.random() < 0.05:
-                        check_disjoint()
-                for old, _, _ in held:
+            while time.monotonic() < deadline:
+                desc = CacheDesc(rng.randint(1, 4), [rng.randint(1, 20000)], llmdd.DT_INT8)
+                cache = dd.allocate_cache(desc)
+                pattern = rng.randrange(1, 256)
+                for address in cache.tensor_addrs:
+                    ctypes.memset(address, pattern, desc.size)
+                with lock:
+                    live[cache.cache_id] = [(a, a + desc.size) for a in cache.tensor_addrs]
+                held.append((cache, pattern, desc.size))
+                if len(held) > 8 or rng.random() < 0.4:
+                    old, old_pattern, size = held.pop(rng.randrange(len(held)))
+                    for address in old.tensor_addrs:
+                        assert ctypes.string_at(address, size) == bytes([old_pattern]) * size, "corrupted"
                     with lock:
                         del live[old.cache_id]
                     dd.deallocate_cache(old)
-            except Exception as error:   # reported below with the worker's seed
-                errors.append((seed, repr(error)))
+                if rng.random() < 0.05:
+                    check_disjoint()
+            for old, _, _ in held:
+                with lock:
+                    del live[old.cache_id]
+                dd.deallocate_cache(old)
 
-        threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert errors == []
+        assert run_workers(worker, 4) == []
         stats = dd.memory_stats()
         print(f"soak {options or 'runtime'}: {stats['num_allocs']} allocations in {SOAK_SECONDS:.0f} s")
         assert stats["num_allocs"] == stats["num_frees"] > 0

@@ -39,8 +39,7 @@ class OptionError(Exception):
 class EngineOptions:
     """What Initialize takes from its options."""
 
-    __slots__ = ("device_id", "tensor_alignment", "malloc_policy", "sync_kv_wait_ms", "listen_ip_info",
-                 "device_pool", "host_pool")
+    __slots__ = ("device_id", "tensor_alignment", "malloc_policy", "device_pool", "host_pool")
 
     def __init__(self):
         self.device_pool = None  # PoolConfig, or None: one runtime allocation per cache
@@ -48,8 +47,6 @@ class EngineOptions:
         self.device_id = 0
         self.tensor_alignment = DEFAULT_TENSOR_ALIGNMENT
         self.malloc_policy = MALLOC_POLICIES["huge_first"]
-        self.sync_kv_wait_ms = None
-        self.listen_ip_info = None
 
 
 class PoolConfig:
@@ -131,9 +128,9 @@ def parse_options(options):
     if device_ids:
         parsed.device_id = device_ids.pop()
     if SYNC_KV_WAIT_TIME in options:
-        parsed.sync_kv_wait_ms = parse_decimal(options[SYNC_KV_WAIT_TIME], SYNC_KV_WAIT_TIME, 1, INT32_MAX)
+        parse_decimal(options[SYNC_KV_WAIT_TIME], SYNC_KV_WAIT_TIME, 1, INT32_MAX)  # checked; no transfers yet
     if LISTEN_IP_INFO in options:
-        parsed.listen_ip_info = parse_ip_port(options[LISTEN_IP_INFO], LISTEN_IP_INFO)
+        parse_ip_port(options[LISTEN_IP_INFO], LISTEN_IP_INFO)  # checked; llmdd listens for no links yet
     if ENABLE_SWITCH_ROLE in options and options[ENABLE_SWITCH_ROLE] not in ("0", "1"):
         raise OptionError(f"{ENABLE_SWITCH_ROLE}={options[ENABLE_SWITCH_ROLE]!r} is not '0' or '1'")
     if MEM_POOL_CONFIG in options:

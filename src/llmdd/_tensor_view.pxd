@@ -9,7 +9,9 @@ cdef class TensorView:
     cdef readonly object data_type
     cdef readonly tuple device
     cdef readonly bint host_accessible
+    cdef readonly bint is_raw_bytes      # numpy and memoryview see uint8 bytes, for want of the type
     cdef bytes _buffer_format
+    cdef str _typestr
     cdef int _ndim
     cdef Py_ssize_t _itemsize
     cdef Py_ssize_t _export_shape[32]

@@ -60,11 +60,6 @@ cdef class TensorView:
     def __init__(self, *args, **kwargs):
         raise TypeError("TensorView is made by Cache.tensor(i)")
 
-    @property
-    def is_raw_bytes(self):
-        """True when numpy and the buffer protocol see uint8 bytes, for want of the data type."""
-        return _formats.get(self.data_type, _raw_bytes)[0] is None or self.data_type not in _formats
-
     def __repr__(self):
         return (f"TensorView(data_ptr={self.data_ptr:#x}, nbytes={self.nbytes}, shape={list(self.shape)}, "
                 f"data_type={self.data_type!r}, device={self.device!r})")
@@ -95,9 +90,9 @@ cdef class TensorView:
     @property
     def __array_interface__(self):
         self.require_host_access()
-        typestr = _formats.get(self.data_type, _raw_bytes)[1] or _raw_bytes[1]
         shape = tuple([self._export_shape[i] for i in range(self._ndim)])
-        return {"version": 3, "shape": shape, "typestr": typestr, "data": (self.data_ptr, False), "strides": None}
+        return {"version": 3, "shape": shape, "typestr": self._typestr, "data": (self.data_ptr, False),
+                "strides": None}
 
     def __dlpack_device__(self):
         self.require_host_access()
@@ -167,7 +162,7 @@ cdef TensorView make_view(object owner, uintptr_t address, uint64_t nbytes, tupl
     cdef TensorView view = TensorView.__new__(TensorView)
     cdef int i
     cdef Py_ssize_t stride
-    buffer_format, _, _, itemsize = _formats.get(data_type, _raw_bytes)
+    buffer_format, typestr, _, itemsize = _formats.get(data_type, _raw_bytes)
     view.owner = owner
     view.data_ptr = address
     view.nbytes = nbytes
@@ -175,8 +170,10 @@ cdef TensorView make_view(object owner, uintptr_t address, uint64_t nbytes, tupl
     view.data_type = data_type
     view.device = (placement, device_id)
     view.host_accessible = host_accessible
-    if buffer_format is None or data_type not in _formats or len(shape) > MAX_VIEW_DIMS:
-        buffer_format, itemsize = _raw_bytes[0], 1
+    # numpy and the buffer protocol see raw bytes where they lack the type (DLPack may not).
+    view.is_raw_bytes = data_type not in _formats or buffer_format is None or len(shape) > MAX_VIEW_DIMS
+    if view.is_raw_bytes:
+        buffer_format, typestr, itemsize = _raw_bytes[0], _raw_bytes[1], 1
         view._ndim = 1
         view._export_shape[0] = nbytes
     else:
@@ -184,6 +181,7 @@ cdef TensorView make_view(object owner, uintptr_t address, uint64_t nbytes, tupl
         for i in range(view._ndim):
             view._export_shape[i] = shape[i]
     view._buffer_format = buffer_format.encode("ascii")
+    view._typestr = typestr
     view._itemsize = itemsize
     stride = itemsize
     for i in reversed(range(view._ndim)):
