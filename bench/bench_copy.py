@@ -44,34 +44,30 @@ def test_one_large_memcpy(benchmark, buffers):
     record_bandwidth(benchmark, "one memcpy of 1 GiB")
 
 
-@pytest.mark.benchmark(group="copy-1GiB")
-@pytest.mark.parametrize("direction", ["d2h", "h2d"])
-def test_llmdd_copy_blocks_consecutive(benchmark, buffers, direction):
-    dd, device, host, _, _ = buffers
-    src, dst = (device, host) if direction == "d2h" else (host, device)
-    blocks = list(range(BLOCKS))
-    benchmark.pedantic(dd.copy_blocks, args=(src, dst, blocks, [blocks]), rounds=ROUNDS, iterations=1)
-    record_bandwidth(benchmark, f"CopyKvBlocks {direction}, consecutive blocks")
-
-
-@pytest.mark.benchmark(group="copy-1GiB")
-@pytest.mark.parametrize("direction", ["d2h", "h2d"])
-def test_llmdd_copy_blocks_random(benchmark, buffers, direction):
-    dd, device, host, _, _ = buffers
-    src, dst = (device, host) if direction == "d2h" else (host, device)
+def block_order(order):
+    """(source blocks, destination blocks): all of them in order, or in a seeded random order."""
+    if order == "consecutive":
+        return numpy.arange(BLOCKS), numpy.arange(BLOCKS)
     rng = numpy.random.default_rng(20261127)
-    src_blocks, dst_blocks = rng.permutation(BLOCKS).tolist(), rng.permutation(BLOCKS).tolist()
+    return rng.permutation(BLOCKS), rng.permutation(BLOCKS)
+
+
+@pytest.mark.benchmark(group="copy-1GiB")
+@pytest.mark.parametrize("order", ["consecutive", "random"])
+@pytest.mark.parametrize("direction", ["d2h", "h2d"])
+def test_llmdd_copy_blocks(benchmark, buffers, direction, order):
+    dd, device, host, _, _ = buffers
+    src, dst = (device, host) if direction == "d2h" else (host, device)
+    src_blocks, dst_blocks = (blocks.tolist() for blocks in block_order(order))
     benchmark.pedantic(dd.copy_blocks, args=(src, dst, src_blocks, [dst_blocks]), rounds=ROUNDS, iterations=1)
-    record_bandwidth(benchmark, f"CopyKvBlocks {direction}, random blocks")
+    record_bandwidth(benchmark, f"CopyKvBlocks {direction}, {order} blocks")
 
 
 @pytest.mark.benchmark(group="copy-1GiB")
 @pytest.mark.parametrize("order", ["consecutive", "random"])
 def test_numpy_fancy_indexing(benchmark, buffers, order):
     _, _, _, device_views, host_memory = buffers
-    rng = numpy.random.default_rng(20261127)
-    src_blocks = numpy.arange(BLOCKS) if order == "consecutive" else rng.permutation(BLOCKS)
-    dst_blocks = numpy.arange(BLOCKS) if order == "consecutive" else rng.permutation(BLOCKS)
+    src_blocks, dst_blocks = block_order(order)
 
     def copy_d2h():
         for tensor, view in enumerate(device_views):
