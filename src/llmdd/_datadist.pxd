@@ -76,7 +76,8 @@ cdef class LlmDataDist:
     cdef uint64_t _alignment
     cdef aclrtMemMallocPolicy _malloc_policy
     cdef int _runtime_calls_in_flight # calls running without the GIL; Finalize waits for them
-    cdef bint _teardown_pending       # Finalize waits for exported memory to be let go
+    cdef bint _setting_up             # inside Initialize's set-up: other Initialize and Finalize calls wait
+    cdef bint _teardown_pending       # from Finalize to the end of the teardown (after the last export)
     cdef bint _finalizing             # inside Finalize: the teardown comes at its end
     cdef bint _abandoned              # initialized before a fork, and this is the child
     cdef object __weakref__
@@ -86,6 +87,9 @@ cdef class LlmDataDist:
     cdef str _last_error_detail
 
     cdef uint32_t set_up(self, int32_t device, uint64_t alignment, int malloc_policy, device_pool, host_pool)
+    cdef uint32_t open_device(self, int32_t device, uint64_t alignment, int malloc_policy, device_pool, host_pool)
+    cdef void wait_for_set_up(self)
+    cdef object teardown_pending_failure(self)
     cdef uint32_t create_pool(self, MemoryPool* pool, bint on_host, uint64_t memory_size, uint64_t page_shift)
     cdef void destroy_pool(self, MemoryPool* pool)
     cdef uint32_t allocate(self, CacheDesc desc, Cache cache)

@@ -9,7 +9,7 @@ caches in a C hash table, carves them from memory pools (page_pool.c) when confi
 keeps exported memory alive for its views (_CacheMemory). Copies: _copy.pxi.
 """
 cimport cython
-from cpython.ref cimport PyObject
+from cpython.ref cimport Py_REFCNT, PyObject
 from libc.stdint cimport INT64_MAX, SIZE_MAX, UINT64_MAX
 
 from ._acl cimport (
@@ -104,6 +104,15 @@ cdef bint _acl_initialized_by_llmdd = False
 cdef object _live_engines = None
 
 
+cdef void _leave_runtime():
+    """An engine stops using the runtime: the last one out finalizes ACL if llmdd set it up."""
+    global _initialized_engines, _acl_initialized_by_llmdd
+    _initialized_engines -= 1
+    if _initialized_engines == 0 and _acl_initialized_by_llmdd:
+        aclFinalize()
+        _acl_initialized_by_llmdd = False
+
+
 def _abandon_engines_in_child():
     """After fork, in the child: the runtime state belongs to the parent. Every engine that
     was live is abandoned: it answers LLM_FAILED, and frees nothing on the device, ever, so
@@ -159,11 +168,29 @@ cdef inline object _status(uint32_t code):
 
 
 class LLMException(RuntimeError):
-    """A call of the Pythonic layer failed; `status_code` is its LLMStatusCode."""
+    """A call of the Pythonic layer failed; `status_code` is its LLMStatusCode.
 
-    def __init__(self, message, status_code):
-        super().__init__(message)
-        self.status_code = status_code
+    Takes CANN's form, LLMException(*args, status_code=LLM_SUCCESS), and llmdd's
+    LLMException(message, status_code). Pickles and copies with its message and status, so
+    that an engine error raised in a worker process reaches the parent intact."""
+
+    def __init__(self, *args, status_code=None):
+        if status_code is None and len(args) == 2 and isinstance(args[1], int) and not isinstance(args[1], bool):
+            args, status_code = args[:1], args[1]
+        super().__init__(*args)
+        self.status_code = _SUCCESS if status_code is None else _status_member(status_code)
+
+    def __reduce__(self):
+        return (type(self), self.args, {"status_code": self.status_code})
+
+
+cdef object _status_member(object code):
+    """The LLMStatusCode member of a status value; the value itself if no member has it."""
+    return _status_by_code.get(code, code)
+
+
+cdef object _refuse_copy(object owner):
+    raise TypeError(f"{type(owner).__name__} owns or points at memory: it cannot be copied or pickled")
 
 
 cdef inline bint _round_up(uint64_t value, uint64_t alignment, uint64_t* rounded) noexcept nogil:
@@ -174,11 +201,17 @@ cdef inline bint _round_up(uint64_t value, uint64_t alignment, uint64_t* rounded
     return True
 
 
+@cython.auto_pickle(False)
 cdef class Cache:
     """A cache: its id, num_tensors tensor addresses and a copy of its CacheDesc.
 
-    Mirrors llm_datadist::Cache: a default Cache has cache_id -1 and no addresses.
+    Mirrors llm_datadist::Cache: a default Cache has cache_id -1 and no addresses. It points
+    at memory, so it is neither copied nor pickled (a copy would outlive a deallocation
+    unnoticed, a pickle would carry addresses into another process).
     """
+
+    def __reduce__(self):
+        _refuse_copy(self)
 
     def __cinit__(self):
         self._cache_id = -1
@@ -292,20 +325,29 @@ cdef class Cache:
 
 
 @cython.no_gc_clear  # __dealloc__ needs self.engine, whatever order a collection clears things in
+@cython.auto_pickle(False)  # a copy would be a second owner: a double free
 cdef class _CacheMemory:
     """Owns a cache's memory once it was exported (see LlmDataDist.export_memory)."""
+
+    def __reduce__(self):
+        _refuse_copy(self)
 
     def __dealloc__(self):
         if self.released and self.engine is not None:
             self.engine.free_pending(self.record, self.held)
 
 
+@cython.auto_pickle(False)
 cdef class LlmDataDist:
     """One LLM-DataDist engine: a cluster id, a role, a device and the caches it allocated.
 
     Nothing touches the runtime before Initialize. Use it as a context manager to Finalize
-    on exit. Dropping an engine without Finalize frees what it holds.
+    on exit. Dropping an engine without Finalize frees what it holds. It owns memory, so it
+    is neither copied nor pickled.
     """
+
+    def __reduce__(self):
+        _refuse_copy(self)
 
     def __init__(self, cluster_id, role):
         number = as_integer(cluster_id, "cluster_id")
@@ -329,6 +371,7 @@ cdef class LlmDataDist:
 
     def Initialize(self, options):
         """Set up the runtime on the device the options name. A second call is a no-op."""
+        self.wait_for_set_up()
         if self._initialized:
             return _SUCCESS
         if self._abandoned:
@@ -336,10 +379,7 @@ cdef class LlmDataDist:
             self._last_error_detail = "this engine was initialized before a fork; make a new one in this process"
             return _status(LLM_FAILED)
         if self._teardown_pending:
-            self._last_acl_error = ACL_SUCCESS
-            self._last_error_detail = (f"Finalize is running, or {self._stats.num_pending} caches of the last initialization are still "
-                                       f"exported to views, arrays or tensors")
-            return _status(LLM_FAILED)
+            return self.teardown_pending_failure()
         from ._options import OptionError, parse_options
         try:
             parsed = parse_options(options)
@@ -347,22 +387,59 @@ cdef class LlmDataDist:
             self._last_acl_error = ACL_SUCCESS
             self._last_error_detail = str(error)
             return error.status_code
+        # parse_options ran Python code: another thread may have begun a set-up or Finalize.
+        self.wait_for_set_up()
+        if self._initialized:
+            return _SUCCESS
+        if self._teardown_pending:
+            return self.teardown_pending_failure()
         return _status(self.set_up(parsed.device_id, parsed.tensor_alignment, parsed.malloc_policy,
-                                       parsed.device_pool, parsed.host_pool))
+                                   parsed.device_pool, parsed.host_pool))
+
+    cdef object teardown_pending_failure(self):
+        self._last_acl_error = ACL_SUCCESS
+        self._last_error_detail = (f"Finalize is running, or {self._stats.num_pending} caches of the last initialization are still "
+                                   f"exported to views, arrays or tensors")
+        return _status(LLM_FAILED)
+
+    cdef void wait_for_set_up(self):
+        """Wait out another thread's set-up of this engine (it releases the GIL while it
+        allocates a pool), so that one Initialize sets up and the others see it done."""
+        while self._setting_up:
+            with nogil:
+                sched_yield()
 
     cdef uint32_t set_up(self, int32_t device, uint64_t alignment, int malloc_policy, device_pool, host_pool):
+        """The engine joins the runtime's users before its first call that may release the
+        GIL, so that another engine's teardown never finalizes ACL under this set-up."""
         global _initialized_engines, _acl_initialized_by_llmdd
         cdef aclError error
-        cdef aclrtContext previous = NULL
-        cdef aclrtContext context = NULL
-        cdef bint initialized_acl = False
+        cdef uint32_t status
         self._last_acl_error = ACL_SUCCESS
         if _initialized_engines == 0:
             error = aclInit(NULL)
             if error != ACL_SUCCESS and error != ACL_ERROR_REPEAT_INITIALIZE:
                 return self.runtime_failure(error)
             # REPEAT_INITIALIZE: the host process (torch_npu, say) set ACL up; it stays theirs.
-            initialized_acl = error == ACL_SUCCESS
+            _acl_initialized_by_llmdd = error == ACL_SUCCESS
+        _initialized_engines += 1
+        self._setting_up = True
+        status = self.open_device(device, alignment, malloc_policy, device_pool, host_pool)
+        if status == LLM_SUCCESS:
+            self._stats = MemoryStats()
+            self._initialized = True
+            _track_live_engine(self)
+        else:
+            _leave_runtime()
+        self._setting_up = False
+        return status
+
+    cdef uint32_t open_device(self, int32_t device, uint64_t alignment, int malloc_policy, device_pool, host_pool):
+        """The device, a context of the engine's own and its pools: all of them or none."""
+        cdef aclError error
+        cdef aclrtContext previous = NULL
+        cdef aclrtContext context = NULL
+        cdef uint32_t status = LLM_SUCCESS
         # aclrtSetDevice and aclrtCreateContext both change the thread's current context:
         # put the caller's back afterwards.
         if aclrtGetCurrentContext(&previous) != ACL_SUCCESS:
@@ -375,14 +452,11 @@ cdef class LlmDataDist:
         if previous != NULL:
             aclrtSetCurrentContext(previous)
         if error != ACL_SUCCESS:
-            if initialized_acl:
-                aclFinalize()
             return self.runtime_failure(error)
         self._device = device
         self._context = context
         self._alignment = alignment
         self._malloc_policy = <aclrtMemMallocPolicy>malloc_policy
-        cdef uint32_t status = LLM_SUCCESS
         if device_pool is not None:
             status = self.create_pool(&self._device_pool, False, device_pool.memory_size, device_pool.page_shift)
         if status == LLM_SUCCESS and host_pool is not None:
@@ -390,17 +464,9 @@ cdef class LlmDataDist:
         if status != LLM_SUCCESS:
             self.destroy_pool(&self._device_pool)
             aclrtDestroyContext(context)
+            self._context = NULL
             aclrtResetDevice(device)
-            if initialized_acl:
-                aclFinalize()
-            return status
-        if initialized_acl:
-            _acl_initialized_by_llmdd = True
-        _initialized_engines += 1
-        self._stats = MemoryStats()
-        self._initialized = True
-        _track_live_engine(self)
-        return LLM_SUCCESS
+        return status
 
     cdef uint32_t create_pool(self, MemoryPool* pool, bint on_host, uint64_t memory_size, uint64_t page_shift):
         """One runtime allocation of the pool's whole pages, plus slack to align page 0."""
@@ -528,6 +594,7 @@ cdef class LlmDataDist:
     cdef uint32_t deallocate(self, int64_t cache_id):
         cdef llmdd_u64_slot* slot
         cdef uint64_t record, held
+        cdef _CacheMemory memory
         cdef aclError error
         self._last_acl_error = ACL_SUCCESS
         if not self._initialized:
@@ -535,12 +602,21 @@ cdef class LlmDataDist:
         slot = llmdd_u64_find(&self._caches, <uint64_t>cache_id) if cache_id > 0 else NULL
         if slot == NULL:
             return LLM_KV_CACHE_NOT_EXIST
+        if slot.second & EXPORTED:
+            memory = <_CacheMemory>self._exports[cache_id]
+            if Py_REFCNT(memory) > 2:   # more than _exports and `memory`: a live view, array, tensor or copy
+                llmdd_u64_erase(&self._caches, slot)
+                del self._exports[cache_id]
+                self.release_exported(memory)
+                self.count_free(memory.held)
+                return LLM_SUCCESS
+            # Every export is gone: free the memory now, so that the status says how that went.
+            del self._exports[cache_id]
+            slot.second &= ~(<uint64_t>EXPORTED)
         record = slot.first
         held = slot.second
         llmdd_u64_erase(&self._caches, slot)
-        if held & EXPORTED:
-            self.release_exported(self._exports.pop(cache_id))
-        elif (held & SOURCE_BITS) == FROM_RUNTIME:
+        if (held & SOURCE_BITS) == FROM_RUNTIME:
             error = self.runtime_free(<void*>record, False)
             if error != ACL_SUCCESS:
                 # The runtime still holds the memory: keep the cache so a retry can free it.
@@ -576,21 +652,23 @@ cdef class LlmDataDist:
     # until the last export is gone; so nothing ever points at freed memory.
 
     cdef _CacheMemory export_memory(self, int64_t cache_id):
-        """The owner of a live cache's memory, made on the first export."""
-        cdef llmdd_u64_slot* slot = llmdd_u64_find(&self._caches, <uint64_t>cache_id) if cache_id > 0 else NULL
-        cdef _CacheMemory memory
+        """The owner of a live cache's memory, made on the first export. The new object is
+        made before the table is read: making it may run a garbage collection, and so any
+        Python code, which may deallocate the cache."""
+        cdef _CacheMemory memory = _CacheMemory.__new__(_CacheMemory)
+        cdef llmdd_u64_slot* slot
+        if self._exports is None:
+            self._exports = {}
+        slot = llmdd_u64_find(&self._caches, <uint64_t>cache_id) if cache_id > 0 else NULL
         if not self._initialized or slot == NULL:
             raise ValueError(f"cache {cache_id} is not allocated: it was deallocated or its engine finalized")
         if slot.second & EXPORTED:
             return self._exports[cache_id]
-        memory = _CacheMemory.__new__(_CacheMemory)
         memory.engine = self
         memory.record = slot.first
         memory.held = slot.second
-        if self._exports is None:
-            self._exports = {}
-        self._exports[cache_id] = memory
         slot.second |= EXPORTED
+        self._exports[cache_id] = memory   # an int key into an existing dict: no collection runs here
         return memory
 
     cdef void release_exported(self, _CacheMemory memory):
@@ -620,16 +698,18 @@ cdef class LlmDataDist:
     cdef void finalize(self):
         cdef uint64_t i
         cdef llmdd_u64_slot* slot
-        cdef dict exports = self._exports or {}
+        cdef dict exports
+        self.wait_for_set_up()   # an Initialize under way on another thread finishes first
         if not self._initialized:
             return
-        # New calls fail from here on, and a concurrent Initialize waits for the teardown.
+        # New calls fail from here on, and Initialize answers LLM_FAILED until the teardown.
         self._initialized = False
         self._teardown_pending = True
         self._finalizing = True
         while self._runtime_calls_in_flight:
             with nogil:
                 sched_yield()
+        exports = self._exports or {}
         self._exports = None
         for i in range(self._caches.capacity):
             slot = &self._caches.slots[i]
@@ -663,20 +743,18 @@ cdef class LlmDataDist:
         self._abandoned = True
 
     cdef void teardown(self):
-        """Release the pools, the context and the device, once no exported memory is left."""
-        global _initialized_engines, _acl_initialized_by_llmdd
+        """Release the pools, the context and the device, once no exported memory is left.
+        Freeing a pool releases the GIL: _teardown_pending stays set to the very end, so an
+        Initialize on another thread answers LLM_FAILED rather than set up under the teardown."""
         if _live_engines is not None:
             _live_engines.discard(self)
-        self._teardown_pending = False
         self.destroy_pool(&self._device_pool)
         self.destroy_pool(&self._host_pool)
         aclrtDestroyContext(self._context)
         self._context = NULL
         aclrtResetDevice(self._device)
-        _initialized_engines -= 1
-        if _initialized_engines == 0 and _acl_initialized_by_llmdd:
-            aclFinalize()
-            _acl_initialized_by_llmdd = False
+        _leave_runtime()
+        self._teardown_pending = False
 
     def __dealloc__(self):
         self.finalize()
@@ -754,7 +832,7 @@ cdef class LlmDataDist:
             message += "; the engine is not initialized"
         elif self._last_acl_error != ACL_SUCCESS:
             message += f"; ACL error {self._last_acl_error}: {self._last_error_detail}"
-        return LLMException(message, status_code)
+        return LLMException(message, status_code=status_code)
 
     # Runtime calls. The engine's context is bound on whichever thread calls (ACL binds
     # contexts to threads) and the caller's context is put back after. The GIL is released
@@ -838,11 +916,13 @@ cdef class LlmDataDist:
         cdef aclrtContext previous = NULL
         if not self._initialized:
             raise self.exception(LLM_FAILED, "device_memory_info")
+        self._runtime_calls_in_flight += 1   # so that Finalize waits for it
         with nogil:
             error = self.bind_context(&previous)
             if error == ACL_SUCCESS:
                 error = aclrtGetMemInfo(ACL_HBM_MEM, &free_bytes, &total_bytes)
                 self.restore_context(previous)
+        self._runtime_calls_in_flight -= 1
         if error != ACL_SUCCESS:
             raise self.exception(self.runtime_failure(error), "device_memory_info")
         return free_bytes, total_bytes
