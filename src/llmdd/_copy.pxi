@@ -1,10 +1,14 @@
 # Cache copies (CopyKvCache, CopyKvBlocks; spec section 4), included into _datadist so that
-# they reach the same runtime. Everything is checked before the first byte moves, so only a
-# runtime failure can stop a copy part-way; the GIL is released while bytes move, and the
-# engine's caches taking part are pinned like exports meanwhile, so that a DeallocateCache from
-# another thread cannot free memory under a copy (it is freed when the copy lets go).
+# they reach the same runtime. A copy goes in three steps, so that no Python code runs
+# between reading a cache's addresses and using them: (1) convert and check every Python
+# argument (an item's __index__ may run any code, even DeallocateCache); (2) pin the engine's
+# caches like exports, so that a DeallocateCache from another thread while the GIL is released
+# frees their memory only when the copy lets go; (3) read the addresses, check them against
+# what was pinned, and copy. Everything is checked before the first byte moves, so only a
+# runtime failure can stop a copy part-way.
+from cpython.pyport cimport PY_SSIZE_T_MAX
 from libc.stdint cimport UINT64_MAX
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport free, malloc, qsort
 
 from ._acl cimport (
     ACL_MEMCPY_DEVICE_TO_DEVICE,
@@ -32,23 +36,30 @@ cdef inline uintptr_t _tensor_address(const CopyEndpoint* side, uint32_t index) 
     return side.addrs[index] if side.addrs != NULL else side.first_addr + index * side.stride
 
 
-cdef uint32_t _copy_endpoint(LlmDataDist engine, Cache cache, CopyEndpoint* side) except? 0xFFFFFFFE:
-    """Fill `side` for `cache`; LLM_KV_CACHE_NOT_EXIST for a device cache this engine does
-    not hold, LLM_PARAM_INVALID for a cache that cannot take part in a copy."""
+cdef uint32_t _copy_endpoint(LlmDataDist engine, Cache cache, _CacheMemory pinned, CopyEndpoint* side,
+                             bint with_addresses) except? 0xFFFFFFFE:
+    """Fill `side` for `cache` from its state now, running no Python code: LLM_KV_CACHE_NOT_EXIST
+    for a device cache this engine does not hold (or no longer holds the memory `pinned`),
+    LLM_PARAM_INVALID for a cache that cannot take part in a copy. Caller-set addresses are
+    copied into side.addrs only `with_addresses` (the caller frees them)."""
     cdef DescFields fields
     cdef bint engine_cache = cache._engine is engine
     cdef tuple shape
+    cdef llmdd_u64_slot* slot
     cdef Py_ssize_t i
     side.addrs = NULL
     side.cache_key = <Py_ssize_t><PyObject*>cache
     if engine_cache:
         fields = cache._desc_fields      # what was allocated, whatever was set since
         shape = cache._desc_shape
+    elif cache._desc is not None:
+        fields = cache._desc.fields
+        shape = cache._desc._shape
     else:
-        fields = cache.desc().fields
-        shape = cache.desc()._shape
+        return LLM_KV_CACHE_NOT_EXIST    # a default Cache: a device cache nobody allocated
     if fields.placement == LLMDD_kDevice or engine_cache:
-        if not engine_cache or llmdd_u64_find(&engine._caches, <uint64_t>cache._cache_id) == NULL:
+        slot = llmdd_u64_find(&engine._caches, <uint64_t>cache._cache_id) if engine_cache else NULL
+        if slot == NULL or (pinned is not None and slot.first != pinned.record):
             return LLM_KV_CACHE_NOT_EXIST
         side.first_addr = cache._first_addr
         side.stride = cache._addr_stride
@@ -66,7 +77,7 @@ cdef uint32_t _copy_endpoint(LlmDataDist engine, Cache cache, CopyEndpoint* side
     side.num_tensors = fields.num_tensors
     side.batch = shape[0]
     side.block_bytes = side.tensor_bytes // side.batch
-    if not engine_cache:
+    if with_addresses and not engine_cache:
         side.addrs = <uintptr_t*>malloc(side.num_tensors * sizeof(uintptr_t))
         if side.addrs == NULL:
             raise MemoryError()
@@ -75,9 +86,26 @@ cdef uint32_t _copy_endpoint(LlmDataDist engine, Cache cache, CopyEndpoint* side
     return LLM_SUCCESS
 
 
-cdef tuple _pin(LlmDataDist engine, Cache src, Cache dst):
-    """Hold the memory of the engine's caches among src and dst for the length of a copy."""
-    return tuple([engine.export_memory(cache._cache_id) for cache in (src, dst) if cache._engine is engine])
+cdef _CacheMemory _pin(LlmDataDist engine, Cache cache):
+    """Hold the memory of an engine's cache for the length of a copy; None for a cache the
+    engine does not hold (the endpoint check then answers for it)."""
+    if cache._engine is not engine:
+        return None
+    try:
+        return engine.export_memory(cache._cache_id)
+    except ValueError:
+        return None
+
+
+cdef uint32_t _pinned_endpoints(LlmDataDist engine, Cache src_cache, Cache dst_cache, _CacheMemory src_pin,
+                                _CacheMemory dst_pin, CopyEndpoint* src, CopyEndpoint* dst) except? 0xFFFFFFFE:
+    """Both endpoints with their addresses, each engine cache still the one that was pinned."""
+    if (src_cache._engine is engine) != (src_pin is not None) or (dst_cache._engine is engine) != (dst_pin is not None):
+        return LLM_KV_CACHE_NOT_EXIST    # a cache changed hands while its pin was taken
+    cdef uint32_t status = _copy_endpoint(engine, src_cache, src_pin, src, True)
+    if status == LLM_SUCCESS:
+        status = _copy_endpoint(engine, dst_cache, dst_pin, dst, True)
+    return status
 
 
 cdef aclrtMemcpyKind _copy_kind(const CopyEndpoint* src, const CopyEndpoint* dst) noexcept:
@@ -95,11 +123,12 @@ cdef uint32_t _copy_kv_cache(LlmDataDist engine, Cache src_cache, Cache dst_cach
     cdef aclError error = ACL_SUCCESS
     cdef aclrtContext previous = NULL
     cdef aclrtMemcpyKind kind
+    # Every argument is a C value already; pin, then read the addresses.
+    cdef _CacheMemory src_pin = _pin(engine, src_cache)
+    cdef _CacheMemory dst_pin = _pin(engine, dst_cache)
     src.addrs = dst.addrs = NULL
     try:
-        status = _copy_endpoint(engine, src_cache, &src)
-        if status == LLM_SUCCESS:
-            status = _copy_endpoint(engine, dst_cache, &dst)
+        status = _pinned_endpoints(engine, src_cache, dst_cache, src_pin, dst_pin, &src, &dst)
         if status != LLM_SUCCESS:
             return status
         # Device to device and device to host only (spec section 4).
@@ -109,7 +138,6 @@ cdef uint32_t _copy_kv_cache(LlmDataDist engine, Cache src_cache, Cache dst_cach
         count = src.block_bytes - offset if size == -1 else <uint64_t>size
         if size == 0 or size < -1 or count > src.block_bytes - offset or count > dst.block_bytes - offset:
             return LLM_PARAM_INVALID
-        pinned = _pin(engine, src_cache, dst_cache)
         kind = _copy_kind(&src, &dst)
         engine._runtime_calls_in_flight += 1
         with nogil:
@@ -129,14 +157,54 @@ cdef uint32_t _copy_kv_cache(LlmDataDist engine, Cache src_cache, Cache dst_cach
         free(dst.addrs)
 
 
-cdef int _block_indices(object blocks, uint64_t* out, Py_ssize_t count, str name) except -1:
+cdef int _block_indices(tuple blocks, uint64_t* out, str name) except -1:
     """Python ints into `out`; TypeError for anything else. Negative values become huge
     indices, which the range check refuses."""
     cdef Py_ssize_t i
-    for i in range(count):
+    for i in range(len(blocks)):
         index = as_integer(blocks[i], name)
         out[i] = <uint64_t>index if 0 <= index <= <uint64_t>UINT64_MAX else UINT64_MAX
     return 0
+
+
+cdef int _compare_blocks(const void* a, const void* b) noexcept nogil:
+    cdef uint64_t x = (<const uint64_t*>a)[0], y = (<const uint64_t*>b)[0]
+    return (x > y) - (x < y)
+
+
+cdef bint _sorted_contains(const uint64_t* values, Py_ssize_t count, uint64_t value) noexcept nogil:
+    cdef Py_ssize_t low = 0, high = count
+    cdef Py_ssize_t middle
+    while low < high:
+        middle = (low + high) // 2
+        if values[middle] < value:
+            low = middle + 1
+        else:
+            high = middle
+    return low < count and values[low] == value
+
+
+cdef bint _valid_block_table(const CopyEndpoint* src, const CopyEndpoint* dst, const uint64_t* indices,
+                             Py_ssize_t count, Py_ssize_t lists, uint64_t* scratch) noexcept nogil:
+    """Every index in range, every destination block written once per call, and within one
+    cache never a source block that is also written. `scratch` holds lists * count values."""
+    cdef Py_ssize_t i, written = lists * count
+    for i in range(count):
+        if indices[i] >= src.batch:
+            return False
+    for i in range(written):
+        if indices[count + i] >= dst.batch:
+            return False
+        scratch[i] = indices[count + i]
+    qsort(scratch, written, sizeof(uint64_t), _compare_blocks)
+    for i in range(1, written):
+        if scratch[i] == scratch[i - 1]:
+            return False
+    if src.cache_key == dst.cache_key:
+        for i in range(count):
+            if _sorted_contains(scratch, written, indices[i]):
+                return False
+    return True
 
 
 cdef aclError _copy_block_runs(LlmDataDist engine, const CopyEndpoint* src, const CopyEndpoint* dst,
@@ -168,51 +236,58 @@ cdef uint32_t _copy_kv_blocks(LlmDataDist engine, Cache src_cache, Cache dst_cac
                               object dst_blocks_list):
     cdef CopyEndpoint src, dst
     cdef uint32_t status
-    cdef Py_ssize_t count, lists, i, j
-    cdef uint64_t* indices = NULL      # src blocks, then each destination list
+    cdef Py_ssize_t count, lists, j
+    cdef uint64_t* indices = NULL      # src blocks, then each destination list, then scratch
     cdef aclError error = ACL_SUCCESS
     cdef aclrtContext previous = NULL
     cdef aclrtMemcpyKind kind
+    cdef _CacheMemory src_pin, dst_pin
     if not isinstance(src_blocks, (list, tuple)):
         raise TypeError(f"src_blocks must be a list of ints, not {type(src_blocks).__name__}")
-    if not isinstance(dst_blocks_list, (list, tuple)) or not all(
-            isinstance(dst_blocks, (list, tuple)) for dst_blocks in dst_blocks_list):
+    if not isinstance(dst_blocks_list, (list, tuple)):
         raise TypeError("dst_blocks_list must be a list of lists of ints")
+    src.addrs = dst.addrs = NULL
+    # (1) The caches as they are now, for the status and the bounds of the block table: each
+    # destination block is written at most once, so the table has at most dst.batch entries
+    # per list and in all, and anything longer is refused before it costs memory.
+    status = _copy_endpoint(engine, src_cache, None, &src, False)
+    if status == LLM_SUCCESS:
+        status = _copy_endpoint(engine, dst_cache, None, &dst, False)
+    if status != LLM_SUCCESS:
+        return status
     # Tuples from here on: an item's __index__ may run code that changes the caller's lists.
     src_blocks = tuple(src_blocks)
-    dst_blocks_list = tuple([tuple(dst_blocks) for dst_blocks in dst_blocks_list])
-    src.addrs = dst.addrs = NULL
+    dst_blocks_list = tuple(dst_blocks_list)
     count = len(src_blocks)
     lists = len(dst_blocks_list)
+    if count == 0 or lists == 0 or <uint64_t>count > dst.batch or <uint64_t>lists > dst.batch // <uint64_t>count:
+        return LLM_PARAM_INVALID
+    if <uint64_t>lists * <uint64_t>count > <uint64_t>PY_SSIZE_T_MAX // (3 * sizeof(uint64_t)):
+        raise MemoryError()   # a table no host could hold, for a destination of 2**60 blocks
     try:
-        status = _copy_endpoint(engine, src_cache, &src)
-        if status == LLM_SUCCESS:
-            status = _copy_endpoint(engine, dst_cache, &dst)
+        indices = <uint64_t*>malloc((2 * lists + 1) * count * sizeof(uint64_t))
+        if indices == NULL:
+            raise MemoryError()
+        _block_indices(src_blocks, indices, "src block")
+        for j in range(lists):
+            dst_blocks = dst_blocks_list[j]
+            if not isinstance(dst_blocks, (list, tuple)):
+                raise TypeError("dst_blocks_list must be a list of lists of ints")
+            dst_blocks = tuple(dst_blocks)
+            if len(dst_blocks) != count:
+                return LLM_PARAM_INVALID
+            _block_indices(dst_blocks, indices + (j + 1) * count, "dst block")
+        # (2) Pin; (3) from here no Python code runs until the copy is done.
+        src_pin = _pin(engine, src_cache)
+        dst_pin = _pin(engine, dst_cache)
+        status = _pinned_endpoints(engine, src_cache, dst_cache, src_pin, dst_pin, &src, &dst)
         if status != LLM_SUCCESS:
             return status
         # D2D, D2H and H2D; not H2H; equal block sizes and tensor counts (spec section 4).
         if ((not src.on_device and not dst.on_device) or src.block_bytes != dst.block_bytes
-                or src.num_tensors != dst.num_tensors or count == 0 or lists == 0
-                or any(len(dst_blocks) != count for dst_blocks in dst_blocks_list)):
+                or src.num_tensors != dst.num_tensors
+                or not _valid_block_table(&src, &dst, indices, count, lists, indices + (lists + 1) * count)):
             return LLM_PARAM_INVALID
-        indices = <uint64_t*>malloc((lists + 1) * count * sizeof(uint64_t))
-        if indices == NULL:
-            raise MemoryError()
-        _block_indices(src_blocks, indices, count, "src block")
-        for j in range(lists):
-            _block_indices(dst_blocks_list[j], indices + (j + 1) * count, count, "dst block")
-        for i in range(count):
-            if indices[i] >= src.batch:
-                return LLM_PARAM_INVALID
-        written = set()
-        for i in range(count, (lists + 1) * count):
-            # Every destination block once per call, and never a source block of the same cache.
-            if indices[i] >= dst.batch or indices[i] in written:
-                return LLM_PARAM_INVALID
-            written.add(indices[i])
-        if src.cache_key == dst.cache_key and any(indices[i] in written for i in range(count)):
-            return LLM_PARAM_INVALID
-        pinned = _pin(engine, src_cache, dst_cache)
         kind = _copy_kind(&src, &dst)
         engine._runtime_calls_in_flight += 1
         with nogil:
