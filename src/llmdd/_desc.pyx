@@ -113,8 +113,16 @@ cdef class CacheDesc:
     cdef int set_shape(self, object value) except -1:
         if not isinstance(value, (list, tuple)):
             raise TypeError(f"shape must be a list or tuple of ints, not {type(value).__name__}")
-        cdef Py_ssize_t ndim = len(value)
-        cdef tuple shape = PyList_AsTuple(value) if isinstance(value, list) else value
+        # An exact tuple of what the list holds (a subclass's __len__ or __iter__ may lie),
+        # and ndim counted from that tuple: the dims stored are the dims counted.
+        cdef tuple shape
+        if type(value) is tuple:
+            shape = value
+        elif isinstance(value, list):
+            shape = PyList_AsTuple(value)
+        else:
+            shape = PyList_AsTuple(list(value))
+        cdef Py_ssize_t ndim = len(shape)
         cdef bint positive = True
         cdef bint overflow = False
         cdef uint64_t elements = 1

@@ -6,6 +6,7 @@ through the buffer protocol, __array_interface__ and DLPack (kDLCPU). Data types
 DLPack lack come out as raw bytes (uint8, one dim of nbytes). Every export holds a reference
 to the cache's memory owner, so no array or tensor ever outlives the memory it points at.
 """
+cimport cython
 from cpython.buffer cimport PyBUF_FORMAT, PyBUF_ND, PyBUF_STRIDES
 from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_IsValid, PyCapsule_New
 from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
@@ -54,8 +55,14 @@ NPU_TENSOR_HINT = ("Ascend device memory has no DLPack device type and is not re
                    "torchair.llm_datadist.create_npu_tensors(shape, dtype, cache.tensor_addrs)")
 
 
+@cython.auto_pickle(False)
 cdef class TensorView:
-    """A view of one tensor of a cache: data_ptr, nbytes, shape, data_type and device."""
+    """A view of one tensor of a cache: data_ptr, nbytes, shape, data_type and device.
+    Neither copied nor pickled: a copy could forge a view of any address."""
+
+    def __reduce__(self):
+        raise TypeError("TensorView points at a cache's memory: it cannot be copied or pickled; "
+                        "copy the data through numpy or torch instead")
 
     def __init__(self, *args, **kwargs):
         raise TypeError("TensorView is made by Cache.tensor(i)")
@@ -129,7 +136,7 @@ cdef void _capsule_destructor(object capsule) noexcept:
 cdef object _dlpack_capsule(TensorView view):
     cdef ManagedView* exported = <ManagedView*>malloc(sizeof(ManagedView))
     cdef tuple dtype = _formats.get(view.data_type, _raw_bytes)
-    cdef bint raw = view.data_type not in _formats
+    cdef bint raw = view.data_type not in _formats or len(view.shape) > MAX_VIEW_DIMS
     cdef int i
     if exported == NULL:
         raise MemoryError()
