@@ -150,3 +150,26 @@ def test_every_runtime_failure_during_finalize(options):
         assert witness.Initialize({}) == llmdd.LLM_SUCCESS
         assert llmdd.sim.device_usage(0) == (0, 0), (call, position)     # nothing left behind
         witness.Finalize()
+
+
+@pytest.mark.parametrize("history", ["copied", "viewed and dropped"])
+def test_a_failed_free_after_every_export_is_gone_reports_and_can_be_retried(history):
+    # A copy's pin ends with the copy, and a dropped view leaves nothing behind: the cache
+    # is freed at DeallocateCache again, so a runtime failure there is the caller's to see.
+    with LlmDataDist(0, LlmRole.kPrompt) as dd:
+        assert dd.Initialize({}) == llmdd.LLM_SUCCESS
+        cache, other = dd.allocate_cache(DESC), dd.allocate_cache(DESC)
+        if history == "copied":
+            dd.copy_blocks(cache, other, [0], [[1]])
+        else:
+            view = cache.tensor(0)
+            del view
+        stats, usage = dd.memory_stats(), llmdd.sim.device_usage(0)
+        llmdd.sim.inject_failure("aclrtFree", 1, INTERNAL_ERROR)
+        assert dd.DeallocateCache(cache.cache_id) == llmdd.LLM_FAILED
+        assert dd.memory_stats() == stats
+        assert llmdd.sim.device_usage(0) == usage
+        assert dd.DeallocateCache(cache.cache_id) == llmdd.LLM_SUCCESS
+        one_cache = stats["bytes_in_use"] // 2      # of the two caches, alike
+        assert dd.memory_stats()["bytes_in_use"] == stats["bytes_in_use"] - one_cache
+        assert llmdd.sim.device_usage(0)[1] == usage[1] - 1

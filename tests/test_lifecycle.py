@@ -57,6 +57,9 @@ def test_initialize_picks_the_device(options, device):
     {"llm.ListenIpInfo": "1.2.3.4:65536"}, {"llm.EnableSwitchRole": "yes"},
     {"llmdd.TensorAlignment": "256"}, {"llmdd.TensorAlignment": "1000"}, {"llmdd.TensorAlignment": str(2**31)},
     {"llmdd.MallocPolicy": "fastest"},
+    # JSON nested past the parser's recursion limit, and JSON far larger than any real config
+    {"llm.MemPoolConfig": "[" * 100000}, {"llm.HostMemPoolConfig": "[" * 100000}, {"llm.BufPoolCfg": "[" * 100000},
+    {"llm.MemPoolConfig": '{"memory_size": 1048576, "pad": "' + "x" * 100000 + '"}'},
 ])
 def test_malformed_options_are_param_invalid(options):
     with new_engine() as dd:

@@ -28,6 +28,7 @@ MAX_PAGE_SHIFT = 30
 MAX_POOL_PAGES = (1 << 32) - 1
 # aclrtMemMallocPolicy values (spec section 7), by the names llmdd.MallocPolicy takes.
 MALLOC_POLICIES = {"huge_first": 0, "huge_only": 1, "normal_only": 2}
+MAX_JSON_OPTION_LENGTH = 65536
 
 
 class OptionError(Exception):
@@ -62,9 +63,13 @@ class PoolConfig:
 def parse_json_object(text, key):
     import json  # only when a JSON option is given: keeps `import llmdd` light
 
+    # LLM-DataDist's JSON options are a few fields deep and well under a kilobyte: anything
+    # far larger, or nested deeper than the parser's recursion limit, is malformed.
+    if len(text) > MAX_JSON_OPTION_LENGTH:
+        raise OptionError(f"{key} is {len(text)} characters long; at most {MAX_JSON_OPTION_LENGTH} are accepted")
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise OptionError(f"{key}={text[:80]!r} is not JSON") from None
     if not isinstance(value, dict):
         raise OptionError(f"{key} must be a JSON object")
