@@ -1,4 +1,5 @@
 """import llmdd stays cheap: no numpy, no torch, no runtime; and the main job's command line."""
+import pickle
 import subprocess
 import sys
 
@@ -41,6 +42,28 @@ def test_each_enum_is_built_once_and_shared():
             "      llmdd.DT_FLOAT16 is llmdd.DataType.DT_FLOAT16 is llmdd._desc.DT_FLOAT16,\n"
             "      llmdd.Placement is llmdd.CachePlacement, llmdd.LLMRole is llmdd.LlmRole is drop_in.LLMRole)")
     assert run("-c", code).stdout.split() == ["True"] * 4
+
+
+def test_threads_that_reach_an_enum_first_together_get_one_class():
+    code = ("import threading, llmdd\n"
+            "start = threading.Barrier(8)\n"
+            "seen = []\n"
+            "def first_use():\n"
+            "    start.wait()\n"
+            "    seen.append((llmdd.DataType, llmdd.LlmDataDist(0, 1).role, llmdd.CacheDesc(1, [1], 1).data_type))\n"
+            "threads = [threading.Thread(target=first_use) for _ in range(8)]\n"
+            "for thread in threads: thread.start()\n"
+            "for thread in threads: thread.join()\n"
+            "print(len(seen), len({id(item) for row in seen for item in row}))")
+    assert run("-c", code).stdout.split() == ["8", "3"]
+
+
+def test_a_pickled_member_loads_in_a_fresh_process():
+    code = ("import pickle, sys, llmdd\n"
+            "member = pickle.loads(bytes.fromhex(sys.argv[1]))\n"
+            "print(member is llmdd.LLM_DEVICE_OUT_OF_MEMORY, type(member).__name__)")
+    result = run("-c", code, pickle.dumps(llmdd.LLM_DEVICE_OUT_OF_MEMORY).hex())
+    assert result.stdout.split() == ["True", "LLMStatusCode"], result.stderr
 
 
 def test_first_status_of_a_fresh_process_is_a_status_code_member():

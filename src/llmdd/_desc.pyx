@@ -1,10 +1,11 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
 """LLM-DataDist's enums and the CacheDesc value type.
 
-The enums are built from the tables in llm_facts.h, so every value is written once, and
-on first use rather than at import. CacheDesc checks Python types when a field is set (TypeError/ValueError naming the
-field) and leaves the semantic rules (zero tensors, bad dims, sizeless types, placement) to
-AllocateCache, which answers them with LLM_PARAM_INVALID as the C++ library does.
+The enums are built from the tables in llm_facts.h, so every value is written once, and on
+first use rather than at import. CacheDesc checks Python types when a field is set
+(TypeError/ValueError naming the field) and leaves the semantic rules (zero tensors, bad
+dims, sizeless types, placement) to AllocateCache, which answers them with LLM_PARAM_INVALID
+as the C++ library does.
 """
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.number cimport PyNumber_Index
@@ -28,6 +29,8 @@ from ._llm_facts cimport (
     llmdd_status_rows,
 )
 
+import _thread
+
 cdef enum:
     MAX_DIMS = 32  # the C++ library rejects shapes of this many dims or more (spec section 4)
 
@@ -39,6 +42,8 @@ cdef enum:
 cdef tuple _ENUM_NAMES = ("LLMStatusCode", "DataType", "CachePlacement", "LlmRole")
 cdef list _built_enums = [None, None, None, None]
 cdef list _members_by_value = [None, None, None, None]
+# Threads that reach an enum first together must get one class, not one each.
+cdef object _enum_build_lock = _thread.allocate_lock()
 
 
 cdef void _enum_rows(EnumKind kind, const llmdd_named_value** rows, int* count) noexcept:
@@ -65,21 +70,24 @@ cdef object _build_enum(EnumKind kind):
     import enum  # here rather than at import: until an enum is built llmdd needs none of it
     cdef const llmdd_named_value* rows
     cdef int count
-    _enum_rows(kind, &rows, &count)
-    # Rows that repeat a value become aliases (CachePlacement.DEVICE is CachePlacement.kDevice).
-    members = [(rows[i].name.decode("ascii"), rows[i].value) for i in range(count)]
-    built = enum.IntEnum(_ENUM_NAMES[kind], members, module="llmdd")
-    module_attributes = globals()
-    module_attributes[_ENUM_NAMES[kind]] = built
-    if kind == STATUS_ENUM or kind == DATA_TYPE_ENUM:
-        module_attributes.update(built.__members__)
-    elif kind == PLACEMENT_ENUM:
-        module_attributes["Placement"] = built
-    else:
-        module_attributes["LLMRole"] = built
-    _members_by_value[kind] = {member.value: member for member in built}
-    _built_enums[kind] = built
-    return built
+    with _enum_build_lock:
+        if _built_enums[kind] is not None:
+            return _built_enums[kind]
+        _enum_rows(kind, &rows, &count)
+        # Rows that repeat a value become aliases (CachePlacement.DEVICE is CachePlacement.kDevice).
+        members = [(rows[i].name.decode("ascii"), rows[i].value) for i in range(count)]
+        built = enum.IntEnum(_ENUM_NAMES[kind], members, module="llmdd")
+        module_attributes = globals()
+        module_attributes[_ENUM_NAMES[kind]] = built
+        if kind == STATUS_ENUM or kind == DATA_TYPE_ENUM:
+            module_attributes.update(built.__members__)
+        elif kind == PLACEMENT_ENUM:
+            module_attributes["Placement"] = built
+        else:
+            module_attributes["LLMRole"] = built
+        _members_by_value[kind] = {member.value: member for member in built}
+        _built_enums[kind] = built
+        return built
 
 
 cdef object enum_class(EnumKind kind):
