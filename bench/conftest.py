@@ -3,8 +3,15 @@
 Each benchmark group has one baseline (the numpy/torch/plain-Python equivalent, named in
 BASELINES); after the run every other member of the group is reported as a multiple of it.
 With --benchmark-disable (CI's smoke mode) each benchmark runs once and no ratio is printed.
+
+Rows a group compares are timed the same way: `calibrate` picks iterations and rounds once,
+on the group's baseline, and every row runs with them (`run_calibrated`). pytest-benchmark's
+own calibration is per row, and a slow first call could leave one row at 1 iteration per round
+and its neighbour at 24, so that the clock's cost, not the code, decided their ratio.
 """
+import math
 import platform
+import time
 
 import pytest
 
@@ -18,6 +25,39 @@ BASELINES = {
     "large-cache": "test_numpy_empty_16_gib",
     "copy-1GiB": "test_one_large_memcpy",
 }
+
+
+# One round lasts at least this many clock reads, so a read's cost is at most 1% of a round
+# (as --benchmark-calibration-precision=100 in pytest.ini asks of pytest-benchmark's calibration).
+CLOCK_READS_PER_ROUND = 100
+# A row's rounds add up to about this long at the baseline's speed (pytest-benchmark's max_time).
+SECONDS_PER_ROW = 1.0
+
+
+def _fastest_call_seconds(function, calls=1000, batches=5):
+    fastest = math.inf
+    for _ in range(batches):
+        start = time.perf_counter()
+        for _ in range(calls):
+            function()
+        fastest = min(fastest, (time.perf_counter() - start) / calls)
+    return fastest
+
+
+def calibrate(baseline):
+    """(iterations, rounds) for every row of a group, from its baseline: a round of `baseline`
+    lasts CLOCK_READS_PER_ROUND clock reads, and its rounds together SECONDS_PER_ROW."""
+    clock_read = _fastest_call_seconds(time.perf_counter)
+    call = _fastest_call_seconds(baseline)
+    iterations = max(1, math.ceil(CLOCK_READS_PER_ROUND * clock_read / call))
+    rounds = max(5, round(SECONDS_PER_ROW / (iterations * call)))
+    return iterations, rounds
+
+
+def run_calibrated(benchmark, function, timing):
+    """Times `function` with a group's (iterations, rounds) from calibrate."""
+    iterations, rounds = timing
+    return benchmark.pedantic(function, iterations=iterations, rounds=rounds, warmup_rounds=max(1, rounds // 100))
 
 
 @pytest.fixture

@@ -38,7 +38,18 @@ from ._acl cimport (
     aclrtSetCurrentContext,
     aclrtSetDevice,
 )
-from ._desc cimport CacheDesc, DescFields, as_integer, tensor_bytes
+from ._desc cimport (
+    DATA_TYPE_ENUM,
+    PLACEMENT_ENUM,
+    ROLE_ENUM,
+    STATUS_ENUM,
+    CacheDesc,
+    DescFields,
+    as_integer,
+    enum_class,
+    enum_member,
+    tensor_bytes,
+)
 from ._llm_facts cimport (
     LLM_DEVICE_OUT_OF_MEMORY,
     LLM_FAILED,
@@ -58,8 +69,6 @@ from ._page_pool cimport (
 )
 from ._tensor_view cimport make_view
 from ._u64_table cimport llmdd_u64_erase, llmdd_u64_find, llmdd_u64_insert, llmdd_u64_release, llmdd_u64_slot
-
-from ._desc import CachePlacement, DataType, LLMStatusCode, LlmRole
 
 
 cdef extern from "<sched.h>" nogil:
@@ -90,8 +99,9 @@ cdef enum:
 # No device holds 2**60 bytes; the cap keeps held_bytes << HELD_SHIFT inside 64 bits.
 cdef uint64_t MAX_HELD_BYTES = 1ULL << 60
 
-cdef dict _status_by_code = {int(member): member for member in LLMStatusCode}
-cdef object _SUCCESS = LLMStatusCode.LLM_SUCCESS
+# LLMStatusCode.LLM_SUCCESS, kept from the first status returned (LLMStatusCode is built then,
+# not at import) so that the success path costs no lookup.
+cdef object _SUCCESS = None
 
 # cache_id comes from one process-wide counter starting at 1 (spec section 4); the GIL guards it.
 cdef int64_t _next_cache_id = 1
@@ -154,17 +164,17 @@ def runtime_version():
 
 
 cdef object _data_type_member(int64_t value):
-    try:
-        return DataType(value)
-    except ValueError:
-        return value
+    return enum_member(DATA_TYPE_ENUM, value)
 
 
 cdef inline object _status(uint32_t code):
     """The LLMStatusCode member of a status; the success path costs no lookup."""
+    global _SUCCESS
     if code == LLM_SUCCESS:
+        if _SUCCESS is None:
+            _SUCCESS = enum_member(STATUS_ENUM, LLM_SUCCESS)
         return _SUCCESS
-    return _status_by_code.get(code, code)
+    return enum_member(STATUS_ENUM, code)
 
 
 class LLMException(RuntimeError):
@@ -281,10 +291,10 @@ cdef class Cache:
             raise IndexError(f"tensor index {index} is out of range for {self._addr_count} tensors")
         memory = engine.export_memory(self._cache_id)
         tensor_bytes(&self._desc_fields, &nbytes)
-        placement = CachePlacement(self._desc_fields.placement)
+        placement = enum_member(PLACEMENT_ENUM, self._desc_fields.placement)
         return make_view(memory, self._first_addr + index * self._addr_stride, nbytes, self._desc_shape,
                          _data_type_member(self._desc_fields.data_type), placement, engine._device,
-                         SIMULATED or placement == CachePlacement.kHost)
+                         SIMULATED or self._desc_fields.placement == LLMDD_kHost)
 
     def to_descs(self, *, as_numpy=False):
         """(address, nbytes, device_id) of every tensor: the rows a transfer engine such as
@@ -354,11 +364,11 @@ cdef class LlmDataDist:
         if not 0 <= number <= UINT64_MAX:
             raise ValueError(f"cluster_id must fit in uint64, got {number}")
         self.cluster_id = number
-        self._role = LlmRole(as_integer(role, "role"))  # ValueError for a value that is no role
+        self._role = enum_class(ROLE_ENUM)(as_integer(role, "role"))  # ValueError for a value that is no role
 
     @property
     def role(self):
-        return LlmRole(self._role)
+        return enum_class(ROLE_ENUM)(self._role)
 
     @property
     def initialized(self):
@@ -373,7 +383,7 @@ cdef class LlmDataDist:
         """Set up the runtime on the device the options name. A second call is a no-op."""
         self.wait_for_set_up()
         if self._initialized:
-            return _SUCCESS
+            return _status(LLM_SUCCESS)
         if self._abandoned:
             self._last_acl_error = ACL_SUCCESS
             self._last_error_detail = "this engine was initialized before a fork; make a new one in this process"
@@ -826,7 +836,7 @@ cdef class LlmDataDist:
 
     cdef object exception(self, uint32_t status, str call):
         status_code = _status(status)
-        name = status_code.name if isinstance(status_code, LLMStatusCode) else "unknown status"
+        name = status_code.name if isinstance(status_code, enum_class(STATUS_ENUM)) else "unknown status"
         message = f"{call} failed: {name} ({status:#010x})"
         if status == LLM_FAILED and not self._initialized:
             message += "; the engine is not initialized"
@@ -929,7 +939,7 @@ cdef class LlmDataDist:
 
     def __repr__(self):
         state = f"device {self._device}" if self._initialized else "not initialized"
-        return f"LlmDataDist(cluster_id={self.cluster_id}, role={LlmRole(self._role)!r}, {state})"
+        return f"LlmDataDist(cluster_id={self.cluster_id}, role={enum_class(ROLE_ENUM)(self._role)!r}, {state})"
 
 
 include "_copy.pxi"

@@ -30,3 +30,14 @@ cdef class CacheDesc:
 
 
 cdef object as_integer(object value, str field)
+
+
+# The four enums are built on first use (_desc.pyx says why); other modules reach them here.
+cdef enum EnumKind:
+    STATUS_ENUM
+    DATA_TYPE_ENUM
+    PLACEMENT_ENUM
+    ROLE_ENUM
+
+cdef object enum_class(EnumKind kind)
+cdef object enum_member(EnumKind kind, int64_t value)

@@ -1,10 +1,11 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
 """LLM-DataDist's enums and the CacheDesc value type.
 
-The enums are built at import from the tables in llm_facts.h, so every value is written
-once. CacheDesc checks Python types when a field is set (TypeError/ValueError naming the
-field) and leaves the semantic rules (zero tensors, bad dims, sizeless types, placement) to
-AllocateCache, which answers them with LLM_PARAM_INVALID as the C++ library does.
+The enums are built from the tables in llm_facts.h, so every value is written once, and on
+first use rather than at import. CacheDesc checks Python types when a field is set
+(TypeError/ValueError naming the field) and leaves the semantic rules (zero tensors, bad
+dims, sizeless types, placement) to AllocateCache, which answers them with LLM_PARAM_INVALID
+as the C++ library does.
 """
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.number cimport PyNumber_Index
@@ -28,36 +29,110 @@ from ._llm_facts cimport (
     llmdd_status_rows,
 )
 
-import enum
+import _thread
 
 cdef enum:
     MAX_DIMS = 32  # the C++ library rejects shapes of this many dims or more (spec section 4)
 
 
-cdef object _int_enum(str name, const llmdd_named_value* rows, int count):
-    # Rows that repeat a value become aliases (CachePlacement.DEVICE is CachePlacement.kDevice).
-    members = [(rows[i].name.decode("ascii"), rows[i].value) for i in range(count)]
-    return enum.IntEnum(name, members, module="llmdd")
+# The enums are built on first use, not at import: building IntEnums was three quarters of
+# `import llmdd` (bench/RESULTS.md, "Import"), and a process pays for each enum only when it
+# first reads one of its members. Module attributes go through __getattr__ below until then;
+# Cython code uses enum_class and enum_member.
+cdef tuple _ENUM_NAMES = ("LLMStatusCode", "DataType", "CachePlacement", "LlmRole")
+cdef list _built_enums = [None, None, None, None]
+cdef list _members_by_value = [None, None, None, None]
+# Threads that reach an enum first together must get one class, not one each.
+cdef object _enum_build_lock = _thread.allocate_lock()
 
 
-LLMStatusCode = _int_enum("LLMStatusCode", llmdd_status_rows, llmdd_status_row_count)
-DataType = _int_enum("DataType", llmdd_data_type_rows, llmdd_data_type_row_count)
-CachePlacement = _int_enum("CachePlacement", llmdd_placement_rows, llmdd_placement_row_count)
-LlmRole = _int_enum("LlmRole", llmdd_role_rows, llmdd_role_row_count)
-Placement = CachePlacement
-LLMRole = LlmRole
+cdef void _enum_rows(EnumKind kind, const llmdd_named_value** rows, int* count) noexcept:
+    if kind == STATUS_ENUM:
+        rows[0], count[0] = llmdd_status_rows, llmdd_status_row_count
+    elif kind == DATA_TYPE_ENUM:
+        rows[0], count[0] = llmdd_data_type_rows, llmdd_data_type_row_count
+    elif kind == PLACEMENT_ENUM:
+        rows[0], count[0] = llmdd_placement_rows, llmdd_placement_row_count
+    else:
+        rows[0], count[0] = llmdd_role_rows, llmdd_role_row_count
 
-# Module-level constants as in C++ (DT_FLOAT16, LLM_SUCCESS, ...).
-globals().update(DataType.__members__)
-globals().update(LLMStatusCode.__members__)
 
-cdef dict _data_type_by_value = {member.value: member for member in DataType}
-cdef dict _placement_by_value = {member.value: member for member in CachePlacement}
+cdef list _row_names(EnumKind kind):
+    cdef const llmdd_named_value* rows
+    cdef int count
+    _enum_rows(kind, &rows, &count)
+    return [rows[i].name.decode("ascii") for i in range(count)]
+
+
+cdef object _build_enum(EnumKind kind):
+    """Builds enum `kind` from its llm_facts.h table and binds it, and for the status codes and
+    data types its members (the C++ module constants), as attributes of this module."""
+    import enum  # here rather than at import: until an enum is built llmdd needs none of it
+    cdef const llmdd_named_value* rows
+    cdef int count
+    with _enum_build_lock:
+        if _built_enums[kind] is not None:
+            return _built_enums[kind]
+        _enum_rows(kind, &rows, &count)
+        # Rows that repeat a value become aliases (CachePlacement.DEVICE is CachePlacement.kDevice).
+        members = [(rows[i].name.decode("ascii"), rows[i].value) for i in range(count)]
+        built = enum.IntEnum(_ENUM_NAMES[kind], members, module="llmdd")
+        module_attributes = globals()
+        module_attributes[_ENUM_NAMES[kind]] = built
+        if kind == STATUS_ENUM or kind == DATA_TYPE_ENUM:
+            module_attributes.update(built.__members__)
+        elif kind == PLACEMENT_ENUM:
+            module_attributes["Placement"] = built
+        else:
+            module_attributes["LLMRole"] = built
+        _members_by_value[kind] = {member.value: member for member in built}
+        _built_enums[kind] = built
+        return built
+
+
+cdef object enum_class(EnumKind kind):
+    """LLMStatusCode, DataType, CachePlacement or LlmRole, built on the first call."""
+    built = _built_enums[kind]
+    return _build_enum(kind) if built is None else built
+
+
+cdef object enum_member(EnumKind kind, int64_t value):
+    """The member of enum `kind` with `value`, or the bare int where no member has it."""
+    by_value = _members_by_value[kind]
+    if by_value is None:
+        _build_enum(kind)
+        by_value = _members_by_value[kind]
+    return (<dict>by_value).get(value, value)
+
+
+cdef dict _lazy_attribute_kinds():
+    """Which enum each not-yet-built module attribute belongs to."""
+    kinds = {"LLMStatusCode": STATUS_ENUM, "DataType": DATA_TYPE_ENUM, "CachePlacement": PLACEMENT_ENUM,
+             "Placement": PLACEMENT_ENUM, "LlmRole": ROLE_ENUM, "LLMRole": ROLE_ENUM}
+    for kind in (DATA_TYPE_ENUM, STATUS_ENUM):
+        kinds.update(dict.fromkeys(_row_names(kind), kind))
+    return kinds
+
+
+cdef dict _lazy_attributes = _lazy_attribute_kinds()
 
 __all__ = [
     "LLMStatusCode", "DataType", "CachePlacement", "Placement", "LlmRole", "LLMRole", "CacheDesc",
-    *DataType.__members__, *LLMStatusCode.__members__,
+    *_row_names(DATA_TYPE_ENUM), *_row_names(STATUS_ENUM),
 ]
+
+
+def __getattr__(name):
+    """The enums and the module constants (DT_FLOAT16, LLM_SUCCESS, ...), built on first use."""
+    kind = _lazy_attributes.get(name)
+    if kind is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    enum_class(kind)
+    return globals()[name]
+
+
+def __dir__():
+    return sorted({*globals(), *__all__})
 
 
 cdef object as_integer(object value, str field):
@@ -157,7 +232,7 @@ cdef class CacheDesc:
 
     @property
     def data_type(self):
-        return _data_type_by_value.get(self.fields.data_type, self.fields.data_type)
+        return enum_member(DATA_TYPE_ENUM, self.fields.data_type)
 
     @data_type.setter
     def data_type(self, value):
@@ -165,7 +240,7 @@ cdef class CacheDesc:
 
     @property
     def placement(self):
-        return _placement_by_value.get(self.fields.placement, self.fields.placement)
+        return enum_member(PLACEMENT_ENUM, self.fields.placement)
 
     @placement.setter
     def placement(self, value):
@@ -220,9 +295,9 @@ cdef class CacheDesc:
 
 cdef str _enum_text(object value):
     """`DataType.DT_FLOAT16` for a member, the bare number for a value no member has."""
-    if isinstance(value, enum.Enum):
-        return f"{type(value).__name__}.{value.name}"
-    return str(value)
+    if type(value) is int:
+        return str(value)
+    return f"{type(value).__name__}.{value.name}"
 
 
 cdef uint32_t tensor_bytes(const DescFields* fields, uint64_t* nbytes) noexcept nogil:

@@ -14,6 +14,23 @@ cdef extern from "llm_facts.h" nogil:
     enum:
         LLMDD_kHost
         LLMDD_kDevice
+
+    enum:
+        DT_FLOAT
+        DT_FLOAT16
+        DT_INT8
+        DT_INT32
+        DT_UINT8
+        DT_INT16
+        DT_UINT16
+        DT_UINT32
+        DT_INT64
+        DT_UINT64
+        DT_DOUBLE
+        DT_BOOL
+        DT_COMPLEX64
+        DT_COMPLEX128
+        DT_BF16
         DT_UNDEFINED
 
     ctypedef struct llmdd_named_value:

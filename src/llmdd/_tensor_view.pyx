@@ -24,29 +24,46 @@ from ._dlpack cimport (
     kDLUInt,
 )
 
-from ._desc import CachePlacement, DataType
+from ._llm_facts cimport (
+    DT_BF16,
+    DT_BOOL,
+    DT_COMPLEX128,
+    DT_COMPLEX64,
+    DT_DOUBLE,
+    DT_FLOAT,
+    DT_FLOAT16,
+    DT_INT16,
+    DT_INT32,
+    DT_INT64,
+    DT_INT8,
+    DT_UINT16,
+    DT_UINT32,
+    DT_UINT64,
+    DT_UINT8,
+)
 
 cdef enum:
     MAX_VIEW_DIMS = 32  # as TensorView's arrays in the .pxd; AllocateCache allows 31 dims
 
 # How each data type is exported: (buffer format, numpy typestr, DLPack code, element bytes).
-# A None format or typestr means that consumer lacks the type and gets raw bytes.
+# A None format or typestr means that consumer lacks the type and gets raw bytes. Keyed by
+# value, so DataType members (IntEnums) find their rows without DataType built at import.
 cdef dict _formats = {
-    DataType.DT_FLOAT: ("f", "<f4", kDLFloat, 4),
-    DataType.DT_FLOAT16: ("e", "<f2", kDLFloat, 2),
-    DataType.DT_DOUBLE: ("d", "<f8", kDLFloat, 8),
-    DataType.DT_BF16: (None, None, kDLBfloat, 2),
-    DataType.DT_INT8: ("b", "|i1", kDLInt, 1),
-    DataType.DT_INT16: ("h", "<i2", kDLInt, 2),
-    DataType.DT_INT32: ("i", "<i4", kDLInt, 4),
-    DataType.DT_INT64: ("q", "<i8", kDLInt, 8),
-    DataType.DT_UINT8: ("B", "|u1", kDLUInt, 1),
-    DataType.DT_UINT16: ("H", "<u2", kDLUInt, 2),
-    DataType.DT_UINT32: ("I", "<u4", kDLUInt, 4),
-    DataType.DT_UINT64: ("Q", "<u8", kDLUInt, 8),
-    DataType.DT_BOOL: ("?", "|b1", kDLBool, 1),
-    DataType.DT_COMPLEX64: ("Zf", "<c8", kDLComplex, 8),
-    DataType.DT_COMPLEX128: ("Zd", "<c16", kDLComplex, 16),
+    DT_FLOAT: ("f", "<f4", kDLFloat, 4),
+    DT_FLOAT16: ("e", "<f2", kDLFloat, 2),
+    DT_DOUBLE: ("d", "<f8", kDLFloat, 8),
+    DT_BF16: (None, None, kDLBfloat, 2),
+    DT_INT8: ("b", "|i1", kDLInt, 1),
+    DT_INT16: ("h", "<i2", kDLInt, 2),
+    DT_INT32: ("i", "<i4", kDLInt, 4),
+    DT_INT64: ("q", "<i8", kDLInt, 8),
+    DT_UINT8: ("B", "|u1", kDLUInt, 1),
+    DT_UINT16: ("H", "<u2", kDLUInt, 2),
+    DT_UINT32: ("I", "<u4", kDLUInt, 4),
+    DT_UINT64: ("Q", "<u8", kDLUInt, 8),
+    DT_BOOL: ("?", "|b1", kDLBool, 1),
+    DT_COMPLEX64: ("Zf", "<c8", kDLComplex, 8),
+    DT_COMPLEX128: ("Zd", "<c16", kDLComplex, 16),
 }
 cdef tuple _raw_bytes = ("B", "|u1", kDLUInt, 1)
 

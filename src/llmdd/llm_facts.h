@@ -1,7 +1,7 @@
 /* LLM-DataDist's numeric facts, written once (shared/spec/llm-datadist.md sections 1-3).
  *
  * Every layer derives from these lists: C and Cython use the enum constants, and the
- * Python IntEnums are built at import from the tables at the bottom. */
+ * Python IntEnums are built, on first use, from the tables at the bottom. */
 #ifndef LLMDD_LLM_FACTS_H
 #define LLMDD_LLM_FACTS_H
 
