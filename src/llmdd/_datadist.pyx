@@ -10,7 +10,7 @@ keeps exported memory alive for its views (_CacheMemory). Copies: _copy.pxi.
 """
 cimport cython
 from cpython.ref cimport Py_REFCNT, PyObject
-from libc.stdint cimport INT64_MAX, SIZE_MAX, UINT64_MAX
+from libc.stdint cimport INT64_MAX, INT64_MIN, SIZE_MAX, UINT64_MAX
 
 from ._acl cimport (
     ACL_ERROR_BAD_ALLOC,
@@ -188,15 +188,18 @@ class LLMException(RuntimeError):
         if status_code is None and len(args) == 2 and isinstance(args[1], int) and not isinstance(args[1], bool):
             args, status_code = args[:1], args[1]
         super().__init__(*args)
-        self.status_code = _SUCCESS if status_code is None else _status_member(status_code)
+        self.status_code = _status(LLM_SUCCESS) if status_code is None else _status_member(status_code)
 
     def __reduce__(self):
         return (type(self), self.args, {"status_code": self.status_code})
 
 
 cdef object _status_member(object code):
-    """The LLMStatusCode member of a status value; the value itself if no member has it."""
-    return _status_by_code.get(code, code)
+    """The LLMStatusCode member of a plain int status; anything else (a member of the drop-in's
+    own LLMStatusCode, say) as it is."""
+    if type(code) is int and INT64_MIN <= code <= INT64_MAX:
+        return enum_member(STATUS_ENUM, code)
+    return code
 
 
 cdef object _refuse_copy(object owner):
@@ -400,7 +403,7 @@ cdef class LlmDataDist:
         # parse_options ran Python code: another thread may have begun a set-up or Finalize.
         self.wait_for_set_up()
         if self._initialized:
-            return _SUCCESS
+            return _status(LLM_SUCCESS)
         if self._teardown_pending:
             return self.teardown_pending_failure()
         return _status(self.set_up(parsed.device_id, parsed.tensor_alignment, parsed.malloc_policy,
