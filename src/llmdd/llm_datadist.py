@@ -3,339 +3,342 @@
     import llmdd.llm_datadist as llm_datadist
 
 gives the names Python users of LLM-DataDist already write (shared/spec/llm-datadist.md
-section 6): LLMDataDist with init/finalize and its cache managers, LLMConfig, CacheDesc with
-CANN's argument checks, Cache/KvCache, the key types and the enums. It is a thin layer: every
+sections 6 and 9) with CANN's argument checks: LLMDataDist with init/finalize and its cache
+managers (v2 `cache_manager` with llm.EnableCacheManager, v1 `kv_cache_manager` without),
+LLMConfig, CacheDesc, Cache/KvCache, the keys, the transfer types and the enums. Every
 allocation goes through llmdd.LlmDataDist. What llmdd does not implement yet (links, pulls,
-pushes, role switches) raises LLMException with LLM_FEATURE_NOT_ENABLED rather than being
-absent or silently doing nothing.
+pushes, role switches, transfer_cache_async, remap_registered_memory) checks its arguments as
+CANN does and then raises LLMException(LLM_FEATURE_NOT_ENABLED): no CANN method is missing.
 """
-from . import _datadist, _desc
+from . import _datadist
 from ._datadist import LLMException
-from ._desc import DataType, LLMRole, LLMStatusCode, Placement
+from ._dropin_config import LLMClusterInfo, LLMConfig, LlmConfig
+from ._dropin_names import (
+    INT32,
+    INT64,
+    UINT32,
+    UINT64,
+    DataType,
+    LLMRole,
+    LLMStatusCode,
+    Memtype,
+    Placement,
+    RegisterMemStatus,
+    Status,
+    check_int,
+    check_ints,
+    check_layer_range,
+    check_sequence,
+    check_str_dict,
+    check_type,
+    not_enabled,
+    not_enabled_method,
+    reraised,
+    require,
+)
+from ._dropin_types import (
+    BlocksCacheKey,
+    Cache,
+    CacheDesc,
+    CacheKey,
+    CacheKeyByIdAndIndex,
+    CacheTask,
+    KvCache,
+    LayerSynchronizer,
+    MemInfo,
+    TransferConfig,
+    TransferWithCacheKeyConfig,
+    check_cache_key,
+)
 
 __all__ = [
-    "LLMDataDist", "LLMConfig", "LlmConfig", "CacheDesc", "Cache", "KvCache", "CacheManager", "KvCacheManager",
-    "CacheKey", "CacheKeyByIdAndIndex", "BlocksCacheKey", "LLMClusterInfo", "LLMException", "LLMStatusCode",
-    "LLMRole", "Placement", "DataType",
+    "LLMDataDist", "LLMConfig", "LlmConfig", "LLMClusterInfo", "CacheDesc", "Cache", "KvCache", "CacheManager",
+    "KvCacheManager", "CacheKey", "CacheKeyByIdAndIndex", "BlocksCacheKey", "LLMException", "LLMStatusCode",
+    "Status", "LLMRole", "Placement", "DataType", "RegisterMemStatus", "MemInfo", "Memtype", "TransferConfig",
+    "TransferWithCacheKeyConfig", "LayerSynchronizer", "CacheTask",
 ]
 
-INT64_RANGE = (-(1 << 63), (1 << 63) - 1)
-UINT32_MAX = (1 << 32) - 1
+_TENSOR_NUM_PER_LAYER = 2  # CANN's default: a K and a V tensor per layer
+_MAX_COMM_NAME = 128
+_MAX_RANK_TABLE_NODES = 4
+_CACHE_MANAGER = "llm.EnableCacheManager"
+_REMOTE_CACHE_ACCESSIBLE = "llm.EnableRemoteCacheAccessible"
+_LOCAL_COMM_RES = "llm.LocalCommRes"
+_TRANSFER_BACKEND = "llm.TransferBackend"
+_LISTEN_IP_INFO = "llm.listenIpInfo"
+_FLOW_GRAPH_MEM_MAX_SIZE = "ge.flowGraphMemMaxSize"
 
 
-def _not_enabled(name):
-    def method(self, *args, **kwargs):
-        raise LLMException(f"{name} is not implemented by llmdd yet: LLM_FEATURE_NOT_ENABLED",
-                           LLMStatusCode.LLM_FEATURE_NOT_ENABLED)
-
-    method.__name__ = name
-    method.__doc__ = "Not implemented by llmdd yet: raises LLMException(LLM_FEATURE_NOT_ENABLED)."
-    return method
+def _check_tensor_num_per_layer(tensor_num_per_layer):
+    check_int("tensor_num_per_layer", tensor_num_per_layer, UINT32)
+    require(tensor_num_per_layer > 0, "tensor_num_per_layer must be > 0")
 
 
-def _check_int(value, name):
-    if type(value) is bool or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    return value
-
-
-class CacheDesc(_desc.CacheDesc):
-    """CANN's Python CacheDesc: checked arguments, batch and sequence-length dims."""
-
-    def __init__(self, num_tensors, shape, data_type, placement=Placement.DEVICE, batch_dim_index=0,
-                 seq_len_dim_index=-1):
-        if not 0 <= _check_int(num_tensors, "num_tensors") <= UINT32_MAX:
-            raise ValueError(f"num_tensors must be in [0, {UINT32_MAX}], got {num_tensors}")
-        self._check_shape(shape)
-        if not isinstance(data_type, DataType):
-            raise TypeError(f"data_type must be a DataType, not {type(data_type).__name__}")
-        if not isinstance(placement, Placement):
-            raise TypeError(f"placement must be a Placement, not {type(placement).__name__}")
-        if not 0 <= _check_int(batch_dim_index, "batch_dim_index") < len(shape):
-            raise ValueError(f"batch_dim_index must be in [0, {len(shape)}), got {batch_dim_index}")
-        _check_int(seq_len_dim_index, "seq_len_dim_index")
-        if seq_len_dim_index != -1 and not 0 <= seq_len_dim_index < len(shape):
-            raise ValueError(f"seq_len_dim_index must be -1 or in [0, {len(shape)}), got {seq_len_dim_index}")
-        super().__init__(num_tensors, shape, data_type, placement)
-        self.batch_dim_index = batch_dim_index
-        self.seq_len_dim_index = seq_len_dim_index
-        self.kv_tensor_format = None
-
-    @staticmethod
-    def _check_shape(shape):
-        if not isinstance(shape, (list, tuple)):
-            raise TypeError(f"shape must be a list or tuple of ints, not {type(shape).__name__}")
-        for dim in shape:
-            if not INT64_RANGE[0] <= _check_int(dim, "shape dim") <= INT64_RANGE[1]:
-                raise ValueError(f"shape dim {dim} does not fit in int64")
-
-    @property
-    def batch_dim(self):
-        return self.batch_dim_index
-
-    @property
-    def batch_size(self):
-        return self.shape[self.batch_dim_index]
-
-    def update_dim(self, index, value):
-        """Set dim `index` of the shape to `value`."""
-        shape = self.shape
-        if not -len(shape) <= _check_int(index, "index") < len(shape):
-            raise ValueError(f"dim index {index} is out of range for shape {shape}")
-        if not INT64_RANGE[0] <= _check_int(value, "value") <= INT64_RANGE[1]:
-            raise ValueError(f"dim {value} does not fit in int64")
-        shape[index] = value
-        self.shape = shape
-
-    def __reduce__(self):
-        return (CacheDesc, (self.num_tensors, self.shape, self.data_type, self.placement, self.batch_dim_index,
-                            self.seq_len_dim_index))
-
-
-class Cache(_datadist.Cache):
-    """A v2 cache: cache_id, cache_desc (as it was allocated), tensor_addrs."""
-
-    @staticmethod
-    def create_cpu_cache(cache_desc, addrs):
-        """A host cache over memory the caller owns, for copies and swaps."""
-        _datadist.Cache.create_cpu_cache(cache_desc, addrs)  # the checks
-        cache = Cache()
-        cache.cache_desc = cache_desc
-        cache.tensor_addrs = addrs
-        return cache
-
-    @property
-    def cache_desc(self):
-        return self.__dict__.get("_requested_desc") or _datadist.Cache.cache_desc.__get__(self)
-
-    @cache_desc.setter
-    def cache_desc(self, desc):
-        _datadist.Cache.cache_desc.__set__(self, desc)
-        self._requested_desc = desc
-
-    @property
-    def cache_keys(self):
-        return self.__dict__.get("_cache_keys", ())
-
-
-class KvCache(Cache):
-    """A v1 cache: its addresses per device (llmdd's engine has one device)."""
-
-    @property
-    def per_device_tensor_addrs(self):
-        return [self.tensor_addrs]
-
-
-class _KeyType:
-    """A value type of named fields: equal, hashable, printable."""
-
-    __slots__ = ()
-
-    def _values(self):
-        return tuple(getattr(self, name) for name in self.__slots__)
-
-    def __eq__(self, other):
-        return type(other) is type(self) and other._values() == self._values()
-
-    def __hash__(self):
-        return hash((type(self).__name__, self._values()))
-
-    def __repr__(self):
-        fields = ", ".join(f"{name}={value!r}" for name, value in zip(self.__slots__, self._values()))
-        return f"{type(self).__name__}({fields})"
-
-
-class CacheKey(_KeyType):
-    """A prompt-side cache by request: (prompt_cluster_id, req_id, model_id)."""
-
-    __slots__ = ("prompt_cluster_id", "req_id", "model_id")
-
-    def __init__(self, prompt_cluster_id, req_id, model_id=0):
-        self.prompt_cluster_id = _check_int(prompt_cluster_id, "prompt_cluster_id")
-        self.req_id = _check_int(req_id, "req_id")
-        self.model_id = _check_int(model_id, "model_id")
-
-
-class CacheKeyByIdAndIndex(_KeyType):
-    """A cache by id and batch index on a cluster."""
-
-    __slots__ = ("cluster_id", "cache_id", "batch_index")
-
-    def __init__(self, cluster_id, cache_id, batch_index=0):
-        self.cluster_id = _check_int(cluster_id, "cluster_id")
-        self.cache_id = _check_int(cache_id, "cache_id")
-        self.batch_index = _check_int(batch_index, "batch_index")
-
-
-class BlocksCacheKey(_KeyType):
-    """A block-table cache on a prompt cluster."""
-
-    __slots__ = ("prompt_cluster_id", "model_id")
-
-    def __init__(self, prompt_cluster_id, model_id=0):
-        self.prompt_cluster_id = _check_int(prompt_cluster_id, "prompt_cluster_id")
-        self.model_id = _check_int(model_id, "model_id")
-
-
-_KEY_TYPES = (CacheKey, CacheKeyByIdAndIndex, BlocksCacheKey)
+def _check_block_map(name, mapping, target_type):
+    """{block: target}: int keys, target_type values (a list of ints, or an int)."""
+    check_type(name, mapping, dict)
+    for source, target in mapping.items():
+        check_int(f"{name} key", source)
+        if target_type is list:
+            check_ints(f"{name} value", target, containers=list)
+        else:
+            check_int(f"{name} value", target)
+    return mapping
 
 
 class CacheManager:
-    """v2's cache_manager: allocate_cache / deallocate_cache over the engine."""
+    """v2's cache_manager (llm.EnableCacheManager): caches from the memory pools, copies, swaps.
+    Pulls, pushes and transfers check their arguments and raise LLM_FEATURE_NOT_ENABLED."""
 
     _cache_type = Cache
+    _v2 = True  # CANN's v2 rules: pools required, blocks caches apart from whole caches
 
-    def __init__(self, engine):
-        self._engine = engine
+    def __init__(self, datadist, options):
+        self._datadist = datadist
+        self._engine = datadist._engine
+        self._device_pool = bool(options.get("llm.MemPoolConfig"))
+        self._host_pool = bool(options.get("llm.HostMemPoolConfig"))
+        self._remote_cache_accessible = options.get(_REMOTE_CACHE_ACCESSIBLE, "0") == "1"
+
+    check_cache_key = staticmethod(check_cache_key)
+
+    def _require_live(self):
+        require(self._datadist._owns_live_manager(self), "this cache manager's LLMDataDist was finalized",
+                LLMStatusCode.LLM_FAILED)
+
+    def _check_cache(self, name, cache, blocks=None):
+        check_type(name, cache, Cache)
+        if self._v2 and blocks is not None:
+            require(cache.is_blocks_cache == blocks,
+                    f"{name} must {'' if blocks else 'not '}be a blocks cache")
+        return cache
 
     def allocate_cache(self, cache_desc, cache_keys=()):
-        """A new cache for cache_desc; cache_keys (CacheKey and the like) are kept on it."""
-        if not isinstance(cache_desc, _desc.CacheDesc):
-            raise TypeError(f"cache_desc must be a CacheDesc, not {type(cache_desc).__name__}")
-        keys = tuple(cache_keys or ())
-        for key in keys:
-            if not isinstance(key, _KEY_TYPES):
-                raise TypeError(f"cache_keys must hold CacheKey, CacheKeyByIdAndIndex or BlocksCacheKey, "
-                                f"not {type(key).__name__}")
+        """A new cache for cache_desc; cache_keys (CacheKey, one per batch entry) name it to pulls."""
+        self._require_live()
+        check_type("cache_desc", cache_desc, CacheDesc)
+        check_sequence("cache_keys", cache_keys, CacheKey)
+        require(cache_desc.num_tensors > 0, "num_tensors must be > 0")
+        if self._v2:  # v2 carves every cache from the pool of its placement
+            pooled, option = ((self._device_pool, "llm.MemPoolConfig") if cache_desc.placement == Placement.DEVICE
+                              else (self._host_pool, "llm.HostMemPoolConfig"))
+            require(pooled, f"a {cache_desc.placement} cache needs {option} in cache-manager mode")
         cache = self._cache_type()
         status = self._engine.AllocateCache(cache_desc, cache)
         if status != LLMStatusCode.LLM_SUCCESS:
-            raise self._engine._exception(status, "allocate_cache")
+            raise reraised(self._engine._exception(status, "allocate_cache"))
         cache._requested_desc = cache_desc
-        cache._cache_keys = keys
+        cache._cache_keys = tuple(cache_keys)
         return cache
 
     def deallocate_cache(self, cache):
         """Free a cache from allocate_cache."""
-        if not isinstance(cache, _datadist.Cache):
-            raise TypeError(f"cache must be a Cache, not {type(cache).__name__}")
-        self._engine.deallocate_cache(cache)
+        self._require_live()
+        self._check_cache("cache", cache, blocks=False)
+        try:
+            self._engine.deallocate_cache(cache)
+        except LLMException as error:
+            raise reraised(error) from None
 
     def copy_cache(self, dst, src, dst_batch_index=0, src_batch_index=0, offset=0, size=-1, req_id=None):
-        """Copy batch entry src_batch_index of src into dst_batch_index of dst (CopyKvCache)."""
-        self._engine.copy_cache(src, dst, src_batch_index, dst_batch_index, offset, size)
+        """Copy batch entry src_batch_index of src into dst_batch_index of dst (CopyKvCache):
+        `size` bytes (-1: the rest) from `offset` of each tensor."""
+        self._require_live()
+        self._check_cache("dst", dst, blocks=False)
+        self._check_cache("src", src, blocks=False)
+        check_int("dst_batch_index", dst_batch_index, UINT32)
+        check_int("src_batch_index", src_batch_index, UINT32)
+        check_int("offset", offset, UINT64)
+        check_int("size", size, INT64)
+        require(size == -1 or size > 0, f"size must be -1 or > 0, got {size}")
+        if req_id is not None:
+            check_int("req_id", req_id, UINT64)  # CANN logs it; nothing else uses it
+        try:
+            self._engine.copy_cache(src, dst, src_batch_index, dst_batch_index, offset, size)
+        except LLMException as error:
+            raise reraised(error) from None
 
     def copy_blocks(self, cache, copy_block_info):
-        """Within one cache, copy each source block to its destination blocks:
+        """Within one blocks cache, copy each source block to its destination blocks:
         {src_block: [dst_block, ...]} (CopyKvBlocks, device to device)."""
-        pairs = [(source, target) for source, targets in self._block_map(copy_block_info, list).items()
-                 for target in targets]
-        self._engine.copy_blocks(cache, cache, [source for source, _ in pairs], [[target for _, target in pairs]])
+        self._require_live()
+        self._check_cache("cache", cache, blocks=True)
+        _check_block_map("copy_block_info", copy_block_info, list)
+        pairs = [(source, target) for source, targets in copy_block_info.items() for target in targets]
+        try:
+            self._engine.copy_blocks(cache, cache, [source for source, _ in pairs], [[target for _, target in pairs]])
+        except LLMException as error:
+            raise reraised(error) from None
 
-    def swap_blocks(self, src, dst, src_to_dst):
-        """Copy blocks between a device and a host cache, {src_block: dst_block}: swap out
+    def swap_blocks(self, src_cache, dst_cache, src_to_dst):
+        """Copy blocks {src_block: dst_block} between a device and a host blocks cache: swap out
         (device to host) or in (host to device)."""
-        mapping = self._block_map(src_to_dst, int)
-        self._engine.copy_blocks(src, dst, list(mapping), [list(mapping.values())])
+        self._require_live()
+        self._check_cache("src_cache", src_cache, blocks=True)
+        self._check_cache("dst_cache", dst_cache, blocks=True)
+        _check_block_map("src_to_dst", src_to_dst, int)
+        src_desc, dst_desc = src_cache.cache_desc, dst_cache.cache_desc
+        require(src_desc.num_tensors == dst_desc.num_tensors, "src and dst caches must have as many tensors")
+        require(src_desc.size // src_desc.batch_size == dst_desc.size // dst_desc.batch_size,
+                "src and dst caches must have blocks of the same size")
+        for source, target in src_to_dst.items():
+            require(0 <= source < src_desc.batch_size, f"src block {source} is outside [0, {src_desc.batch_size})")
+            require(0 <= target < dst_desc.batch_size, f"dst block {target} is outside [0, {dst_desc.batch_size})")
+        require({src_desc.placement, dst_desc.placement} == {Placement.HOST, Placement.DEVICE},
+                f"swap_blocks copies between HOST and DEVICE, not {src_desc.placement} to {dst_desc.placement}")
+        try:
+            self._engine.copy_blocks(src_cache, dst_cache, list(src_to_dst), [list(src_to_dst.values())])
+        except LLMException as error:
+            raise reraised(error) from None
+
+    def pull_cache(self, cache_key, cache, batch_index=0, size=-1, **kwargs):
+        """Pull a remote cache's batch entry into `cache`. Not implemented by llmdd yet."""
+        self._require_live()
+        key_types = CacheKeyByIdAndIndex if self._remote_cache_accessible else (CacheKey, CacheKeyByIdAndIndex)
+        check_type("cache_key", cache_key, key_types)
+        self._check_cache("cache", cache, blocks=False)
+        check_int("batch_index", batch_index, UINT32)
+        check_int("size", size, INT64)
+        require(size == -1 or size > 0, f"size must be -1 or > 0, got {size}")
+        self._check_layers(kwargs)
+        if isinstance(cache_key, CacheKey):
+            check_cache_key(cache_key)
+        raise not_enabled("pull_cache")
+
+    def pull_blocks(self, src_cache_key, dst_cache, src_blocks=(), dst_blocks=(), **kwargs):
+        """Pull remote blocks (or a remote cache) into blocks of `dst_cache`. Not implemented by llmdd yet."""
+        self._require_live()
+        check_type("src_cache_key", src_cache_key, (CacheKey, CacheKeyByIdAndIndex, BlocksCacheKey))
+        self._check_cache("dst_cache", dst_cache, blocks=True)
+        check_ints("src_blocks", src_blocks)
+        check_ints("dst_blocks", dst_blocks)
+        require(len(dst_blocks) > 0, "dst_blocks must not be empty")
+        self._check_layers(kwargs)
+        if isinstance(src_cache_key, BlocksCacheKey):
+            require(len(src_blocks) > 0, "src_blocks must not be empty for a BlocksCacheKey")
+        else:
+            if isinstance(src_cache_key, CacheKey):
+                check_cache_key(src_cache_key)
+            require(len(src_blocks) == 0, "src_blocks must be empty unless src_cache_key is a BlocksCacheKey")
+        raise not_enabled("pull_blocks")
+
+    def push_cache(self, dst_cache_key, src_cache, src_batch_index=0, src_layer_range=None, dst_layer_range=None,
+                   size=-1, tensor_num_per_layer=_TENSOR_NUM_PER_LAYER):
+        """Push a batch entry of `src_cache` to a remote cache. Not implemented by llmdd yet."""
+        self._require_live()
+        self._require_remote_cache_accessible("push_cache")
+        check_type("dst_cache_key", dst_cache_key, CacheKeyByIdAndIndex)
+        self._check_cache("src_cache", src_cache, blocks=False)
+        check_int("src_batch_index", src_batch_index, UINT32)
+        self._check_push_layers(src_cache, src_layer_range, dst_layer_range, tensor_num_per_layer)
+        check_int("size", size, INT64)
+        require(size == -1, f"push_cache's size must be -1, got {size}")
+        raise not_enabled("push_cache")
+
+    def push_blocks(self, dst_cache_key, src_cache, src_blocks=(), dst_blocks=(), src_layer_range=None,
+                    dst_layer_range=None, tensor_num_per_layer=_TENSOR_NUM_PER_LAYER):
+        """Push blocks of `src_cache` to a remote blocks cache. Not implemented by llmdd yet."""
+        self._require_live()
+        self._require_remote_cache_accessible("push_blocks")
+        check_type("dst_cache_key", dst_cache_key, BlocksCacheKey)
+        self._check_cache("src_cache", src_cache, blocks=True)
+        check_ints("src_blocks", src_blocks)
+        check_ints("dst_blocks", dst_blocks)
+        require(len(dst_blocks) > 0, "dst_blocks must not be empty")
+        self._check_push_layers(src_cache, src_layer_range, dst_layer_range, tensor_num_per_layer)
+        raise not_enabled("push_blocks")
+
+    def transfer_cache_async(self, src_cache, layer_synchronizer, transfer_configs, src_block_indices=None,
+                             dst_block_indices=None, dst_block_memory_size=None):
+        """Write `src_cache` layer by layer to remote memory as layers finish. Not implemented by llmdd yet."""
+        self._require_live()
+        check_type("src_cache", src_cache, Cache)
+        require(src_cache.cache_desc.placement != Placement.HOST, "transfer_cache_async needs a DEVICE src_cache")
+        for name, indices in (("dst_block_indices", dst_block_indices), ("src_block_indices", src_block_indices)):
+            if indices is not None:
+                check_ints(name, indices, UINT64)
+        if dst_block_memory_size is not None:
+            check_int("dst_block_memory_size", dst_block_memory_size, UINT64)
+        if src_block_indices:
+            require(bool(dst_block_indices), "blocks transfer only to blocks: dst_block_indices is required")
+            require(len(src_block_indices) == len(dst_block_indices),
+                    "src_block_indices and dst_block_indices must have the same length")
+        elif dst_block_indices:
+            require(dst_block_memory_size is not None, "a transfer to blocks needs dst_block_memory_size")
+        check_type("layer_synchronizer", layer_synchronizer, LayerSynchronizer)
+        config_type = TransferWithCacheKeyConfig if self._remote_cache_accessible else TransferConfig
+        check_sequence("transfer_configs", transfer_configs, config_type)
+        require(bool(dst_block_indices) or dst_block_memory_size in (None, 0),
+                "dst_block_memory_size must be None or 0 unless the destination is blocks")
+        raise not_enabled("transfer_cache_async")
+
+    def remap_registered_memory(self, mem_infos):
+        """Map registered memory again after a device memory fault. Not implemented by llmdd yet."""
+        self._require_live()
+        infos = mem_infos if isinstance(mem_infos, list) else [mem_infos]
+        for index, info in enumerate(infos):
+            check_type(f"mem_infos[{index}]", info, MemInfo)
+            require(info.mem_type == Memtype.MEM_TYPE_DEVICE, f"mem_infos[{index}] must be MEM_TYPE_DEVICE")
+            require(info.addr != 0, f"mem_infos[{index}].addr must not be 0")
+            require(info.size > 0, f"mem_infos[{index}].size must be > 0")
+        raise not_enabled("remap_registered_memory")
+
+    # Caller-owned memory and blocks caches come with llmdd's cache registry.
+    register_cache = not_enabled_method("register_cache")
+    register_blocks_cache = not_enabled_method("register_blocks_cache")
+    unregister_cache = not_enabled_method("unregister_cache")
+    allocate_blocks_cache = not_enabled_method("allocate_blocks_cache")
+    deallocate_blocks_cache = not_enabled_method("deallocate_blocks_cache")
+    remove_cache_key = not_enabled_method("remove_cache_key")
+
+    def _require_remote_cache_accessible(self, name):
+        require(self._remote_cache_accessible, f"{name} needs {_REMOTE_CACHE_ACCESSIBLE} "
+                                               "(LLMConfig.enable_remote_cache_accessible = True)")
 
     @staticmethod
-    def _block_map(mapping, value_type):
-        if not isinstance(mapping, dict):
-            raise TypeError(f"the block map must be a dict, not {type(mapping).__name__}")
-        for source, target in mapping.items():
-            _check_int(source, "block index")
-            if not isinstance(target, value_type) or isinstance(target, bool):
-                raise TypeError(f"block {source} maps to {target!r}, not a {value_type.__name__}")
-        return mapping
+    def _check_layers(kwargs):
+        """The layer keywords of pull_cache/pull_blocks; layer i is tensors
+        [i * tensor_num_per_layer, (i + 1) * tensor_num_per_layer)."""
+        unknown = set(kwargs) - {"src_layer_range", "dst_layer_range", "tensor_num_per_layer"}
+        if unknown:
+            raise TypeError(f"unexpected keyword arguments: {', '.join(sorted(unknown))}")
+        _check_tensor_num_per_layer(kwargs.get("tensor_num_per_layer", _TENSOR_NUM_PER_LAYER))
+        for name in ("src_layer_range", "dst_layer_range"):
+            layer_range = check_layer_range(name, kwargs.get(name))
+            if layer_range is not None:
+                check_int(name, layer_range.stop - 1, UINT32)
 
-    pull_cache = _not_enabled("pull_cache")
-    pull_blocks = _not_enabled("pull_blocks")
-    push_cache = _not_enabled("push_cache")
-    push_blocks = _not_enabled("push_blocks")
-    register_cache = _not_enabled("register_cache")
-    unregister_cache = _not_enabled("unregister_cache")
-    remove_cache_key = _not_enabled("remove_cache_key")
+    @staticmethod
+    def _check_push_layers(src_cache, src_layer_range, dst_layer_range, tensor_num_per_layer):
+        _check_tensor_num_per_layer(tensor_num_per_layer)
+        layers = range(src_cache.cache_desc.num_tensors // tensor_num_per_layer)
+        src_layers = layers if src_layer_range is None else check_layer_range("src_layer_range", src_layer_range)
+        dst_layers = layers if dst_layer_range is None else check_layer_range("dst_layer_range", dst_layer_range)
+        require(len(src_layers) == len(dst_layers), "src_layer_range and dst_layer_range must have the same length")
 
 
 class KvCacheManager(CacheManager):
-    """v1's kv_cache_manager: the same, with KvCache results."""
+    """v1's kv_cache_manager (without llm.EnableCacheManager): the same calls, KvCache results,
+    no pool needed and no blocks-cache distinction."""
 
     _cache_type = KvCache
-
-
-class LLMClusterInfo:
-    """A remote cluster to link: its id, role and one local and one remote ip:port."""
-
-    def __init__(self):
-        self.remote_cluster_id = 0
-        self.remote_role_type = 0
-        self.local_ip_info_list = []
-        self.remote_ip_info_list = []
-
-    @staticmethod
-    def _ip_text(ip):
-        if isinstance(ip, int) and not isinstance(ip, bool):
-            if not 0 <= ip < 1 << 32:
-                raise ValueError(f"ip {ip} is not an IPv4 address")
-            return ".".join(str((ip >> shift) & 0xFF) for shift in (24, 16, 8, 0))
-        if not isinstance(ip, str):
-            raise TypeError(f"ip must be a str or int, not {type(ip).__name__}")
-        return ip
-
-    def append_local_ip_info(self, ip, port):
-        self.local_ip_info_list.append((self._ip_text(ip), _check_int(port, "port")))
-
-    def append_remote_ip_info(self, ip, port):
-        self.remote_ip_info_list.append((self._ip_text(ip), _check_int(port, "port")))
-
-
-class LLMConfig:
-    """Options for LLMDataDist.init, turned into LLM-DataDist's option strings."""
-
-    def __init__(self):
-        self.device_id = None
-        self.sync_kv_timeout = None
-        self.enable_switch_role = False
-        self.ge_options = {}
-        self.listen_ip_info = None
-        self.mem_utilization = 0.95
-        self.buf_pool_cfg = None
-        self.enable_cache_manager = False
-        self.mem_pool_cfg = None
-        self.host_mem_pool_cfg = None
-        self.enable_remote_cache_accessible = False
-        self.global_resource_config = None
-
-    def generate_options(self):
-        """The options dict for init: device ids as `ge.exec.deviceId` ("0;1" for a list) and
-        `ge.session_device_id` (the first), then each setting that was given."""
-        if not (isinstance(self.mem_utilization, (int, float)) and 0 <= self.mem_utilization <= 1):
-            raise LLMException(f"mem_utilization must be in [0, 1], got {self.mem_utilization!r}",
-                               LLMStatusCode.LLM_PARAM_INVALID)
-        if self.global_resource_config is not None and not isinstance(self.global_resource_config, str):
-            raise TypeError("global_resource_config must be a str")
-        options = {str(key): str(value) for key, value in dict(self.ge_options).items()}
-        if self.device_id is not None:
-            ids = list(self.device_id) if isinstance(self.device_id, (list, tuple)) else [self.device_id]
-            options["ge.exec.deviceId"] = ";".join(str(_check_int(device, "device_id")) for device in ids)
-            options["ge.session_device_id"] = str(ids[0])
-        if self.sync_kv_timeout is not None:
-            options["llm.SyncKvCacheWaitTime"] = str(_check_int(self.sync_kv_timeout, "sync_kv_timeout"))
-        if self.enable_switch_role:
-            options["llm.EnableSwitchRole"] = "1"
-        for key, value in (("llm.ListenIpInfo", self.listen_ip_info), ("llm.BufPoolCfg", self.buf_pool_cfg),
-                           ("llm.MemPoolConfig", self.mem_pool_cfg),
-                           ("llm.HostMemPoolConfig", self.host_mem_pool_cfg),
-                           ("llm.GlobalResourceConfig", self.global_resource_config)):
-            if value is not None:
-                options[key] = value
-        return options
-
-    gen_options = generate_options
-
-
-LlmConfig = LLMConfig
+    _v2 = False
 
 
 class LLMDataDist:
-    """CANN's Python LLMDataDist(role, cluster_id) over llmdd's engine."""
+    """CANN's Python LLMDataDist(role, cluster_id) over llmdd's engine. One may be initialized
+    per process at a time, as in CANN."""
+
+    llm_engine_instance = None  # the initialized LLMDataDist of this process (CANN's name)
 
     def __init__(self, role, cluster_id):
-        if not isinstance(role, LLMRole):
-            raise TypeError(f"role must be an LLMRole, not {type(role).__name__}")
-        self._engine = _datadist.LlmDataDist(_check_int(cluster_id, "cluster_id"), role)
-        self._cache_manager = CacheManager(self._engine)
-        self._kv_cache_manager = KvCacheManager(self._engine)
+        check_type("role", role, LLMRole)
+        check_int("cluster_id", cluster_id, UINT64)
+        self._role = role
+        self._engine = _datadist.LlmDataDist(cluster_id, role.value)
+        self._manager = None
+        self._cache_manager_mode = False
+        self._options = {}  # the options of the current initialization, after CANN's rules
 
     @property
     def cluster_id(self):
@@ -343,39 +346,195 @@ class LLMDataDist:
 
     @property
     def role(self):
-        return self._engine.role
+        return self._role
 
     def init(self, options):
-        """Initialize with an options dict (LLMConfig.generate_options()); LLMException on failure.
+        """Initialize with an options dict (LLMConfig.generate_options()); LLMException on
+        failure, and when another LLMDataDist of this process is initialized. Again: a no-op.
         A device list selects its first device: llmdd's engine allocates on one device."""
-        options = dict(options)
+        if self._engine.initialized:
+            return
+        require(LLMDataDist.llm_engine_instance is None, "another LLMDataDist is initialized in this process",
+                LLMStatusCode.LLM_FAILED)
+        options = dict(self._checked_options(options))
         for key in ("ge.exec.deviceId", "llm.DeviceId"):
-            if key in options and isinstance(options[key], str) and ";" in options[key]:
+            if ";" in options.get(key, ""):
                 options[key] = options[key].split(";")[0]
-        options.pop("ge.session_device_id", None)
-        self._engine.initialize(options)
+        try:
+            self._engine.initialize(options)
+        except LLMException as error:
+            raise reraised(error) from None
+        manager_type = CacheManager if self._cache_manager_mode else KvCacheManager
+        self._manager = manager_type(self, options)
+        self._options = options
+        LLMDataDist.llm_engine_instance = self
+
+    def _checked_options(self, options):
+        """CANN's option rules before the engine sees them; sets the cache-manager mode."""
+        check_str_dict("options", options)
+        pool_sizes = options.get(_FLOW_GRAPH_MEM_MAX_SIZE)
+        if pool_sizes is not None:
+            require("," not in pool_sizes, f"{_FLOW_GRAPH_MEM_MAX_SIZE} takes one pool size, got {pool_sizes!r}")
+            require(pool_sizes.isascii() and pool_sizes.isdigit(),
+                    f"{_FLOW_GRAPH_MEM_MAX_SIZE} must be digits, got {pool_sizes!r}")
+        options = dict(options)
+        if _LOCAL_COMM_RES in options:  # local communication resources imply both modes
+            options.setdefault(_CACHE_MANAGER, "1")
+            options.setdefault(_REMOTE_CACHE_ACCESSIBLE, "1")
+        cache_manager_mode = options.get(_CACHE_MANAGER) == "1"
+        require(cache_manager_mode or _LOCAL_COMM_RES not in options,
+                f"{_LOCAL_COMM_RES} needs {_CACHE_MANAGER}=1")
+        if _TRANSFER_BACKEND in options:
+            require(cache_manager_mode, f"{_TRANSFER_BACKEND} needs {_CACHE_MANAGER}=1")
+            options.setdefault(_REMOTE_CACHE_ACCESSIBLE, "1")
+            require(options[_REMOTE_CACHE_ACCESSIBLE] == "1", f"{_TRANSFER_BACKEND} needs {_REMOTE_CACHE_ACCESSIBLE}=1")
+            require(_LISTEN_IP_INFO in options, f"{_TRANSFER_BACKEND} needs {_LISTEN_IP_INFO}")
+        if cache_manager_mode and _LISTEN_IP_INFO in options:
+            _check_listen_ip_info(options[_LISTEN_IP_INFO])
+        self._cache_manager_mode = cache_manager_mode
+        return options
 
     def finalize(self):
+        """Release everything; a no-op when not initialized."""
+        if not self._engine.initialized:
+            return
         self._engine.Finalize()
+        self._manager = None
+        if LLMDataDist.llm_engine_instance is self:
+            LLMDataDist.llm_engine_instance = None
+
+    def _owns_live_manager(self, manager):
+        """Whether `manager` belongs to this LLMDataDist's current initialization."""
+        return manager is self._manager and self._engine.initialized
 
     def _require_initialized(self):
-        if not self._engine.initialized:
-            raise LLMException("LLMDataDist is not initialized: call init first", LLMStatusCode.LLM_FAILED)
+        require(self._engine.initialized, "LLMDataDist is not initialized: call init first", LLMStatusCode.LLM_FAILED)
+
+    def _require_mode(self, name, cache_manager_mode):
+        self._require_initialized()
+        require(self._cache_manager_mode == cache_manager_mode,
+                f"{name} is {'only' if cache_manager_mode else 'not'} available with {_CACHE_MANAGER}=1 "
+                "(LLMConfig.enable_cache_manager)")
 
     @property
     def cache_manager(self):
-        self._require_initialized()
-        return self._cache_manager
+        """v2's CacheManager: only with enable_cache_manager."""
+        self._require_mode("cache_manager", True)
+        return self._manager
 
     @property
     def kv_cache_manager(self):
-        self._require_initialized()
-        return self._kv_cache_manager
+        """v1's KvCacheManager: only without enable_cache_manager."""
+        self._require_mode("kv_cache_manager", False)
+        return self._manager
 
-    link_clusters = _not_enabled("link_clusters")
-    unlink_clusters = _not_enabled("unlink_clusters")
-    link = _not_enabled("link")
-    unlink = _not_enabled("unlink")
-    query_register_mem_status = _not_enabled("query_register_mem_status")
-    check_link_status = _not_enabled("check_link_status")
-    switch_role = _not_enabled("switch_role")
+    def link(self, comm_name, cluster_rank_info, rank_table):
+        """Link the clusters of a rank table (cache-manager mode). Not implemented by llmdd yet."""
+        self._require_mode("link", True)
+        check_type("comm_name", comm_name, str)
+        require(0 < len(comm_name) < _MAX_COMM_NAME, f"comm_name must have 1 to {_MAX_COMM_NAME - 1} characters")
+        check_type("cluster_rank_info", cluster_rank_info, dict)
+        require(len(cluster_rank_info) <= _MAX_RANK_TABLE_NODES,
+                f"cluster_rank_info has more than {_MAX_RANK_TABLE_NODES} clusters")
+        for cluster_id, rank in cluster_rank_info.items():
+            check_int("cluster_rank_info key", cluster_id, UINT64)
+            check_int("cluster_rank_info value", rank, UINT32)
+        check_type("rank_table", rank_table, str)
+        ranks = list(cluster_rank_info.values())
+        require(len(ranks) > 1, "cluster_rank_info needs at least 2 clusters")
+        require(ranks == sorted(ranks), "the ranks of cluster_rank_info must be in order")
+        raise not_enabled("link")
+
+    def unlink(self, comm_id):
+        """Undo link (cache-manager mode). Not implemented by llmdd yet."""
+        self._require_mode("unlink", True)
+        check_int("comm_id", comm_id, UINT64)
+        raise not_enabled("unlink")
+
+    def query_register_mem_status(self, comm_id):
+        """The RegisterMemStatus of a link (cache-manager mode). Not implemented by llmdd yet."""
+        self._require_mode("query_register_mem_status", True)
+        check_int("comm_id", comm_id, UINT64)
+        raise not_enabled("query_register_mem_status")
+
+    def check_link_status(self, remote_cluster_id):
+        """Whether the link to a cluster is up (v1 mode). Not implemented by llmdd yet."""
+        self._require_mode("check_link_status", False)
+        check_int("remote_cluster_id", remote_cluster_id, UINT64)
+        raise not_enabled("check_link_status")
+
+    def _check_clusters(self, clusters, timeout):
+        self._require_initialized()
+        check_int("timeout", timeout, INT32)
+        require(timeout > 0, f"timeout must be > 0, got {timeout}")
+        check_sequence("clusters", clusters, LLMClusterInfo)
+        for cluster in clusters:
+            check_int("remote_cluster_id", cluster.remote_cluster_id, UINT64)
+
+    def link_clusters(self, clusters, timeout=3000):
+        """Link to clusters (LLMClusterInfo), returning (status, [status per cluster]). Not
+        implemented by llmdd yet."""
+        self._check_clusters(clusters, timeout)
+        if self._cache_manager_mode and not self._options.get(_LOCAL_COMM_RES):
+            for cluster in clusters:
+                require(bool(cluster.local_ip_info_list), "local_ip_info_list is empty: call append_local_ip_info "
+                                                          f"(or set {_LOCAL_COMM_RES})")
+        raise not_enabled("link_clusters")
+
+    def unlink_clusters(self, clusters, timeout=3000, force=False):
+        """Unlink clusters; force tears down only this side. Not implemented by llmdd yet."""
+        self._check_clusters(clusters, timeout)
+        check_type("force", force, bool)
+        raise not_enabled("unlink_clusters")
+
+    def switch_role(self, role, switch_options=None):
+        """Change this cluster's role. Not implemented by llmdd yet."""
+        self._require_initialized()
+        check_type("role", role, LLMRole)
+        if switch_options is not None:
+            check_type("switch_options", switch_options, dict)
+        options = switch_options or {}
+        if not self._cache_manager_mode:
+            require(role != self._role, f"the role is already {role.name}")
+            require(role != LLMRole.PROMPT or _LISTEN_IP_INFO in options,
+                    f"switching to PROMPT needs {_LISTEN_IP_INFO} in switch_options")
+        if _LISTEN_IP_INFO in options:
+            _check_listen_ip_info(options[_LISTEN_IP_INFO])
+        raise not_enabled("switch_role")
+
+
+def _check_listen_ip_info(listen_ip_info):
+    """'ip:port', as cache-manager mode splits it."""
+    check_type(_LISTEN_IP_INFO, listen_ip_info, str)
+    parts = listen_ip_info.split(":")
+    require(len(parts) == 2 and parts[1].isascii() and parts[1].isdigit(),
+            f"{_LISTEN_IP_INFO}={listen_ip_info!r} is not 'ip:port'")
+
+
+_NUMPY_TABLES = ("dtype_to_np_dtype", "valid_np_dtypes", "np_dtype_to_dtype")
+
+
+def __getattr__(name):
+    """CANN's numpy dtype tables, built (and numpy imported) on first use; and CANN's v1-only
+    Tensor / TensorDesc, which llmdd does not provide (CANN raises ImportError without v1 too)."""
+    if name in _NUMPY_TABLES:
+        import numpy
+
+        # CANN's own table: BF16 shows as numpy.float16 (numpy has no bfloat16), and so has no way back.
+        dtype_to_np_dtype = {
+            DataType.DT_FLOAT: numpy.float32, DataType.DT_FLOAT16: numpy.float16, DataType.DT_BF16: numpy.float16,
+            DataType.DT_INT8: numpy.int8, DataType.DT_INT16: numpy.int16, DataType.DT_UINT16: numpy.uint16,
+            DataType.DT_UINT8: numpy.uint8, DataType.DT_INT32: numpy.int32, DataType.DT_INT64: numpy.int64,
+            DataType.DT_UINT32: numpy.uint32, DataType.DT_UINT64: numpy.uint64, DataType.DT_BOOL: numpy.bool_,
+            DataType.DT_DOUBLE: numpy.double, DataType.DT_STRING: numpy.bytes_,
+        }
+        globals().update(
+            dtype_to_np_dtype=dtype_to_np_dtype,
+            valid_np_dtypes=list(dtype_to_np_dtype.values()),
+            np_dtype_to_dtype={numpy.dtype(np_type): data_type for data_type, np_type in dtype_to_np_dtype.items()
+                               if data_type is not DataType.DT_BF16},
+        )
+        return globals()[name]
+    if name in ("Tensor", "TensorDesc"):
+        raise ImportError(f"llmdd.llm_datadist has no {name}: it is CANN's v1-only (llm_datadist_v1) type")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
