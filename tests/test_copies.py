@@ -24,9 +24,10 @@ class HostCache:
         return self.memory[tensor].reshape(self.desc.shape[0], -1)
 
 
-def fill_device(engine, desc, seed):
-    """A device cache whose bytes are a pattern numbered by seed, copied in from the host."""
-    cache = engine.allocate_cache(desc)
+def fill_device(engine, desc, seed, cache=None):
+    """A device cache (new, or `cache`) whose bytes are a pattern numbered by seed, copied in
+    from the host."""
+    cache = engine.allocate_cache(desc) if cache is None else cache
     host = HostCache(desc.num_tensors, desc.shape, desc.data_type)
     host.memory[:] = numpy.random.default_rng(seed).integers(0, 256, host.memory.shape, numpy.uint8)
     engine.copy_blocks(host.cache, cache, list(range(desc.shape[0])), [list(range(desc.shape[0]))])
@@ -260,31 +261,34 @@ def test_copies_between_pool_caches_and_other_caches():
 
 
 def test_drop_in_copy_cache_copy_blocks_and_swap_blocks():
+    # v1 mode (kv_cache_manager): copies take any cache; v2's need blocks caches.
     import llmdd.llm_datadist as llm_datadist
     datadist = llm_datadist.LLMDataDist(llm_datadist.LLMRole.DECODER, 1)
     datadist.init({})
-    manager = datadist.cache_manager
-    desc = llm_datadist.CacheDesc(2, [6, 16], llm_datadist.DataType.DT_INT8)
-    cache, original = fill_device(datadist._engine, desc, seed=9)
-    manager.copy_blocks(cache, {0: [4, 5], 1: [3]})
-    blocks = read_device(datadist._engine, cache, desc).reshape(2, 6, 16)
-    expected = original.reshape(2, 6, 16)
-    assert numpy.array_equal(blocks[:, [4, 5, 3]], expected[:, [0, 0, 1]])
-    host_desc = llm_datadist.CacheDesc(2, [6, 16], llm_datadist.DataType.DT_INT8, llm_datadist.Placement.HOST)
-    memory = numpy.zeros((2, 96), numpy.uint8)
-    host = llm_datadist.Cache.create_cpu_cache(host_desc, [row.ctypes.data for row in memory])
-    assert host.cache_desc is host_desc
-    manager.swap_blocks(cache, host, {2: 0, 3: 1})
-    assert numpy.array_equal(memory.reshape(2, 6, 16)[:, [0, 1]], blocks[:, [2, 3]])
-    other = manager.allocate_cache(desc)
-    manager.copy_cache(other, cache, dst_batch_index=1, src_batch_index=2)
-    assert numpy.array_equal(read_device(datadist._engine, other, desc).reshape(2, 6, 16)[:, 1], blocks[:, 2])
-    with pytest.raises(llm_datadist.LLMException) as raised:
-        manager.copy_blocks(cache, {0: [0]})
-    assert raised.value.status_code is llm_datadist.LLMStatusCode.LLM_PARAM_INVALID
-    with pytest.raises(TypeError):
-        manager.swap_blocks(cache, host, {0: [1]})
-    datadist.finalize()
+    try:
+        manager = datadist.kv_cache_manager
+        desc = llm_datadist.CacheDesc(2, [6, 16], llm_datadist.DataType.DT_INT8)
+        engine_desc = CacheDesc(2, [6, 16], llmdd.DT_INT8)      # for the engine-level helpers
+        cache, original = fill_device(datadist._engine, engine_desc, seed=9, cache=manager.allocate_cache(desc))
+        manager.copy_blocks(cache, {0: [4, 5], 1: [3]})
+        blocks = read_device(datadist._engine, cache, engine_desc).reshape(2, 6, 16)
+        expected = original.reshape(2, 6, 16)
+        assert numpy.array_equal(blocks[:, [4, 5, 3]], expected[:, [0, 0, 1]])
+        host_desc = llm_datadist.CacheDesc(2, [6, 16], llm_datadist.DataType.DT_INT8, llm_datadist.Placement.HOST)
+        memory = numpy.zeros((2, 96), numpy.uint8)
+        host = llm_datadist.Cache.create_cpu_cache(host_desc, [row.ctypes.data for row in memory])
+        manager.swap_blocks(cache, host, {2: 0, 3: 1})
+        assert numpy.array_equal(memory.reshape(2, 6, 16)[:, [0, 1]], blocks[:, [2, 3]])
+        other = manager.allocate_cache(desc)
+        manager.copy_cache(other, cache, dst_batch_index=1, src_batch_index=2)
+        assert numpy.array_equal(read_device(datadist._engine, other, engine_desc).reshape(2, 6, 16)[:, 1], blocks[:, 2])
+        with pytest.raises(llm_datadist.LLMException) as raised:
+            manager.copy_blocks(cache, {0: [0]})
+        assert raised.value.status_code is llm_datadist.LLMStatusCode.LLM_PARAM_INVALID
+        with pytest.raises(TypeError):
+            manager.swap_blocks(cache, host, {0: [1]})
+    finally:
+        datadist.finalize()
 
 
 def test_deallocating_a_cache_during_a_copy_from_another_thread_frees_it_after_the_copy(engine):
