@@ -1,7 +1,7 @@
 """Stubs for llmdd._datadist: Cache, LlmDataDist and LLMException."""
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any, Final, SupportsIndex
+from typing import Any, Final, SupportsIndex, overload
 
 from ._desc import CacheDesc, LlmRole, LLMStatusCode
 from ._tensor_view import TensorView
@@ -14,7 +14,10 @@ def runtime_version() -> tuple[int, int, int] | None: ...
 
 class LLMException(RuntimeError):
     status_code: LLMStatusCode | int
-    def __init__(self, message: str, status_code: LLMStatusCode | int) -> None: ...
+    @overload
+    def __init__(self, *args: object, status_code: LLMStatusCode | int = ...) -> None: ...
+    @overload
+    def __init__(self, message: str, status_code: LLMStatusCode | int, /) -> None: ...
 
 class Cache:
     cache_id: int
