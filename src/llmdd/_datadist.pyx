@@ -292,12 +292,14 @@ cdef class Cache:
         cdef uint64_t nbytes
         if not 0 <= index < self._addr_count:
             raise IndexError(f"tensor index {index} is out of range for {self._addr_count} tensors")
+        # The Python values first (building an enum runs Python code), then the export, then
+        # the address with no Python code between: the address is of the memory exported.
+        placement = enum_member(PLACEMENT_ENUM, self._desc_fields.placement)
+        data_type = _data_type_member(self._desc_fields.data_type)
         memory = engine.export_memory(self._cache_id)
         tensor_bytes(&self._desc_fields, &nbytes)
-        placement = enum_member(PLACEMENT_ENUM, self._desc_fields.placement)
         return make_view(memory, self._first_addr + index * self._addr_stride, nbytes, self._desc_shape,
-                         _data_type_member(self._desc_fields.data_type), placement, engine._device,
-                         SIMULATED or self._desc_fields.placement == LLMDD_kHost)
+                         data_type, placement, engine._device, SIMULATED or self._desc_fields.placement == LLMDD_kHost)
 
     def to_descs(self, *, as_numpy=False):
         """(address, nbytes, device_id) of every tensor: the rows a transfer engine such as
