@@ -96,9 +96,10 @@ def test_v1_only_tensor_types_are_an_import_error():
         llm_datadist.NonExistentAttr
 
 
-def test_import_of_the_drop_in_adds_nothing_heavy_to_llmdd():
-    # Compared with llmdd's own import: an editable install's loader imports json for itself.
-    code = ("import sys, llmdd\n"
+def test_import_of_the_drop_in_adds_nothing_but_enum_to_llmdd():
+    # Compared with llmdd and enum imported first: an editable install's loader imports json
+    # for itself, and llmdd builds its enums (and imports enum) only on first use.
+    code = ("import sys, enum, llmdd\n"
             "before = set(sys.modules)\n"
             "import llmdd.llm_datadist\n"
             "print(sorted(name for name in set(sys.modules) - before if not name.startswith('llmdd.')))")
