@@ -1,0 +1,457 @@
+"""TransferAgent: links, pulls and pushes of one initialized engine.
+
+Statuses are llmdd.LLMStatusCode members; LLMException is raised only for bad Python arguments
+(and LLM_FEATURE_NOT_ENABLED when Mooncake is missing). The caller's side of a link owns it: it
+keeps one control connection per linked cluster and the peer's engine address, and moves bytes
+with batched reads (pull) or writes (push) on its own Mooncake engine.
+"""
+import concurrent.futures
+import contextlib
+import ipaddress
+import itertools
+import logging
+import socket
+import threading
+import time
+
+from .._datadist import LLMException
+from .._desc import LLMStatusCode
+from . import _plan
+from . import _protocol as wire
+from ._listener import ControlListener
+from ._mooncake import Engine, engine_module
+
+log = logging.getLogger("llmdd.transfer")
+
+MAX_CLUSTERS_PER_CALL = 16   # LLM_CLUSTER_NUM_EXCEED_LIMIT above this (spec section 1)
+SUCCESS = LLMStatusCode.LLM_SUCCESS
+PROTOCOLS = ("tcp", "rdma", "ascend")
+
+
+class _LinkFailure(Exception):
+    def __init__(self, status):
+        super().__init__(status)
+        self.status = status
+
+
+class _Link:
+    """One linked cluster: the control connection (one request at a time) and the peer's engine."""
+
+    def __init__(self, remote_cluster_id, connection, peer_engine):
+        self.remote_cluster_id = remote_cluster_id
+        self.connection = connection
+        self.peer_engine = peer_engine
+        self.lock = threading.Lock()
+        self.broken = False
+        self._request_ids = itertools.count(1)
+
+    def request(self, message_type, body, timeout_s):
+        """The reply body of one round trip. A timeout or error breaks the link for good: a late
+        reply would desynchronize the stream, so later calls answer LLM_LINK_FAILED at once."""
+        with self.lock:
+            if self.broken:
+                raise _LinkFailure(LLMStatusCode.LLM_LINK_FAILED)
+            request_id = next(self._request_ids) & wire.UINT32_MAX
+            deadline = time.monotonic() + timeout_s
+            try:
+                wire.send(self.connection, message_type, request_id, body, deadline)
+                reply_type, reply_id, reply = wire.receive(self.connection, deadline)
+                if reply_type != wire.REPLY_TO[message_type] or reply_id != request_id:
+                    raise wire.ProtocolError(f"{reply_type.name} #{reply_id} answers {message_type.name} #{request_id}")
+                return reply
+            except socket.timeout:
+                self._break(f"no answer to {message_type.name} in {timeout_s * 1000:.0f} ms")
+                raise _LinkFailure(LLMStatusCode.LLM_TIMEOUT) from None
+            except (OSError, wire.ProtocolError) as error:
+                self._break(error)
+                raise _LinkFailure(LLMStatusCode.LLM_LINK_FAILED) from None
+
+    def _break(self, reason):
+        log.warning("link to cluster %d failed: %s", self.remote_cluster_id, reason)
+        self.broken = True
+        self.close()
+
+    def close(self):
+        with contextlib.suppress(OSError):
+            self.connection.close()
+
+
+def _status(code):
+    try:
+        return LLMStatusCode(code)
+    except ValueError:
+        return LLMStatusCode.LLM_FAILED
+
+
+def _parse_ip(ip, what):
+    if type(ip) is int and not isinstance(ip, bool):
+        try:
+            return str(ipaddress.IPv4Address(ip))
+        except ValueError:
+            pass
+    elif isinstance(ip, str):
+        try:
+            return str(ipaddress.IPv4Address(ip))
+        except ValueError:
+            pass
+    raise LLMException(f"{what} ip {ip!r} is not an IPv4 address", LLMStatusCode.LLM_PARAM_INVALID)
+
+
+def _parse_port(port, what):
+    if type(port) is not int or not 0 <= port <= 65535:
+        raise LLMException(f"{what} port {port!r} is not in [0, 65535]", LLMStatusCode.LLM_PARAM_INVALID)
+    return port
+
+
+def _parse_listen_ip_info(listen_ip_info):
+    """'ip:port' (llm.ListenIpInfo) -> (ip, port); port 0 lets the system pick one."""
+    if not isinstance(listen_ip_info, str) or listen_ip_info.count(":") != 1:
+        raise LLMException(f"listen_ip_info {listen_ip_info!r} is not 'ip:port'", LLMStatusCode.LLM_PARAM_INVALID)
+    ip, port = listen_ip_info.split(":")
+    if not port.isdigit():
+        raise LLMException(f"listen_ip_info {listen_ip_info!r} has no port", LLMStatusCode.LLM_PARAM_INVALID)
+    return _parse_ip(ip, "listen_ip_info"), _parse_port(int(port), "listen_ip_info")
+
+
+def _check_int(name, value, low, high):
+    if type(value) is not int or not low <= value <= high:
+        raise LLMException(f"{name} {value!r} is not an int in [{low}, {high}]", LLMStatusCode.LLM_PARAM_INVALID)
+
+
+def _check_timeout(timeout_ms):
+    if type(timeout_ms) is not int or timeout_ms <= 0:
+        raise LLMException(f"timeout {timeout_ms!r} must be a positive number of milliseconds",
+                           LLMStatusCode.LLM_PARAM_INVALID)
+
+
+def _check_layer_arguments(src_layer_range, dst_layer_range, tensor_num_per_layer):
+    for name, layer_range in (("src_layer_range", src_layer_range), ("dst_layer_range", dst_layer_range)):
+        if layer_range is not None and not isinstance(layer_range, range):
+            raise LLMException(f"{name} must be a range or None, not {type(layer_range).__name__}",
+                               LLMStatusCode.LLM_PARAM_INVALID)
+    _check_int("tensor_num_per_layer", tensor_num_per_layer, 0, wire.UINT32_MAX)
+
+
+def _check_blocks(name, blocks):
+    if not isinstance(blocks, (list, tuple)) or any(type(b) is not int for b in blocks):
+        raise LLMException(f"{name} must be a list or tuple of ints", LLMStatusCode.LLM_PARAM_INVALID)
+    return list(blocks)
+
+
+def _key_fields(key):
+    try:
+        return wire.key_fields(key)
+    except TypeError as error:
+        raise LLMException(str(error), LLMStatusCode.LLM_PARAM_INVALID) from None
+
+
+class TransferAgent:
+    """The transfer layer of one initialized engine.
+
+    registry: the engine's CacheRegistry (entry, find, pin, release_key). listen_ip_info:
+    "ip:port" to serve peers on (None: this side only links out). protocol: Mooncake's
+    ("tcp", "rdma", "ascend"); device_name: the device where the protocol needs one.
+    sync_timeout_ms (llm.SyncKvCacheWaitTime) bounds each control round trip of a transfer."""
+
+    def __init__(self, registry, cluster_id, listen_ip_info=None, protocol="tcp", device_name="",
+                 sync_timeout_ms=1000):
+        _check_int("cluster_id", cluster_id, 0, wire.UINT64_MAX)
+        if protocol not in PROTOCOLS:
+            raise LLMException(f"protocol {protocol!r} is not one of {PROTOCOLS}", LLMStatusCode.LLM_PARAM_INVALID)
+        if not isinstance(device_name, str):
+            raise LLMException("device_name must be a str", LLMStatusCode.LLM_PARAM_INVALID)
+        _check_timeout(sync_timeout_ms)
+        self._registry = registry
+        self.cluster_id = cluster_id
+        self._protocol = protocol
+        self._device_name = device_name
+        self._sync_timeout_s = sync_timeout_ms / 1000
+        self._lock = threading.Lock()
+        self._links = {}        # remote cluster id -> _Link
+        self._engine = None
+        self._listener = None
+        if listen_ip_info is not None:
+            host, port = _parse_listen_ip_info(listen_ip_info)
+            try:
+                self._listener = ControlListener(host, port, cluster_id, registry, self._engine_for_host,
+                                                 self._sync_timeout_s)
+            except OSError as error:
+                raise LLMException(f"cannot listen on {listen_ip_info}: {error}",
+                                   LLMStatusCode.LLM_PARAM_INVALID) from None
+
+    @property
+    def listen_address(self):
+        """(ip, port) the control listener is bound to, or None."""
+        return None if self._listener is None else self._listener.address
+
+    def _engine_for_host(self, host):
+        """This agent's Mooncake engine, started on `host` the first time one is needed (the
+        address peers reach us at, so it is the right interface in a multi-homed host)."""
+        with self._lock:
+            if self._engine is None:
+                if host is None:
+                    raise LLMException("no engine yet", LLMStatusCode.LLM_FAILED)
+                self._engine = Engine(host, self._protocol, self._device_name)
+            return self._engine
+
+    def close(self):
+        """Ends every link and the listener without waiting on peers (bounded, also when they died)."""
+        if self._listener is not None:
+            self._listener.close()
+        with self._lock:
+            links, self._links = list(self._links.values()), {}
+            engine, self._engine = self._engine, None
+        for link in links:
+            link.close()
+        if engine is not None:
+            engine.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    # Links
+
+    def link(self, clusters, timeout_ms):
+        """(status, [status per cluster]): SUCCESS only when every cluster linked."""
+        _check_timeout(timeout_ms)
+        clusters = list(clusters)
+        if len(clusters) > MAX_CLUSTERS_PER_CALL:
+            return LLMStatusCode.LLM_CLUSTER_NUM_EXCEED_LIMIT, [LLMStatusCode.LLM_CLUSTER_NUM_EXCEED_LIMIT] * len(clusters)
+        targets = [self._link_target(cluster) for cluster in clusters]
+        engine_module()   # LLM_FEATURE_NOT_ENABLED before anything else when Mooncake is missing
+        deadline = time.monotonic() + timeout_ms / 1000
+        statuses = [None] * len(targets)
+        attempts = {}
+        with self._lock:
+            for index, (remote_cluster_id, _, _) in enumerate(targets):
+                if remote_cluster_id in self._links or remote_cluster_id in attempts:
+                    statuses[index] = LLMStatusCode.LLM_ALREADY_LINK
+                else:
+                    attempts[remote_cluster_id] = index
+        if attempts:
+            # In parallel, so an unreachable peer costs the call one timeout, not one each.
+            with concurrent.futures.ThreadPoolExecutor(len(attempts), thread_name_prefix="llmdd-link") as pool:
+                futures = {index: pool.submit(self._link_one, *targets[index], deadline)
+                           for index in attempts.values()}
+            for index, future in futures.items():
+                statuses[index] = future.result()
+        return next((status for status in statuses if status != SUCCESS), SUCCESS), statuses
+
+    def _link_target(self, cluster):
+        remote_cluster_id = cluster.remote_cluster_id
+        _check_int("remote_cluster_id", remote_cluster_id, 0, wire.UINT64_MAX)
+        remote_ip_infos, local_ip_infos = list(cluster.remote_ip_infos), list(cluster.local_ip_infos)
+        if len(remote_ip_infos) != 1 or len(local_ip_infos) > 1:
+            raise LLMException(f"cluster {remote_cluster_id}: one remote ip info and at most one local one are "
+                               f"allowed, not {len(remote_ip_infos)} and {len(local_ip_infos)}",
+                               LLMStatusCode.LLM_PARAM_INVALID)
+        remote_ip, remote_port = remote_ip_infos[0]
+        remote = (_parse_ip(remote_ip, "remote"), _parse_port(remote_port, "remote"))
+        local_ip = _parse_ip(local_ip_infos[0][0], "local") if local_ip_infos else None
+        return remote_cluster_id, remote, local_ip
+
+    def _link_one(self, remote_cluster_id, remote, local_ip, deadline):
+        connection = None
+        try:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return LLMStatusCode.LLM_TIMEOUT
+            connection = socket.create_connection(remote, timeout=remaining,
+                                                  source_address=(local_ip, 0) if local_ip else None)
+            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            engine = self._engine_for_host(connection.getsockname()[0])
+            body = {"cluster_id": self.cluster_id, "to_cluster_id": remote_cluster_id, "engine": engine.address,
+                    "protocol": self._protocol}
+            wire.send(connection, wire.MessageType.LINK, 0, body, deadline)
+            reply_type, reply_id, reply = wire.receive(connection, deadline)
+            if reply_type != wire.MessageType.LINK_REPLY or reply_id != 0:
+                raise wire.ProtocolError(f"{reply_type.name} #{reply_id} answers LINK #0")
+            if reply["status"] != SUCCESS or reply["cluster_id"] != remote_cluster_id:
+                log.warning("cluster %d at %s:%d refused the link: %d", remote_cluster_id, *remote, reply["status"])
+                return LLMStatusCode.LLM_LINK_FAILED
+            link = _Link(remote_cluster_id, connection, reply["engine"])
+            with self._lock:
+                self._links[remote_cluster_id] = link
+            connection = None
+            return SUCCESS
+        except socket.timeout:
+            return LLMStatusCode.LLM_TIMEOUT
+        except LLMException as error:
+            log.warning("link to cluster %d: %s", remote_cluster_id, error)
+            return _status(error.status_code)
+        except (OSError, wire.ProtocolError) as error:
+            log.warning("link to cluster %d at %s:%d failed: %s", remote_cluster_id, *remote, error)
+            return LLMStatusCode.LLM_LINK_FAILED
+        finally:
+            if connection is not None:
+                connection.close()
+
+    def unlink(self, clusters, timeout_ms, force=False):
+        """(status, [status per cluster]). force tears down only this side; otherwise the peer is
+        told, and a peer that cannot be told leaves the link in place (LLM_UNLINK_FAILED)."""
+        _check_timeout(timeout_ms)
+        if type(force) is not bool:
+            raise LLMException("force must be a bool", LLMStatusCode.LLM_PARAM_INVALID)
+        clusters = list(clusters)
+        if len(clusters) > MAX_CLUSTERS_PER_CALL:
+            return LLMStatusCode.LLM_CLUSTER_NUM_EXCEED_LIMIT, [LLMStatusCode.LLM_CLUSTER_NUM_EXCEED_LIMIT] * len(clusters)
+        statuses = []
+        for cluster in clusters:
+            remote_cluster_id = self._link_target(cluster)[0]
+            with self._lock:
+                link = self._links.get(remote_cluster_id)
+            if link is None:
+                statuses.append(LLMStatusCode.LLM_NOT_YET_LINK)
+                continue
+            if not force:
+                try:
+                    link.request(wire.MessageType.UNLINK, {"cluster_id": self.cluster_id}, timeout_ms / 1000)
+                except _LinkFailure:
+                    statuses.append(LLMStatusCode.LLM_UNLINK_FAILED)
+                    continue
+            with self._lock:
+                if self._links.get(remote_cluster_id) is link:
+                    del self._links[remote_cluster_id]
+            link.close()
+            statuses.append(SUCCESS)
+        return next((status for status in statuses if status != SUCCESS), SUCCESS), statuses
+
+    def linked_clusters(self):
+        with self._lock:
+            return sorted(self._links)
+
+    # Transfers
+
+    def pull_cache(self, remote_cluster_id, key, dst_entry, batch_index=0, size=-1, src_layer_range=None,
+                   dst_layer_range=None, tensor_num_per_layer=2):
+        """One batch entry of the remote cache `key` names (a CacheKey or CacheKeyByIdAndIndex)
+        into entry batch_index of dst_entry. A CacheKey's reference is dropped after a success."""
+        fields = _key_fields(key)
+        _check_int("batch_index", batch_index, 0, wire.UINT32_MAX)
+        _check_int("size", size, -1, wire.INT64_MAX)
+        _check_layer_arguments(src_layer_range, dst_layer_range, tensor_num_per_layer)
+        if fields["kind"] == "blocks" or size == 0 or dst_entry.is_blocks_cache:
+            return LLMStatusCode.LLM_PARAM_INVALID
+        local = _plan.Layout.of_entry(dst_entry)
+
+        def plan(remote, remote_batch_index):
+            pairs = _plan.tensor_pairs(remote, local, src_layer_range, dst_layer_range, tensor_num_per_layer)
+            return _plan.cache_segments(remote, local, remote_batch_index, batch_index, size, pairs)
+        return self._transfer(remote_cluster_id, fields, dst_entry, plan, write=False,
+                              release_key=fields["kind"] == "cache")
+
+    def pull_blocks(self, remote_cluster_id, src_key, dst_entry, src_blocks=(), dst_blocks=(),
+                    src_layer_range=None, dst_layer_range=None, tensor_num_per_layer=2):
+        """Blocks src_blocks of the remote blocks cache (a BlocksCacheKey) into dst_blocks of
+        dst_entry; with a CacheKey / CacheKeyByIdAndIndex (src_blocks empty) the remote batch
+        entry is cut into dst_blocks."""
+        fields = _key_fields(src_key)
+        src_blocks, dst_blocks = _check_blocks("src_blocks", src_blocks), _check_blocks("dst_blocks", dst_blocks)
+        _check_layer_arguments(src_layer_range, dst_layer_range, tensor_num_per_layer)
+        by_blocks = fields["kind"] == "blocks"
+        if not dst_entry.is_blocks_cache or not dst_blocks or bool(src_blocks) != by_blocks:
+            return LLMStatusCode.LLM_PARAM_INVALID
+        local = _plan.Layout.of_entry(dst_entry)
+
+        def plan(remote, remote_batch_index):
+            pairs = _plan.tensor_pairs(remote, local, src_layer_range, dst_layer_range, tensor_num_per_layer)
+            if by_blocks:
+                return _plan.blocks_segments(remote, local, src_blocks, dst_blocks, pairs)
+            return _plan.entry_to_blocks_segments(remote, local, remote_batch_index, dst_blocks, pairs)
+        return self._transfer(remote_cluster_id, fields, dst_entry, plan, write=False, release_key=False)
+
+    def push_cache(self, remote_cluster_id, dst_key, src_entry, src_batch_index=0, size=-1, src_layer_range=None,
+                   dst_layer_range=None, tensor_num_per_layer=2):
+        """Entry src_batch_index of src_entry into the remote_accessible cache dst_key names (a
+        CacheKeyByIdAndIndex); size must be -1, as in CANN."""
+        fields = _key_fields(dst_key)
+        _check_int("src_batch_index", src_batch_index, 0, wire.UINT32_MAX)
+        _check_int("size", size, -1, wire.INT64_MAX)
+        _check_layer_arguments(src_layer_range, dst_layer_range, tensor_num_per_layer)
+        if fields["kind"] != "id" or size != -1 or src_entry.is_blocks_cache:
+            return LLMStatusCode.LLM_PARAM_INVALID
+        local = _plan.Layout.of_entry(src_entry)
+
+        def plan(remote, remote_batch_index):
+            pairs = _plan.tensor_pairs(local, remote, src_layer_range, dst_layer_range, tensor_num_per_layer)
+            return _plan.cache_segments(local, remote, src_batch_index, remote_batch_index, size, pairs)
+        return self._transfer(remote_cluster_id, fields, src_entry, plan, write=True, release_key=False)
+
+    def push_blocks(self, remote_cluster_id, dst_key, src_entry, src_blocks=(), dst_blocks=(),
+                    src_layer_range=None, dst_layer_range=None, tensor_num_per_layer=2):
+        """Blocks src_blocks of src_entry into dst_blocks of the remote_accessible blocks cache
+        dst_key (a BlocksCacheKey) names."""
+        fields = _key_fields(dst_key)
+        src_blocks, dst_blocks = _check_blocks("src_blocks", src_blocks), _check_blocks("dst_blocks", dst_blocks)
+        _check_layer_arguments(src_layer_range, dst_layer_range, tensor_num_per_layer)
+        if fields["kind"] != "blocks" or not src_entry.is_blocks_cache or not dst_blocks:
+            return LLMStatusCode.LLM_PARAM_INVALID
+        local = _plan.Layout.of_entry(src_entry)
+
+        def plan(remote, remote_batch_index):
+            pairs = _plan.tensor_pairs(local, remote, src_layer_range, dst_layer_range, tensor_num_per_layer)
+            return _plan.blocks_segments(local, remote, src_blocks, dst_blocks, pairs)
+        return self._transfer(remote_cluster_id, fields, src_entry, plan, write=True, release_key=False)
+
+    def _pin_local(self, entry, hold):
+        try:
+            hold.enter_context(self._registry.pin(entry.cache_id))
+        except LLMException as error:
+            return _status(error.status_code)
+        except LookupError:
+            return LLMStatusCode.LLM_KV_CACHE_NOT_EXIST
+        return SUCCESS
+
+    def _transfer(self, remote_cluster_id, key_fields, local_entry, plan, write, release_key):
+        """RESOLVE (the peer pins its cache and describes it), plan, one batch read or write,
+        UNPIN (and release the key). Everything is checked before a byte moves."""
+        with self._lock:
+            link = self._links.get(remote_cluster_id)
+            engine = self._engine
+        if link is None:
+            return LLMStatusCode.LLM_NOT_YET_LINK
+        with contextlib.ExitStack() as hold:
+            status = self._pin_local(local_entry, hold)
+            if status != SUCCESS:
+                return status
+            try:
+                reply = link.request(wire.MessageType.RESOLVE, {"key": key_fields, "write": write},
+                                     self._sync_timeout_s)
+            except _LinkFailure as failure:
+                return failure.status
+            if reply["status"] != SUCCESS or reply["layout"] is None:
+                return _status(reply["status"])
+            status = self._move(link, engine, reply["layout"], local_entry, plan, write)
+            try:
+                unpinned = link.request(wire.MessageType.UNPIN,
+                                        {"pin": reply["pin"], "release_key": release_key and status == SUCCESS},
+                                        self._sync_timeout_s)
+            except _LinkFailure as failure:
+                # The peer drops the pin with the connection; only a key to release is lost.
+                return failure.status if status == SUCCESS and release_key else status
+            if status == SUCCESS and unpinned["status"] != SUCCESS:
+                return _status(unpinned["status"])
+            return status
+
+    def _move(self, link, engine, layout_fields, local_entry, plan, write):
+        remote = _plan.Layout(tuple(layout_fields["tensor_addrs"]), layout_fields["tensor_bytes"],
+                              layout_fields["batch"], layout_fields["block_bytes"], layout_fields["is_blocks_cache"])
+        try:
+            segments = plan(remote, layout_fields["batch_index"])
+        except _plan.PlanError as error:
+            log.warning("transfer with cluster %d refused: %s", link.remote_cluster_id, error)
+            return LLMStatusCode.LLM_PARAM_INVALID
+        if not engine.register(local_entry.regions):
+            return LLMStatusCode.LLM_FAILED
+        if write:
+            result = engine.write(link.peer_engine, segments.src_addrs, segments.dst_addrs, segments.lengths)
+        else:
+            result = engine.read(link.peer_engine, segments.dst_addrs, segments.src_addrs, segments.lengths)
+        if result != 0:
+            log.warning("Mooncake %s of %d bytes with cluster %d at %s answered %d", "write" if write else "read",
+                        segments.nbytes, link.remote_cluster_id, link.peer_engine, result)
+            return LLMStatusCode.LLM_LINK_FAILED
+        return SUCCESS

@@ -1,0 +1,147 @@
+"""What a transfer moves: the (source, destination, length) segments of one batch call.
+
+Pure arithmetic on two layouts, so every rule is checked (and a rejected call refused) before a
+byte moves. Runs of consecutive blocks become one segment per tensor: a transfer of many blocks
+is one batch call with few segments, never a call per block per tensor.
+"""
+from dataclasses import dataclass
+
+
+class PlanError(ValueError):
+    """The arguments do not describe a transfer these two caches allow (LLM_PARAM_INVALID)."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One side's cache as a transfer sees it (a registry CacheEntry, or a peer's RESOLVE_REPLY)."""
+    tensor_addrs: tuple
+    tensor_bytes: int
+    batch: int
+    block_bytes: int
+    is_blocks_cache: bool
+
+    @classmethod
+    def of_entry(cls, entry):
+        return cls(tuple(entry.tensor_addrs), entry.tensor_bytes, entry.batch, entry.block_bytes,
+                   entry.is_blocks_cache)
+
+    @property
+    def num_tensors(self):
+        return len(self.tensor_addrs)
+
+
+@dataclass
+class Segments:
+    src_addrs: list
+    dst_addrs: list
+    lengths: list
+
+    @property
+    def nbytes(self):
+        return sum(self.lengths)
+
+
+def tensor_pairs(src, dst, src_layer_range, dst_layer_range, tensor_num_per_layer):
+    """(src tensor, dst tensor) index pairs: layer i is tensors [i * n, (i + 1) * n) with
+    n = tensor_num_per_layer; a range left None is every layer of its side (spec section 1:
+    n is in [1, num_tensors] and divides num_tensors, the ranges have equal spans)."""
+    for side, layout in (("src", src), ("dst", dst)):
+        if not 1 <= tensor_num_per_layer <= layout.num_tensors or layout.num_tensors % tensor_num_per_layer:
+            raise PlanError(f"tensor_num_per_layer {tensor_num_per_layer} does not divide the {side} cache's "
+                            f"{layout.num_tensors} tensors")
+    ranges = []
+    for side, layout, layer_range in (("src", src, src_layer_range), ("dst", dst, dst_layer_range)):
+        num_layers = layout.num_tensors // tensor_num_per_layer
+        if layer_range is None:
+            layer_range = range(num_layers)
+        if layer_range.step != 1 or not 0 <= layer_range.start < layer_range.stop <= num_layers:
+            raise PlanError(f"{side}_layer_range {layer_range} is not a step-1 range inside the {side} cache's "
+                            f"{num_layers} layers")
+        ranges.append(layer_range)
+    if len(ranges[0]) != len(ranges[1]):
+        raise PlanError(f"src_layer_range {ranges[0]} and dst_layer_range {ranges[1]} span different numbers of layers")
+    n = tensor_num_per_layer
+    return [(s * n + k, d * n + k) for s, d in zip(*ranges) for k in range(n)]
+
+
+def _check_index(name, index, limit):
+    if type(index) is not int or not 0 <= index < limit:
+        raise PlanError(f"{name} {index!r} is outside [0, {limit})")
+
+
+def cache_segments(src, dst, src_batch_index, dst_batch_index, size, pairs):
+    """One batch entry of each tensor pair: `size` bytes (-1: the whole source entry)."""
+    if src.is_blocks_cache or dst.is_blocks_cache:
+        raise PlanError("pull_cache and push_cache move whole caches, not blocks caches")
+    _check_index("source batch index", src_batch_index, src.batch)
+    _check_index("destination batch index", dst_batch_index, dst.batch)
+    nbytes = src.block_bytes if size == -1 else size
+    if type(nbytes) is not int or nbytes <= 0 or nbytes > src.block_bytes or nbytes > dst.block_bytes:
+        raise PlanError(f"{nbytes} bytes do not fit a batch entry of the source ({src.block_bytes} bytes) "
+                        f"and of the destination ({dst.block_bytes} bytes)")
+    segments = Segments([], [], [])
+    for s, d in pairs:
+        segments.src_addrs.append(src.tensor_addrs[s] + src_batch_index * src.block_bytes)
+        segments.dst_addrs.append(dst.tensor_addrs[d] + dst_batch_index * dst.block_bytes)
+        segments.lengths.append(nbytes)
+    return segments
+
+
+def _block_runs(src_blocks, dst_blocks):
+    """(first src block, first dst block, count) runs of pairs that advance together by one."""
+    runs = []
+    for s, d in zip(src_blocks, dst_blocks):
+        if runs and s == runs[-1][0] + runs[-1][2] and d == runs[-1][1] + runs[-1][2]:
+            runs[-1][2] += 1
+        else:
+            runs.append([s, d, 1])
+    return runs
+
+
+def blocks_segments(src, dst, src_blocks, dst_blocks, pairs):
+    """Block src_blocks[k] to block dst_blocks[k] of each tensor pair (blocks cache to blocks cache)."""
+    if not src.is_blocks_cache or not dst.is_blocks_cache:
+        raise PlanError("src_blocks name blocks of a blocks cache: both caches must be blocks caches")
+    if not dst_blocks or len(src_blocks) != len(dst_blocks):
+        raise PlanError(f"src_blocks ({len(src_blocks)}) and dst_blocks ({len(dst_blocks)}) must be "
+                        "non-empty and equally long")
+    if src.block_bytes != dst.block_bytes:
+        raise PlanError(f"block sizes differ: source {src.block_bytes} bytes, destination {dst.block_bytes}")
+    for name, blocks, layout in (("src_blocks", src_blocks, src), ("dst_blocks", dst_blocks, dst)):
+        for block in blocks:
+            _check_index(f"a block of {name}", block, layout.batch)
+    block_bytes = src.block_bytes
+    runs = _block_runs(src_blocks, dst_blocks)
+    segments = Segments([], [], [])
+    for s, d in pairs:
+        src_base, dst_base = src.tensor_addrs[s], dst.tensor_addrs[d]
+        for src_block, dst_block, count in runs:
+            segments.src_addrs.append(src_base + src_block * block_bytes)
+            segments.dst_addrs.append(dst_base + dst_block * block_bytes)
+            segments.lengths.append(count * block_bytes)
+    return segments
+
+
+def entry_to_blocks_segments(src, dst, src_batch_index, dst_blocks, pairs):
+    """A whole cache's batch entry into blocks (pull_blocks with a CacheKey): the entry cut into
+    destination-sized blocks, piece k into dst_blocks[k]; the last piece may be short. There may
+    be fewer destination blocks than pieces (the tail is not moved), never more."""
+    if src.is_blocks_cache or not dst.is_blocks_cache:
+        raise PlanError("pull_blocks by a cache key moves a whole cache's batch entry into a blocks cache")
+    _check_index("source batch index", src_batch_index, src.batch)
+    pieces = -(-src.block_bytes // dst.block_bytes)
+    if not dst_blocks or len(dst_blocks) > pieces:
+        raise PlanError(f"{len(dst_blocks)} dst_blocks for an entry of {pieces} blocks")
+    for block in dst_blocks:
+        _check_index("a block of dst_blocks", block, dst.batch)
+    # Pieces are consecutive in the source, so a run of consecutive destination blocks is one segment.
+    runs = _block_runs(range(len(dst_blocks)), dst_blocks)
+    segments = Segments([], [], [])
+    for s, d in pairs:
+        entry = src.tensor_addrs[s] + src_batch_index * src.block_bytes
+        for first_piece, first_block, count in runs:
+            offset = first_piece * dst.block_bytes
+            segments.src_addrs.append(entry + offset)
+            segments.dst_addrs.append(dst.tensor_addrs[d] + first_block * dst.block_bytes)
+            segments.lengths.append(min(count * dst.block_bytes, src.block_bytes - offset))
+    return segments

@@ -1,0 +1,240 @@
+"""llmdd's control protocol: the metadata two transfer agents exchange over TCP.
+
+Bytes of caches never travel here (they move through Mooncake's Transfer Engine); this carries
+who linked, where each side's engine listens, which cache a key names and how it is laid out,
+pins and key releases. The format is documented in the README ("Transfer: the control protocol").
+
+A frame is a 16-byte header and a JSON body:
+
+    magic    4 bytes  b"LDDC"
+    version  u8       PROTOCOL_VERSION
+    type     u8       a MessageType
+    flags    u16      0 (reserved)
+    request  u32      request id; a reply carries its request's id
+    length   u32      body bytes, at most MAX_BODY_BYTES
+
+all big-endian. The body is a UTF-8 JSON object whose fields are exactly those MESSAGE_FIELDS
+lists for its type, each checked for type and range. No pickle: a peer can make us build only
+dicts, lists, strings and bounded ints, and anything else ends the connection unanswered.
+"""
+import enum
+import json
+import socket
+import struct
+import time
+
+MAGIC = b"LDDC"
+PROTOCOL_VERSION = 1
+HEADER = struct.Struct("!4sBBHII")
+# A layout of the largest cache we describe (MAX_TENSORS addresses of up to 20 digits) fits
+# several times over; anything bigger is not one of our messages.
+MAX_BODY_BYTES = 1 << 20
+MAX_TENSORS = 16384
+MAX_TEXT = 256
+UINT32_MAX = (1 << 32) - 1
+UINT64_MAX = (1 << 64) - 1
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+class ProtocolError(Exception):
+    """The peer sent something that is not a valid message of this protocol."""
+
+
+class MessageType(enum.IntEnum):
+    LINK = 1          # caller -> listener: I link to you
+    LINK_REPLY = 2
+    UNLINK = 3
+    UNLINK_REPLY = 4
+    RESOLVE = 5       # what does this key name, and pin it while I move bytes
+    RESOLVE_REPLY = 6
+    UNPIN = 7         # the bytes moved (or not): unpin, and maybe release the key
+    UNPIN_REPLY = 8
+
+
+REPLY_TO = {
+    MessageType.LINK: MessageType.LINK_REPLY,
+    MessageType.UNLINK: MessageType.UNLINK_REPLY,
+    MessageType.RESOLVE: MessageType.RESOLVE_REPLY,
+    MessageType.UNPIN: MessageType.UNPIN_REPLY,
+}
+
+
+def _int_in(low, high):
+    def check(value):
+        # bool is an int to Python but never a number on this wire.
+        return type(value) is int and low <= value <= high
+    return check
+
+
+def _is_bool(value):
+    return type(value) is bool
+
+
+def _text(value):
+    return type(value) is str and 0 < len(value) <= MAX_TEXT
+
+
+def _one_of(*choices):
+    return lambda value: value in choices and type(value) is str
+
+
+def _list_of(check_item, max_items):
+    return lambda value: type(value) is list and len(value) <= max_items and all(check_item(v) for v in value)
+
+
+_u32 = _int_in(0, UINT32_MAX)
+_u64 = _int_in(0, UINT64_MAX)
+_i64 = _int_in(INT64_MIN, INT64_MAX)
+_status = _int_in(-1, UINT32_MAX)
+
+# Keys by kind: a CacheKey ("cache"), a BlocksCacheKey ("blocks") or a CacheKeyByIdAndIndex ("id").
+KEY_FIELDS = {
+    "cache": {"kind": _one_of("cache"), "cluster_id": _u64, "req_id": _u64, "prefix_id": _u64, "model_id": _u64},
+    "blocks": {"kind": _one_of("blocks"), "cluster_id": _u64, "model_id": _u64},
+    "id": {"kind": _one_of("id"), "cluster_id": _u64, "cache_id": _i64, "batch_index": _u32},
+}
+
+LAYOUT_FIELDS = {
+    "cache_id": _i64,
+    "tensor_addrs": _list_of(_int_in(1, UINT64_MAX), MAX_TENSORS),
+    "tensor_bytes": _int_in(1, INT64_MAX),
+    "batch": _int_in(1, INT64_MAX),
+    "block_bytes": _int_in(1, INT64_MAX),
+    "is_blocks_cache": _is_bool,
+    "remote_accessible": _is_bool,
+    "batch_index": _u32,
+}
+
+
+def _key(value):
+    if type(value) is not dict or type(value.get("kind")) is not str or value["kind"] not in KEY_FIELDS:
+        return False
+    return _fields_valid(value, KEY_FIELDS[value["kind"]])
+
+
+def _layout_or_none(value):
+    if value is None:
+        return True
+    if type(value) is not dict or not _fields_valid(value, LAYOUT_FIELDS):
+        return False
+    return len(value["tensor_addrs"]) > 0 and value["tensor_bytes"] == value["batch"] * value["block_bytes"]
+
+
+MESSAGE_FIELDS = {
+    MessageType.LINK: {"cluster_id": _u64, "to_cluster_id": _u64, "engine": _text, "protocol": _text},
+    MessageType.LINK_REPLY: {"status": _status, "cluster_id": _u64, "engine": _text},
+    MessageType.UNLINK: {"cluster_id": _u64},
+    MessageType.UNLINK_REPLY: {"status": _status},
+    MessageType.RESOLVE: {"key": _key, "write": _is_bool},
+    MessageType.RESOLVE_REPLY: {"status": _status, "pin": _u64, "layout": _layout_or_none},
+    MessageType.UNPIN: {"pin": _u64, "release_key": _is_bool},
+    MessageType.UNPIN_REPLY: {"status": _status},
+}
+
+
+def _fields_valid(body, fields):
+    return body.keys() == fields.keys() and all(check(body[name]) for name, check in fields.items())
+
+
+def _no_duplicate_keys(pairs):
+    names = [name for name, _ in pairs]
+    if len(set(names)) != len(names):
+        raise ProtocolError("duplicate field in a message body")
+    return dict(pairs)
+
+
+def _refuse_constant(name):
+    raise ProtocolError(f"{name} is not a number of this protocol")
+
+
+def encode(message_type, request_id, body):
+    """One frame; the body is checked like a received one, so we never send what we would refuse."""
+    message_type = MessageType(message_type)
+    if not _fields_valid(body, MESSAGE_FIELDS[message_type]):
+        raise ProtocolError(f"{message_type.name} body does not match its fields: {body!r}")
+    payload = json.dumps(body, separators=(",", ":")).encode()
+    if len(payload) > MAX_BODY_BYTES:
+        raise ProtocolError(f"{message_type.name} body is {len(payload)} bytes, more than {MAX_BODY_BYTES}")
+    return HEADER.pack(MAGIC, PROTOCOL_VERSION, message_type, 0, request_id, len(payload)) + payload
+
+
+def decode_header(header):
+    """(message type, request id, body length) of a 16-byte header, or ProtocolError."""
+    magic, version, message_type, flags, request_id, length = HEADER.unpack(header)
+    if magic != MAGIC:
+        raise ProtocolError(f"bad magic {magic!r}")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {version}, this side speaks {PROTOCOL_VERSION}")
+    if message_type not in MESSAGE_FIELDS.keys() or flags != 0:
+        raise ProtocolError(f"unknown message type {message_type} or flags {flags}")
+    if length > MAX_BODY_BYTES:
+        raise ProtocolError(f"body of {length} bytes is over the limit of {MAX_BODY_BYTES}")
+    return MessageType(message_type), request_id, length
+
+
+def decode_body(message_type, payload):
+    try:
+        body = json.loads(payload.decode("utf-8"), object_pairs_hook=_no_duplicate_keys,
+                          parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise ProtocolError(f"{message_type.name} body is not JSON: {error}") from None
+    if type(body) is not dict or not _fields_valid(body, MESSAGE_FIELDS[message_type]):
+        raise ProtocolError(f"{message_type.name} body does not match its fields")
+    return body
+
+
+def _receive_exactly(sock, count, deadline):
+    chunks = []
+    while count:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise socket.timeout("control message not complete in time")
+        sock.settimeout(remaining)
+        chunk = sock.recv(min(count, 1 << 16))
+        if not chunk:
+            raise ConnectionError("peer closed the control connection")
+        chunks.append(chunk)
+        count -= len(chunk)
+    return b"".join(chunks)
+
+
+def receive(sock, deadline):
+    """(type, request id, body) of the next frame; everything must arrive before `deadline`
+    (time.monotonic()). socket.timeout, ConnectionError/OSError or ProtocolError otherwise."""
+    message_type, request_id, length = decode_header(_receive_exactly(sock, HEADER.size, deadline))
+    return message_type, request_id, decode_body(message_type, _receive_exactly(sock, length, deadline))
+
+
+def send(sock, message_type, request_id, body, deadline):
+    frame = encode(message_type, request_id, body)
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise socket.timeout("no time left to send a control message")
+    sock.settimeout(remaining)
+    sock.sendall(frame)
+
+
+def key_fields(key):
+    """The wire form of a drop-in key (CacheKey, BlocksCacheKey or CacheKeyByIdAndIndex)."""
+    from ..llm_datadist import BlocksCacheKey, CacheKey, CacheKeyByIdAndIndex
+    if isinstance(key, CacheKey):
+        return {"kind": "cache", "cluster_id": key.cluster_id, "req_id": key.req_id,
+                "prefix_id": key.prefix_id, "model_id": key.model_id}
+    if isinstance(key, BlocksCacheKey):
+        return {"kind": "blocks", "cluster_id": key.cluster_id, "model_id": key.model_id}
+    if isinstance(key, CacheKeyByIdAndIndex):
+        return {"kind": "id", "cluster_id": key.cluster_id, "cache_id": key.cache_id,
+                "batch_index": key.batch_index}
+    raise TypeError(f"a cache key is a CacheKey, BlocksCacheKey or CacheKeyByIdAndIndex, not {type(key).__name__}")
+
+
+def key_from_fields(fields):
+    """The drop-in key a validated wire key names (the serving side looks it up in its registry,
+    whose keys are the drop-in's value types, equal by their fields)."""
+    from ..llm_datadist import BlocksCacheKey, CacheKey, CacheKeyByIdAndIndex
+    if fields["kind"] == "cache":
+        return CacheKey(fields["cluster_id"], fields["req_id"], model_id=fields["model_id"],
+                        prefix_id=fields["prefix_id"])
+    if fields["kind"] == "blocks":
+        return BlocksCacheKey(fields["cluster_id"], fields["model_id"])
+    return CacheKeyByIdAndIndex(fields["cluster_id"], fields["cache_id"], fields["batch_index"])
