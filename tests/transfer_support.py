@@ -124,6 +124,15 @@ class LocalRegistry:
                 self._free_if_unheld(found[0])
 
 
+def mooncake_missing():
+    """Why Mooncake cannot be used here (the tests that need it skip with this), or None."""
+    try:
+        import mooncake.engine  # noqa: F401
+    except ImportError as error:
+        return f"Mooncake's Transfer Engine is not usable here (pip install 'llmdd[transfer]', libibverbs1): {error}"
+    return None
+
+
 def pattern(cluster_id, cache_id, tensor, nbytes):
     """Bytes that differ per cluster, cache and tensor and along the tensor."""
     return ((numpy.arange(nbytes, dtype=numpy.uint64) * 7 + cluster_id * 131 + cache_id * 17 + tensor * 29)
@@ -194,9 +203,9 @@ class Peer:
         self.process.wait(10)
 
     def close(self):
+        with contextlib.suppress(OSError, ValueError):   # a killed peer's pipe may be broken
+            self.process.stdin.close()
         if self.process.poll() is None:
-            with contextlib.suppress(OSError, ValueError):
-                self.process.stdin.close()
             try:
                 self.process.wait(10)
             except subprocess.TimeoutExpired:
