@@ -88,6 +88,10 @@ class LocalRegistry:
         with self._lock:
             return cache_id not in self._entries
 
+    def pin_count(self, cache_id):
+        with self._lock:
+            return self._pins.get(cache_id, 0)
+
     def _free_if_unheld(self, cache_id):
         held = self._pins.get(cache_id, 0) or any(c == cache_id for c, _ in self._keys.values())
         if cache_id in self._deallocated and not held and cache_id in self._entries:
