@@ -1,0 +1,95 @@
+"""What a transfer moves: segments of one batch call, runs of blocks coalesced, every rule
+checked before a byte moves (pure arithmetic, no processes)."""
+import pytest
+
+from llmdd.transfer._plan import (
+    Layout,
+    PlanError,
+    blocks_segments,
+    cache_segments,
+    entry_to_blocks_segments,
+    tensor_pairs,
+)
+
+
+def blocks_layout(num_tensors, batch, block_bytes, base=1 << 20):
+    return Layout(tuple(base + t * batch * block_bytes for t in range(num_tensors)), batch * block_bytes, batch,
+                  block_bytes, True)
+
+
+def test_consecutive_blocks_are_one_segment_per_tensor():
+    src, dst = blocks_layout(4, 16, 64), blocks_layout(4, 16, 64, base=1 << 30)
+    pairs = tensor_pairs(src, dst, None, None, 2)
+    segments = blocks_segments(src, dst, [3, 4, 5, 9], [0, 1, 2, 10], pairs)
+    # Two runs (3..5 -> 0..2, 9 -> 10) in each of 4 tensors.
+    assert len(segments.lengths) == 8
+    assert segments.lengths[:2] == [3 * 64, 64]
+    assert segments.src_addrs[:2] == [src.tensor_addrs[0] + 3 * 64, src.tensor_addrs[0] + 9 * 64]
+    assert segments.dst_addrs[:2] == [dst.tensor_addrs[0], dst.tensor_addrs[0] + 10 * 64]
+    assert segments.nbytes == 4 * 4 * 64
+
+
+def test_a_run_breaks_where_either_side_jumps():
+    src, dst = blocks_layout(1, 8, 16), blocks_layout(1, 8, 16, base=1 << 30)
+    pairs = tensor_pairs(src, dst, None, None, 1)
+    assert len(blocks_segments(src, dst, [0, 1, 2], [5, 6, 7], pairs).lengths) == 1
+    assert len(blocks_segments(src, dst, [0, 1, 2], [5, 7, 6], pairs).lengths) == 3
+    assert len(blocks_segments(src, dst, [0, 2, 3], [5, 6, 7], pairs).lengths) == 2
+
+
+def test_layer_ranges_map_layers_to_tensor_pairs():
+    src, dst = blocks_layout(6, 2, 8), blocks_layout(4, 2, 8)
+    assert tensor_pairs(src, dst, range(1, 3), range(0, 2), 2) == [(2, 0), (3, 1), (4, 2), (5, 3)]
+    assert tensor_pairs(src, dst, range(2, 3), range(3, 4), 1) == [(2, 3)]
+
+
+@pytest.mark.parametrize("src_range, dst_range, per_layer", [
+    (None, None, 2),               # 3 layers against 2
+    (range(0, 5), range(0, 5), 1), # past the end of dst
+    (range(1, 1), range(1, 1), 1), # empty
+    (range(0, 2, 2), range(0, 1), 1),
+    (range(0, 1), range(0, 1), 4), # 4 does not divide 6
+    (range(0, 1), range(0, 1), 0),
+])
+def test_bad_layer_arguments_are_refused(src_range, dst_range, per_layer):
+    src, dst = blocks_layout(6, 2, 8), blocks_layout(4, 2, 8)
+    with pytest.raises(PlanError):
+        tensor_pairs(src, dst, src_range, dst_range, per_layer)
+
+
+def test_whole_cache_segments_take_one_entry_per_tensor():
+    src = Layout((1000, 5000), 400, 4, 100, False)
+    dst = Layout((9000, 9500), 300, 2, 150, False)
+    segments = cache_segments(src, dst, 3, 1, -1, [(0, 0), (1, 1)])
+    assert (segments.src_addrs, segments.dst_addrs, segments.lengths) == ([1300, 5300], [9150, 9650], [100, 100])
+    with pytest.raises(PlanError):
+        cache_segments(src, dst, 4, 0, -1, [(0, 0)])
+    with pytest.raises(PlanError):
+        cache_segments(src, dst, 0, 2, -1, [(0, 0)])
+    with pytest.raises(PlanError):
+        cache_segments(src, dst, 0, 0, 101, [(0, 0)])
+    with pytest.raises(PlanError):
+        cache_segments(dst, src, 0, 0, -1, [(0, 0)])   # 150 source bytes do not fit 100
+
+
+def test_an_entry_is_cut_into_destination_blocks_with_a_short_last_one():
+    src = Layout((1000,), 250, 1, 250, False)
+    dst = blocks_layout(1, 8, 100)
+    segments = entry_to_blocks_segments(src, dst, 0, [2, 3, 7], [(0, 0)])
+    base = dst.tensor_addrs[0]
+    assert segments.src_addrs == [1000, 1200] and segments.dst_addrs == [base + 200, base + 700]
+    assert segments.lengths == [200, 50]
+    with pytest.raises(PlanError):
+        entry_to_blocks_segments(src, dst, 0, [1, 2, 3, 4], [(0, 0)])   # more blocks than pieces
+
+
+@pytest.mark.parametrize("src_blocks, dst_blocks", [([0, 1], [0]), ([], []), ([8], [0]), ([0], [-1]), ([0], [8])])
+def test_bad_block_lists_are_refused(src_blocks, dst_blocks):
+    src, dst = blocks_layout(1, 8, 16), blocks_layout(1, 8, 16)
+    with pytest.raises(PlanError):
+        blocks_segments(src, dst, src_blocks, dst_blocks, [(0, 0)])
+
+
+def test_blocks_of_different_sizes_are_refused():
+    with pytest.raises(PlanError):
+        blocks_segments(blocks_layout(1, 8, 16), blocks_layout(1, 8, 32), [0], [0], [(0, 0)])
