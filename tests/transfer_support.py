@@ -232,8 +232,10 @@ def _serve(cluster_id, listen_ip):
         try:
             if op == "allocate":
                 keys = [make_key(k) for k in command.pop("keys", [])]
+                with_pattern = command.pop("fill", True)
                 entry = registry.allocate(keys=keys, **command)
-                fill(registry, cluster_id, entry)
+                if with_pattern:
+                    fill(registry, cluster_id, entry)
                 answer = {"cache_id": entry.cache_id}
             elif op == "deallocate":
                 registry.deallocate(command["cache_id"])

@@ -41,7 +41,8 @@ class _Link:
         self.remote_cluster_id = remote_cluster_id
         self.connection = connection
         self.peer_engine = peer_engine
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()            # one control round trip at a time
+        self.transfer_lock = threading.Lock()   # one batch of bytes at a time
         self.broken = False
         self._request_ids = itertools.count(1)
 
@@ -447,9 +448,19 @@ class TransferAgent:
         if not engine.register(local_entry.regions):
             return LLMStatusCode.LLM_FAILED
         if write:
-            result = engine.write(link.peer_engine, segments.src_addrs, segments.dst_addrs, segments.lengths)
+            move, local_addrs, remote_addrs = engine.write, segments.src_addrs, segments.dst_addrs
         else:
-            result = engine.read(link.peer_engine, segments.dst_addrs, segments.src_addrs, segments.lengths)
+            move, local_addrs, remote_addrs = engine.read, segments.dst_addrs, segments.src_addrs
+        step = engine.max_segments_per_call
+        result = 0
+        # One transfer at a time per peer, so that the batches of two never overflow Mooncake's
+        # per-peer queue together (see _mooncake.TCP_QUEUE_VARIABLE).
+        with link.transfer_lock:
+            for start in range(0, len(local_addrs), step):
+                result = move(link.peer_engine, local_addrs[start:start + step], remote_addrs[start:start + step],
+                              segments.lengths[start:start + step])
+                if result != 0:
+                    break
         if result != 0:
             log.warning("Mooncake %s of %d bytes with cluster %d at %s answered %d", "write" if write else "read",
                         segments.nbytes, link.remote_cluster_id, link.peer_engine, result)

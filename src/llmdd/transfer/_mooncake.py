@@ -22,6 +22,13 @@ INSTALL_HINT = ("llmdd's transfers need Mooncake's Transfer Engine: pip install 
 _QUIET_GLOG_LEVEL = 3
 _GLOG_MINLOGLEVEL_SYMBOL = "_ZN3fLI17FLAGS_minloglevelE"
 
+# Mooncake's TCP transport queues at most MC_TCP_MAX_QUEUED_TRANSFERS_PER_PEER requests per peer;
+# a batch beyond it is refused part-way ("queue-full rejection") and, measured here with 0.3.13,
+# later batches to that peer keep failing. llmdd raises the default queue (unless the user set
+# it) and never puts more than half of it in one batch call.
+TCP_QUEUE_VARIABLE = "MC_TCP_MAX_QUEUED_TRANSFERS_PER_PEER"
+TCP_QUEUE_DEFAULT = 8192
+
 _module_lock = threading.Lock()
 _module = None
 _import_error = None
@@ -33,6 +40,7 @@ def engine_module():
     global _module, _import_error
     with _module_lock:
         if _module is None and _import_error is None:
+            os.environ.setdefault(TCP_QUEUE_VARIABLE, str(TCP_QUEUE_DEFAULT))
             try:
                 import mooncake.engine as module
             except ImportError as error:
@@ -68,6 +76,8 @@ class Engine:
         self.address = f"{host}:{self._engine.get_rpc_port()}"
         self._lock = threading.Lock()
         self._regions = {}   # start address -> nbytes, never overlapping
+        queue = os.environ.get(TCP_QUEUE_VARIABLE, "")
+        self.max_segments_per_call = max(1, int(queue) // 2) if queue.isdigit() else TCP_QUEUE_DEFAULT // 2
 
     def register(self, regions):
         """Registers each (addr, nbytes) not already inside a registered region; True on success.
@@ -96,9 +106,14 @@ class Engine:
     def write(self, peer, local_addrs, remote_addrs, lengths):
         return self._engine.batch_transfer_sync_write(peer, local_addrs, remote_addrs, lengths)
 
-    def close(self):
+    def close_regions(self):
+        """Unregisters every region (the engine stays up)."""
         with self._lock:
             for start in list(self._regions):
                 self._engine.unregister_memory(start)
             self._regions.clear()
-            self._engine = None
+
+    def close(self):
+        """Unregisters every region and stops the engine (Mooncake takes about 1 s to stop its threads)."""
+        self.close_regions()
+        self._engine = None

@@ -1,0 +1,163 @@
+"""Transfers over Mooncake's Transfer Engine (protocol tcp, 127.0.0.1) between this process (the
+decoder) and a prompt process, beside memcpy of the same bytes measured in the same run:
+
+- pull_cache of one 64 MiB cache (16 tensors x 4 MiB, one slab);
+- pull_blocks of 64 tensors x 256 blocks of 64 KiB (1 GiB) with a scattered block table (both
+  block lists are permutations, so no two blocks coalesce: 16,384 segments in one batch call);
+- link time (a link and unlink round trip on a started engine; the first link, which starts the
+  engine, is reported apart);
+- registration of a 16 GiB region (reserved, never touched) with a Mooncake engine.
+
+Each row reports GB/s (or ms) and its share of memcpy; bench/RESULTS.md has the numbers.
+"""
+import ctypes
+import mmap
+import os
+import sys
+import time
+
+import numpy
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+from transfer_support import LocalRegistry, Peer, mooncake_missing  # noqa: E402
+
+from llmdd import LLMStatusCode  # noqa: E402
+
+pytestmark = pytest.mark.skipif(mooncake_missing() is not None, reason=str(mooncake_missing()))
+
+PROMPT, DECODER = 1, 2
+CACHE_TENSORS, CACHE_TENSOR_BYTES = 16, 4 << 20
+TENSORS, BLOCKS, BLOCK_BYTES = 64, 256, 64 << 10
+REGION_BYTES = 16 << 30
+ROUNDS = 5
+memcpy_seconds = {}   # bytes -> median seconds of the memcpy row of this run
+
+
+@pytest.fixture(scope="module")
+def session():
+    from llmdd.llm_datadist import BlocksCacheKey, CacheKeyByIdAndIndex
+    from llmdd.transfer import TransferAgent
+    prompt = Peer(PROMPT)
+    registry = LocalRegistry()
+    agent = TransferAgent(registry, DECODER, sync_timeout_ms=30000)
+    try:
+        started = time.perf_counter()
+        assert agent.link([prompt.cluster()], 5000)[0] == LLMStatusCode.LLM_SUCCESS
+        first_link_s = time.perf_counter() - started
+        cache = prompt.call("allocate", num_tensors=CACHE_TENSORS, batch=1, block_bytes=CACHE_TENSOR_BYTES, fill=False)
+        prompt.call("allocate", num_tensors=TENSORS, batch=BLOCKS, block_bytes=BLOCK_BYTES, blocks=True,
+                    keys=[{"kind": "blocks", "cluster_id": PROMPT, "model_id": 0}], fill=False)
+        yield {
+            "prompt": prompt, "registry": registry, "agent": agent, "first_link_s": first_link_s,
+            "cache_key": CacheKeyByIdAndIndex(PROMPT, cache["cache_id"], 0),
+            "blocks_key": BlocksCacheKey(PROMPT, 0),
+            "cache_dst": registry.allocate(CACHE_TENSORS, 1, CACHE_TENSOR_BYTES),
+            "blocks_dst": registry.allocate(TENSORS, BLOCKS, BLOCK_BYTES, blocks=True),
+        }
+    finally:
+        agent.close()
+        prompt.close()
+
+
+def report(benchmark, nbytes, label):
+    if benchmark.stats is None:
+        return
+    seconds = benchmark.stats.stats.median
+    line = f"{label}: {nbytes / seconds / 1e9:.2f} GB/s"
+    if label == "memcpy":
+        memcpy_seconds[nbytes] = seconds
+    elif nbytes in memcpy_seconds:
+        line += f", {memcpy_seconds[nbytes] / seconds:.0%} of memcpy ({nbytes / memcpy_seconds[nbytes] / 1e9:.2f} GB/s)"
+    benchmark.extra_info["report"] = line
+
+
+def touched(nbytes):
+    buffer = numpy.empty(nbytes, numpy.uint8)
+    buffer.fill(1)
+    return buffer
+
+
+@pytest.mark.benchmark(group="transfer-64MiB")
+def test_memcpy_64_mib(benchmark):
+    nbytes = CACHE_TENSORS * CACHE_TENSOR_BYTES
+    src, dst = touched(nbytes), touched(nbytes)
+    benchmark.pedantic(numpy.copyto, (dst, src), rounds=ROUNDS * 4, iterations=1, warmup_rounds=1)
+    report(benchmark, nbytes, "memcpy")
+
+
+@pytest.mark.benchmark(group="transfer-64MiB")
+def test_pull_cache_64_mib(benchmark, session):
+    agent, dst = session["agent"], session["cache_dst"]
+
+    def pull():
+        assert agent.pull_cache(PROMPT, session["cache_key"], dst, tensor_num_per_layer=1) == LLMStatusCode.LLM_SUCCESS
+    benchmark.pedantic(pull, rounds=ROUNDS * 4, iterations=1, warmup_rounds=1)
+    report(benchmark, CACHE_TENSORS * CACHE_TENSOR_BYTES, "pull_cache")
+
+
+@pytest.mark.benchmark(group="transfer-blocks-1GiB")
+def test_memcpy_1_gib(benchmark):
+    nbytes = TENSORS * BLOCKS * BLOCK_BYTES
+    src, dst = touched(nbytes), touched(nbytes)
+    benchmark.pedantic(numpy.copyto, (dst, src), rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    report(benchmark, nbytes, "memcpy")
+
+
+@pytest.mark.benchmark(group="transfer-blocks-1GiB")
+def test_pull_blocks_scattered_64_tensors_x_256_blocks(benchmark, session):
+    agent, dst = session["agent"], session["blocks_dst"]
+    rng = numpy.random.default_rng(1)
+    src_blocks = [int(b) for b in rng.permutation(BLOCKS)]
+    dst_blocks = [int(b) for b in rng.permutation(BLOCKS)]
+
+    def pull():
+        status = agent.pull_blocks(PROMPT, session["blocks_key"], dst, src_blocks, dst_blocks,
+                                   tensor_num_per_layer=1)
+        assert status == LLMStatusCode.LLM_SUCCESS
+    benchmark.pedantic(pull, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    report(benchmark, TENSORS * BLOCKS * BLOCK_BYTES, "pull_blocks, scattered")
+
+
+@pytest.mark.benchmark(group="transfer-link")
+def test_link_and_unlink_on_loopback(benchmark, session):
+    agent, cluster = session["agent"], session["prompt"].cluster()
+    assert agent.unlink([cluster], 1000)[0] == LLMStatusCode.LLM_SUCCESS
+
+    def link_unlink():
+        assert agent.link([cluster], 1000)[0] == LLMStatusCode.LLM_SUCCESS
+        assert agent.unlink([cluster], 1000)[0] == LLMStatusCode.LLM_SUCCESS
+    benchmark.pedantic(link_unlink, rounds=50, iterations=1, warmup_rounds=2)
+    assert agent.link([cluster], 1000)[0] == LLMStatusCode.LLM_SUCCESS
+    if benchmark.stats is not None:
+        benchmark.extra_info["report"] = (f"link + unlink {benchmark.stats.stats.median * 1e3:.2f} ms; first link "
+                                          f"(starts the engine) {session['first_link_s'] * 1e3:.1f} ms")
+
+
+@pytest.mark.benchmark(group="transfer-register")
+def test_register_a_16_gib_region(benchmark):
+    from llmdd.transfer._mooncake import Engine
+    engine = Engine("127.0.0.1", "tcp", "")
+    # Reserved address space, never touched: registration must not touch the memory either.
+    region = mmap.mmap(-1, REGION_BYTES, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0))
+    address = ctypes.addressof(ctypes.c_char.from_buffer(region))
+    rss_before = _rss_bytes()
+
+    def register_unregister():
+        assert engine.register([(address, REGION_BYTES)])
+        engine.close_regions()
+    try:
+        benchmark.pedantic(register_unregister, rounds=20, iterations=1, warmup_rounds=1)
+        grown = _rss_bytes() - rss_before
+        if benchmark.stats is not None:
+            benchmark.extra_info["report"] = (f"register + unregister 16 GiB: {benchmark.stats.stats.median * 1e3:.3f} ms, "
+                                              f"RSS grew {grown >> 20} MiB")
+    finally:
+        engine.close()
+        del address
+        region.close()
+
+
+def _rss_bytes():
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
