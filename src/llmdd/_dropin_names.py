@@ -111,16 +111,6 @@ def not_enabled(name):
                         LLMStatusCode.LLM_FEATURE_NOT_ENABLED)
 
 
-def not_enabled_method(name):
-    """A CANN method llmdd does not implement yet: LLMException(LLM_FEATURE_NOT_ENABLED)."""
-    def method(self, *args, **kwargs):
-        raise not_enabled(name)
-
-    method.__name__ = method.__qualname__ = name
-    method.__doc__ = "Not implemented by llmdd yet: raises LLMException(LLM_FEATURE_NOT_ENABLED)."
-    return method
-
-
 def _type_names(types):
     return " or ".join(kind.__name__ for kind in types) if isinstance(types, tuple) else types.__name__
 
