@@ -21,6 +21,7 @@ def test_keys_find_their_cache_and_batch_entry(engine):
     address, nbytes, _ = cache.region()
     assert entry.regions == ((address, nbytes),)          # one region for the whole slab
     assert registry.find(CacheKey(3, req_id=12)) is None
+    assert registry.find(CacheKey(9, req_id=11)) == (entry, 1)   # within an engine the cluster id names no cache
     assert registry.release_key(keys[1]) == llmdd.LLM_SUCCESS
     assert registry.find(keys[1]) is None
 
@@ -36,7 +37,7 @@ def test_a_registered_cache_is_one_region_per_tensor(engine):
     entry, batch_index = registry.find(key)
     assert batch_index == 0 and entry.is_blocks_cache and entry.remote_accessible and entry.registered
     assert entry.regions == tuple((address, 512) for address in addrs)
-    assert registry.release_id(cache.cache_id, registered=True) == llmdd.LLM_SUCCESS
+    assert registry.unregister(cache.cache_id) == llmdd.LLM_SUCCESS
     assert registry.find(key) is None and registry.entry(cache.cache_id) is None
 
 
@@ -46,7 +47,7 @@ def test_a_pinned_cache_outlives_its_last_reference_until_the_pin_ends(engine):
     assert registry.allocate(DESC, cache, is_blocks_cache=False) == llmdd.LLM_SUCCESS
     with registry.pin(cache.cache_id) as entry:
         assert entry.cache_id == cache.cache_id
-        assert registry.release_id(cache.cache_id, registered=False) == llmdd.LLM_SUCCESS
+        assert registry.deallocate(cache.cache_id) == llmdd.LLM_SUCCESS
         assert engine.memory_stats()["num_pending"] == 1
     assert engine.memory_stats()["num_pending"] == 0
     assert engine.memory_stats()["num_caches"] == 0

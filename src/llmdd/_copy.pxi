@@ -89,7 +89,25 @@ cdef uint32_t _copy_endpoint(LlmDataDist engine, Cache cache, _CacheMemory pinne
             raise MemoryError()
         for i in range(side.num_tensors):
             side.addrs[i] = cache._caller_addrs[i]
+        # A host cache over the engine's own device pool (CANN's tests make their CPU caches
+        # so) is device memory to the runtime.
+        if not side.on_device and _within_device_pool(engine, side):
+            side.in_device_memory = True
     return LLM_SUCCESS
+
+
+cdef bint _within_device_pool(LlmDataDist engine, const CopyEndpoint* side) noexcept:
+    """Whether every tensor of `side` lies inside the engine's device pool."""
+    cdef const MemoryPool* pool = &engine._device_pool
+    cdef uintptr_t start = pool.base
+    cdef uintptr_t end = pool.base + (pool.pages.total_pages << pool.page_shift)
+    cdef uint32_t i
+    if not pool.active or side.tensor_bytes > end - start:
+        return False
+    for i in range(side.num_tensors):
+        if side.addrs[i] < start or side.addrs[i] > end - side.tensor_bytes:
+            return False
+    return True
 
 
 cdef _CacheMemory _pin(LlmDataDist engine, Cache cache):

@@ -76,6 +76,8 @@ cdef class LlmDataDist:
     cdef MemoryStats _stats
     cdef uint64_t _alignment
     cdef aclrtMemMallocPolicy _malloc_policy
+    cdef bint _own_cache_ids          # cache-manager mode (v2): ids count from 1 in each engine
+    cdef int64_t _next_own_cache_id
     cdef int _runtime_calls_in_flight # calls running without the GIL; Finalize waits for them
     cdef bint _setting_up             # inside Initialize's set-up: other Initialize and Finalize calls wait
     cdef bint _teardown_pending       # from Finalize to the end of the teardown (after the last export)
@@ -94,6 +96,7 @@ cdef class LlmDataDist:
     cdef uint32_t create_pool(self, MemoryPool* pool, bint on_host, uint64_t memory_size, uint64_t page_shift)
     cdef void destroy_pool(self, MemoryPool* pool)
     cdef uint32_t allocate(self, CacheDesc desc, Cache cache)
+    cdef void take_cache_id(self, int64_t cache_id)
     cdef void count_allocation(self, bint on_host, uint64_t nbytes)
     cdef void count_free(self, uint64_t held)
     cdef uint32_t register(self, CacheDesc desc, object addrs, Cache cache)

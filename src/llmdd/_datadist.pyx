@@ -104,7 +104,9 @@ cdef uint64_t MAX_HELD_BYTES = 1ULL << 60
 # not at import) so that the success path costs no lookup.
 cdef object _SUCCESS = None
 
-# cache_id comes from one process-wide counter starting at 1 (spec section 4); the GIL guards it.
+# cache_id comes from one process-wide counter starting at 1 (spec section 4, v1); in cache-manager
+# mode (llm.EnableCacheManager=1, v2) each engine counts its own from 1, as v2's cache engine does.
+# The GIL guards both.
 cdef int64_t _next_cache_id = 1
 # Engines between Initialize and Finalize; llmdd calls aclFinalize when the last one leaves,
 # and only if llmdd's own aclInit was the one that initialized ACL.
@@ -418,6 +420,8 @@ cdef class LlmDataDist:
             return _status(LLM_SUCCESS)
         if self._teardown_pending:
             return self.teardown_pending_failure()
+        self._own_cache_ids = parsed.cache_manager_mode
+        self._next_own_cache_id = 1
         return _status(self.set_up(parsed.device_id, parsed.tensor_alignment, parsed.malloc_policy,
                                    parsed.device_pool, parsed.host_pool))
 
@@ -526,7 +530,7 @@ cdef class LlmDataDist:
 
     # Hot path: typed locals only, no Python object but the ones the caller gets back.
     cdef uint32_t allocate(self, CacheDesc desc, Cache cache):
-        global _next_cache_id
+        cdef int64_t cache_id
         cdef uint64_t nbytes, stride, slab_bytes, held_bytes, first_tensor, pages, align_pages
         cdef void* address = NULL
         cdef aclError error
@@ -581,15 +585,16 @@ cdef class LlmDataDist:
             _round_up(<uintptr_t>address, self._alignment, &first_tensor)  # within the slack
             record = <uintptr_t>address
             source = FROM_RUNTIME
-        if llmdd_u64_insert(&self._caches, <uint64_t>_next_cache_id, record, held_bytes << HELD_SHIFT | source) != 0:
+        cache_id = self._next_own_cache_id if self._own_cache_ids else _next_cache_id
+        if llmdd_u64_insert(&self._caches, <uint64_t>cache_id, record, held_bytes << HELD_SHIFT | source) != 0:
             if pool != NULL:
                 llmdd_pool_free(&pool.pages, block)
             else:
                 self.runtime_free(address, False)
             return LLM_FAILED  # the host is out of memory for the cache table
         self.count_allocation(pool != NULL and pool.on_host, held_bytes)
-        cache._cache_id = _next_cache_id
-        _next_cache_id += 1
+        self.take_cache_id(cache_id)
+        cache._cache_id = cache_id
         cache._engine = self
         cache._first_addr = <uintptr_t>first_tensor
         cache._addr_stride = stride
@@ -599,6 +604,13 @@ cdef class LlmDataDist:
         cache._desc_shape = desc._shape
         cache._desc = None
         return LLM_SUCCESS
+
+    cdef inline void take_cache_id(self, int64_t cache_id):
+        global _next_cache_id
+        if self._own_cache_ids:
+            self._next_own_cache_id = cache_id + 1
+        else:
+            _next_cache_id = cache_id + 1
 
     cdef inline void count_allocation(self, bint on_host, uint64_t nbytes):
         self._stats.num_caches += 1
@@ -630,8 +642,8 @@ cdef class LlmDataDist:
         return _status(self.deallocate(cache_id, True))
 
     cdef uint32_t register(self, CacheDesc desc, object addrs, Cache cache):
-        global _next_cache_id
         cdef uint64_t nbytes
+        cdef int64_t cache_id
         cdef Py_ssize_t i
         # Convert the Python argument first: an address's __index__ may run any code.
         if not isinstance(addrs, (list, tuple)):
@@ -646,10 +658,11 @@ cdef class LlmDataDist:
         for i in range(len(tensor_addrs)):
             if not 0 < tensor_addrs[i] <= <uintptr_t>UINT64_MAX:
                 return LLM_PARAM_INVALID
-        if llmdd_u64_insert(&self._caches, <uint64_t>_next_cache_id, tensor_addrs[0], FROM_CALLER) != 0:
+        cache_id = self._next_own_cache_id if self._own_cache_ids else _next_cache_id
+        if llmdd_u64_insert(&self._caches, <uint64_t>cache_id, tensor_addrs[0], FROM_CALLER) != 0:
             return LLM_FAILED  # the host is out of memory for the cache table
-        cache._cache_id = _next_cache_id
-        _next_cache_id += 1
+        self.take_cache_id(cache_id)
+        cache._cache_id = cache_id
         cache._engine = self
         cache._first_addr = tensor_addrs[0]
         cache._addr_stride = 0

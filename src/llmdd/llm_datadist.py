@@ -182,27 +182,29 @@ class CacheManager:
         return cache
 
     def unregister_cache(self, cache_id):
-        """Forget a registered cache and its keys; its memory stays the caller's."""
+        """Forget a registered cache and its keys; its memory stays the caller's. An id the
+        manager does not hold is a no-op, as in CANN's v2."""
         self._require_live()
         check_int("cache_id", cache_id, INT64)
-        self._succeed(self._registry.release_id(cache_id, registered=True), "unregister_cache")
+        self._succeed(self._registry.unregister(cache_id), "unregister_cache")
 
     def deallocate_cache(self, cache):
         """Drop the reference of a cache from allocate_cache: it is freed now, or when its
-        last key is pulled or removed."""
+        last key is pulled or removed. As in CANN's v2, a cache already released or a
+        registered one is left as it is."""
         self._require_live()
         self._check_cache("cache", cache, blocks=False)
-        self._succeed(self._registry.release_id(cache.cache_id, registered=False), "deallocate_cache")
+        self._succeed(self._registry.deallocate(cache.cache_id), "deallocate_cache")
 
     def deallocate_blocks_cache(self, cache):
         """Drop the reference of a cache from allocate_blocks_cache, as deallocate_cache does."""
         self._require_live()
         self._check_cache("cache", cache, blocks=True)
-        self._succeed(self._registry.release_id(cache.cache_id, registered=False), "deallocate_blocks_cache")
+        self._succeed(self._registry.deallocate(cache.cache_id), "deallocate_blocks_cache")
 
     def remove_cache_key(self, cache_key):
         """Drop a key's reference: the key no longer names its cache to pulls, and the cache
-        is freed if nothing else holds it."""
+        is freed if nothing else holds it. An unknown key, or a registered cache's, is a no-op."""
         self._require_live()
         check_type("cache_key", cache_key, CacheKey)
         self._succeed(self._registry.release_key(cache_key), "remove_cache_key")
