@@ -10,13 +10,13 @@ from enum import Enum, IntEnum
 
 from . import _desc
 from ._datadist import LLMException
+from ._registry import INVALID_ID  # noqa: F401 - CANN's "no id" for req_id and prefix_id, for the key types
 
 UINT16 = (0, (1 << 16) - 1)
 INT32 = (-(1 << 31), (1 << 31) - 1)
 UINT32 = (0, (1 << 32) - 1)
 INT64 = (-(1 << 63), (1 << 63) - 1)
 UINT64 = (0, (1 << 64) - 1)
-INVALID_ID = UINT64[1]  # CANN's "no id" for req_id and prefix_id
 
 
 def _qualified_name(member):

@@ -19,7 +19,8 @@ from _thread import allocate_lock  # threading's own lock, without importing thr
 from ._datadist import Cache as _EngineCache
 from ._desc import LLMStatusCode
 
-INVALID_ID = 2**64 - 1          # a CacheKey's unset req_id or prefix_id; a req_id of it holds a batch entry's place
+# CANN's "no id": a CacheKey's unset req_id or prefix_id; a req_id of it only holds a batch entry's place.
+INVALID_ID = 2**64 - 1
 _SUCCESS = LLMStatusCode.LLM_SUCCESS
 _PARAM_INVALID = LLMStatusCode.LLM_PARAM_INVALID
 
