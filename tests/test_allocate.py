@@ -5,7 +5,7 @@ import pytest
 from conftest import INT64_MAX, assert_disjoint, seed_desc
 
 import llmdd
-from llmdd import Cache, CacheDesc
+from llmdd import Cache, CacheDesc, LlmDataDist, LlmRole
 
 
 def test_seed_example(engine):
@@ -203,3 +203,24 @@ def test_caller_set_fields_of_a_cache():
     with pytest.raises(ValueError):
         cache.cache_id = 2**63
     assert cache.tensor_addrs == [0x1000, 0x2000]
+
+
+def test_cache_manager_mode_numbers_each_engines_caches_from_one():
+    # LLM-DataDist v2's cache engine counts cache ids per engine; v1's counter is process-wide.
+    desc = CacheDesc(1, [1], llmdd.DT_INT8)
+    with LlmDataDist(0, LlmRole.kPrompt) as first, LlmDataDist(1, LlmRole.kDecoder) as second:
+        for engine in (first, second):
+            assert engine.Initialize({"llm.EnableCacheManager": "1"}) == llmdd.LLM_SUCCESS
+        assert [first.allocate_cache(desc).cache_id for _ in range(2)] == [1, 2]
+        registered = Cache()
+        assert second.RegisterKvCache(desc, [0x1000], registered) == llmdd.LLM_SUCCESS
+        assert [registered.cache_id, second.allocate_cache(desc).cache_id] == [1, 2]
+        first.Finalize()
+        assert first.Initialize({"llm.EnableCacheManager": "1"}) == llmdd.LLM_SUCCESS
+        assert first.allocate_cache(desc).cache_id == 1
+    with LlmDataDist(0, LlmRole.kPrompt) as v1, LlmDataDist(1, LlmRole.kPrompt) as v2:
+        assert v1.Initialize({"llm.EnableCacheManager": "0"}) == llmdd.LLM_SUCCESS
+        assert v2.Initialize({"llm.EnableCacheManager": "1"}) == llmdd.LLM_SUCCESS
+        before = v1.allocate_cache(desc).cache_id
+        assert v2.allocate_cache(desc).cache_id == 1        # takes nothing from the process's counter
+        assert v1.allocate_cache(desc).cache_id == before + 1

@@ -329,3 +329,20 @@ def test_block_lists_changed_by_index_while_being_read_are_read_as_they_were(eng
     src_blocks.insert(1, Shrinking())
     assert engine.CopyKvBlocks(*pair, src_blocks, [[0, 1, 2, 3]]) == llmdd.LLM_SUCCESS
     assert src_blocks == [0]
+
+
+@pytest.mark.sim_only   # reads device memory from the host (ctypes)
+def test_a_host_cache_over_the_engines_pool_is_copied_as_device_memory():
+    # CANN's own tests make CPU caches over device caches: the runtime must be asked for a
+    # device copy then, or it refuses the kind.
+    import ctypes
+    with LlmDataDist(0, LlmRole.kPrompt) as dd:
+        assert dd.Initialize({"llm.MemPoolConfig": '{"memory_size": 1048576}'}) == llmdd.LLM_SUCCESS
+        desc = CacheDesc(2, [4, 64], llmdd.DT_INT8)
+        device, backing = dd.allocate_cache(desc), dd.allocate_cache(desc)
+        host = Cache.create_cpu_cache(CacheDesc(2, [4, 64], llmdd.DT_INT8, HOST), backing.tensor_addrs)
+        ctypes.memset(device.tensor_addrs[1], 0x6D, 64)
+        assert dd.CopyKvBlocks(device, host, [0], [[3]]) == llmdd.LLM_SUCCESS
+        assert ctypes.string_at(backing.tensor_addrs[1] + 3 * 64, 64) == b"\x6d" * 64
+        assert dd.CopyKvBlocks(host, device, [3], [[2]]) == llmdd.LLM_SUCCESS
+        assert ctypes.string_at(device.tensor_addrs[1] + 2 * 64, 64) == b"\x6d" * 64

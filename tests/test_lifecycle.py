@@ -54,7 +54,7 @@ def test_initialize_picks_the_device(options, device):
     {"llm.DeviceId": "4096"},                      # parses, but no such device
     {"llm.SyncKvCacheWaitTime": "0"}, {"llm.SyncKvCacheWaitTime": "-5"}, {"llm.SyncKvCacheWaitTime": "1s"},
     {"llm.ListenIpInfo": "127.0.0.1"}, {"llm.ListenIpInfo": "1.2.3:80"}, {"llm.ListenIpInfo": "1.2.3.256:80"},
-    {"llm.ListenIpInfo": "1.2.3.4:65536"}, {"llm.EnableSwitchRole": "yes"},
+    {"llm.ListenIpInfo": "1.2.3.4:65536"}, {"llm.EnableSwitchRole": "yes"}, {"llm.EnableCacheManager": "true"},
     {"llmdd.TensorAlignment": "256"}, {"llmdd.TensorAlignment": "1000"}, {"llmdd.TensorAlignment": str(2**31)},
     {"llmdd.MallocPolicy": "fastest"},
     # JSON nested past the parser's recursion limit, and JSON far larger than any real config

@@ -14,6 +14,7 @@ from ._acl cimport (
     ACL_MEMCPY_DEVICE_TO_DEVICE,
     ACL_MEMCPY_DEVICE_TO_HOST,
     ACL_MEMCPY_HOST_TO_DEVICE,
+    ACL_MEMCPY_HOST_TO_HOST,
     aclrtMemcpy,
     aclrtMemcpyKind,
 )
@@ -28,7 +29,8 @@ cdef struct CopyEndpoint:
     uint64_t tensor_bytes
     uint64_t batch            # shape[0]: the number of blocks
     uint64_t block_bytes      # tensor_bytes / shape[0]
-    bint on_device
+    bint on_device            # placement: what the copy rules (D2D, D2H, H2D) are about
+    bint in_device_memory     # where the bytes are, for the runtime's memcpy kind
     Py_ssize_t cache_key      # the Cache object, to tell a copy within one cache
 
 
@@ -47,6 +49,7 @@ cdef uint32_t _copy_endpoint(LlmDataDist engine, Cache cache, _CacheMemory pinne
     cdef tuple shape
     cdef llmdd_u64_slot* slot
     cdef Py_ssize_t i
+    cdef bint caller_addresses = True   # per-tensor addresses: a host cache's or a registered cache's
     side.addrs = NULL
     side.cache_key = <Py_ssize_t><PyObject*>cache
     if engine_cache:
@@ -63,6 +66,7 @@ cdef uint32_t _copy_endpoint(LlmDataDist engine, Cache cache, _CacheMemory pinne
             return LLM_KV_CACHE_NOT_EXIST
         side.first_addr = cache._first_addr
         side.stride = cache._addr_stride
+        caller_addresses = (slot.second & SOURCE_BITS) == FROM_CALLER
     elif fields.placement == LLMDD_kHost:
         # Caller-owned host memory: what can be checked is the count and that none is NULL.
         if cache._caller_addrs is None or len(cache._caller_addrs) != fields.num_tensors:
@@ -74,16 +78,36 @@ cdef uint32_t _copy_endpoint(LlmDataDist engine, Cache cache, _CacheMemory pinne
     if tensor_bytes(&fields, &side.tensor_bytes) != LLM_SUCCESS or side.tensor_bytes % <uint64_t>shape[0] != 0:
         return LLM_PARAM_INVALID
     side.on_device = fields.placement == LLMDD_kDevice
+    # On the sim build a registered cache is the caller's host memory, whatever its placement.
+    side.in_device_memory = side.on_device and not (LLMDD_SIMULATED and engine_cache and caller_addresses)
     side.num_tensors = fields.num_tensors
     side.batch = shape[0]
     side.block_bytes = side.tensor_bytes // side.batch
-    if with_addresses and not engine_cache:
+    if with_addresses and caller_addresses:
         side.addrs = <uintptr_t*>malloc(side.num_tensors * sizeof(uintptr_t))
         if side.addrs == NULL:
             raise MemoryError()
         for i in range(side.num_tensors):
             side.addrs[i] = cache._caller_addrs[i]
+        # A host cache over the engine's own device pool (CANN's tests make their CPU caches
+        # so) is device memory to the runtime.
+        if not side.on_device and _within_device_pool(engine, side):
+            side.in_device_memory = True
     return LLM_SUCCESS
+
+
+cdef bint _within_device_pool(LlmDataDist engine, const CopyEndpoint* side) noexcept:
+    """Whether every tensor of `side` lies inside the engine's device pool."""
+    cdef const MemoryPool* pool = &engine._device_pool
+    cdef uintptr_t start = pool.base
+    cdef uintptr_t end = pool.base + (pool.pages.total_pages << pool.page_shift)
+    cdef uint32_t i
+    if not pool.active or side.tensor_bytes > end - start:
+        return False
+    for i in range(side.num_tensors):
+        if side.addrs[i] < start or side.addrs[i] > end - side.tensor_bytes:
+            return False
+    return True
 
 
 cdef _CacheMemory _pin(LlmDataDist engine, Cache cache):
@@ -109,9 +133,9 @@ cdef uint32_t _pinned_endpoints(LlmDataDist engine, Cache src_cache, Cache dst_c
 
 
 cdef aclrtMemcpyKind _copy_kind(const CopyEndpoint* src, const CopyEndpoint* dst) noexcept:
-    if src.on_device:
-        return ACL_MEMCPY_DEVICE_TO_DEVICE if dst.on_device else ACL_MEMCPY_DEVICE_TO_HOST
-    return ACL_MEMCPY_HOST_TO_DEVICE
+    if src.in_device_memory:
+        return ACL_MEMCPY_DEVICE_TO_DEVICE if dst.in_device_memory else ACL_MEMCPY_DEVICE_TO_HOST
+    return ACL_MEMCPY_HOST_TO_DEVICE if dst.in_device_memory else ACL_MEMCPY_HOST_TO_HOST
 
 
 cdef uint32_t _copy_kv_cache(LlmDataDist engine, Cache src_cache, Cache dst_cache, uint64_t src_batch_index,

@@ -42,14 +42,15 @@ cdef class Cache:
     cdef CacheDesc _desc
     cdef DescFields _desc_fields
     cdef tuple _desc_shape
-    # Tensor addresses. A cache the engine filled keeps them as first + i * stride; addresses
-    # a caller set are kept as given, in _caller_addrs.
+    # Tensor addresses. A cache the engine allocated keeps them as first + i * stride; addresses
+    # a caller set, or registered, are kept as given, in _caller_addrs.
     cdef uintptr_t _first_addr
     cdef uint64_t _addr_stride
     cdef uint32_t _addr_count
     cdef tuple _caller_addrs
 
     cdef CacheDesc desc(self)
+    cdef uintptr_t tensor_address(self, uint32_t index)
     cdef LlmDataDist live_engine(self)
 
 
@@ -75,6 +76,8 @@ cdef class LlmDataDist:
     cdef MemoryStats _stats
     cdef uint64_t _alignment
     cdef aclrtMemMallocPolicy _malloc_policy
+    cdef bint _own_cache_ids          # cache-manager mode (v2): ids count from 1 in each engine
+    cdef int64_t _next_own_cache_id
     cdef int _runtime_calls_in_flight # calls running without the GIL; Finalize waits for them
     cdef bint _setting_up             # inside Initialize's set-up: other Initialize and Finalize calls wait
     cdef bint _teardown_pending       # from Finalize to the end of the teardown (after the last export)
@@ -93,9 +96,11 @@ cdef class LlmDataDist:
     cdef uint32_t create_pool(self, MemoryPool* pool, bint on_host, uint64_t memory_size, uint64_t page_shift)
     cdef void destroy_pool(self, MemoryPool* pool)
     cdef uint32_t allocate(self, CacheDesc desc, Cache cache)
+    cdef void take_cache_id(self, int64_t cache_id)
     cdef void count_allocation(self, bint on_host, uint64_t nbytes)
     cdef void count_free(self, uint64_t held)
-    cdef uint32_t deallocate(self, int64_t cache_id)
+    cdef uint32_t register(self, CacheDesc desc, object addrs, Cache cache)
+    cdef uint32_t deallocate(self, int64_t cache_id, bint registered)
     cdef void finalize(self)
     cdef void teardown(self)
     cdef void abandon(self)

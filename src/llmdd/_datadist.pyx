@@ -90,6 +90,7 @@ cdef enum CacheSource:
     FROM_RUNTIME = 0
     FROM_DEVICE_POOL = 1
     FROM_HOST_POOL = 2
+    FROM_CALLER = 3        # a registered cache: the caller's memory, never allocated or freed by llmdd
 
 cdef enum:
     SOURCE_BITS = 3
@@ -103,7 +104,9 @@ cdef uint64_t MAX_HELD_BYTES = 1ULL << 60
 # not at import) so that the success path costs no lookup.
 cdef object _SUCCESS = None
 
-# cache_id comes from one process-wide counter starting at 1 (spec section 4); the GIL guards it.
+# cache_id comes from one process-wide counter starting at 1 (spec section 4, v1); in cache-manager
+# mode (llm.EnableCacheManager=1, v2) each engine counts its own from 1, as v2's cache engine does.
+# The GIL guards both.
 cdef int64_t _next_cache_id = 1
 # Engines between Initialize and Finalize; llmdd calls aclFinalize when the last one leaves,
 # and only if llmdd's own aclInit was the one that initialized ACL.
@@ -276,6 +279,12 @@ cdef class Cache:
             raise TypeError(f"cache_desc must be a CacheDesc, not {type(value).__name__}")
         self._desc = value
 
+    cdef uintptr_t tensor_address(self, uint32_t index):
+        """Tensor `index`'s address: from the slab, or as given for a registered cache."""
+        if self._caller_addrs is not None:
+            return self._caller_addrs[index]
+        return self._first_addr + index * self._addr_stride
+
     cdef LlmDataDist live_engine(self):
         """The engine of a cache it allocated and still holds; ValueError otherwise."""
         if self._engine is None:
@@ -298,7 +307,7 @@ cdef class Cache:
         data_type = _data_type_member(self._desc_fields.data_type)
         memory = engine.export_memory(self._cache_id)
         tensor_bytes(&self._desc_fields, &nbytes)
-        return make_view(memory, self._first_addr + index * self._addr_stride, nbytes, self._desc_shape,
+        return make_view(memory, self.tensor_address(index), nbytes, self._desc_shape,
                          data_type, placement, engine._device, SIMULATED or self._desc_fields.placement == LLMDD_kHost)
 
     def to_descs(self, *, as_numpy=False):
@@ -307,7 +316,7 @@ cdef class Cache:
         cdef LlmDataDist engine = self.live_engine()
         cdef uint64_t nbytes
         tensor_bytes(&self._desc_fields, &nbytes)
-        descs = [(self._first_addr + i * self._addr_stride, nbytes, engine._device) for i in range(self._addr_count)]
+        descs = [(self.tensor_address(i), nbytes, engine._device) for i in range(self._addr_count)]
         if as_numpy:
             import numpy
             return numpy.array(descs, dtype=numpy.uint64).reshape(len(descs), 3)
@@ -315,8 +324,11 @@ cdef class Cache:
 
     def region(self):
         """(address, nbytes, device_id) of the whole slab holding every tensor, so a transfer
-        engine can register one region instead of num_tensors."""
+        engine can register one region instead of num_tensors. A registered cache has no slab
+        (ValueError): its tensors are where the caller put them."""
         cdef LlmDataDist engine = self.live_engine()
+        if self._caller_addrs is not None:
+            raise ValueError(f"cache {self._cache_id} is registered memory, not one slab: use to_descs()")
         return (self._first_addr, self._addr_stride * self._addr_count, engine._device)
 
     @staticmethod
@@ -408,6 +420,8 @@ cdef class LlmDataDist:
             return _status(LLM_SUCCESS)
         if self._teardown_pending:
             return self.teardown_pending_failure()
+        self._own_cache_ids = parsed.cache_manager_mode
+        self._next_own_cache_id = 1
         return _status(self.set_up(parsed.device_id, parsed.tensor_alignment, parsed.malloc_policy,
                                    parsed.device_pool, parsed.host_pool))
 
@@ -516,7 +530,7 @@ cdef class LlmDataDist:
 
     # Hot path: typed locals only, no Python object but the ones the caller gets back.
     cdef uint32_t allocate(self, CacheDesc desc, Cache cache):
-        global _next_cache_id
+        cdef int64_t cache_id
         cdef uint64_t nbytes, stride, slab_bytes, held_bytes, first_tensor, pages, align_pages
         cdef void* address = NULL
         cdef aclError error
@@ -571,15 +585,16 @@ cdef class LlmDataDist:
             _round_up(<uintptr_t>address, self._alignment, &first_tensor)  # within the slack
             record = <uintptr_t>address
             source = FROM_RUNTIME
-        if llmdd_u64_insert(&self._caches, <uint64_t>_next_cache_id, record, held_bytes << HELD_SHIFT | source) != 0:
+        cache_id = self._next_own_cache_id if self._own_cache_ids else _next_cache_id
+        if llmdd_u64_insert(&self._caches, <uint64_t>cache_id, record, held_bytes << HELD_SHIFT | source) != 0:
             if pool != NULL:
                 llmdd_pool_free(&pool.pages, block)
             else:
                 self.runtime_free(address, False)
             return LLM_FAILED  # the host is out of memory for the cache table
         self.count_allocation(pool != NULL and pool.on_host, held_bytes)
-        cache._cache_id = _next_cache_id
-        _next_cache_id += 1
+        self.take_cache_id(cache_id)
+        cache._cache_id = cache_id
         cache._engine = self
         cache._first_addr = <uintptr_t>first_tensor
         cache._addr_stride = stride
@@ -589,6 +604,13 @@ cdef class LlmDataDist:
         cache._desc_shape = desc._shape
         cache._desc = None
         return LLM_SUCCESS
+
+    cdef inline void take_cache_id(self, int64_t cache_id):
+        global _next_cache_id
+        if self._own_cache_ids:
+            self._next_own_cache_id = cache_id + 1
+        else:
+            _next_cache_id = cache_id + 1
 
     cdef inline void count_allocation(self, bint on_host, uint64_t nbytes):
         self._stats.num_caches += 1
@@ -603,10 +625,61 @@ cdef class LlmDataDist:
                 self._stats.peak_bytes_in_use = self._stats.bytes_in_use
 
     def DeallocateCache(self, int64_t cache_id):
-        """Free a cache this engine allocated; LLM_KV_CACHE_NOT_EXIST for any other id."""
-        return _status(self.deallocate(cache_id))
+        """Free a cache this engine allocated; LLM_KV_CACHE_NOT_EXIST for an id it does not
+        hold, LLM_PARAM_INVALID for a registered cache (UnregisterKvCache forgets those)."""
+        return _status(self.deallocate(cache_id, False))
 
-    cdef uint32_t deallocate(self, int64_t cache_id):
+    def RegisterKvCache(self, CacheDesc cache_desc not None, addrs, Cache cache not None):
+        """Make memory the caller owns (one address per tensor: device memory, or on the sim
+        build any host memory the caller keeps alive) a cache this engine knows by id, for
+        copies, views and transfers. Nothing is copied, allocated or touched; fills `cache` on
+        LLM_SUCCESS. UnregisterKvCache forgets it again and never frees it (LLM-DataDist v2)."""
+        return _status(self.register(cache_desc, addrs, cache))
+
+    def UnregisterKvCache(self, int64_t cache_id):
+        """Forget a registered cache (its memory stays the caller's); LLM_KV_CACHE_NOT_EXIST for
+        an id this engine does not hold, LLM_PARAM_INVALID for an allocated cache."""
+        return _status(self.deallocate(cache_id, True))
+
+    cdef uint32_t register(self, CacheDesc desc, object addrs, Cache cache):
+        cdef uint64_t nbytes
+        cdef int64_t cache_id
+        cdef Py_ssize_t i
+        # Convert the Python argument first: an address's __index__ may run any code.
+        if not isinstance(addrs, (list, tuple)):
+            raise TypeError(f"addrs must be a list or tuple of ints, not {type(addrs).__name__}")
+        tensor_addrs = tuple([as_integer(addr, "tensor address") for addr in tuple(addrs)])
+        self._last_acl_error = ACL_SUCCESS
+        if not self._initialized:
+            return LLM_FAILED
+        if (tensor_bytes(&desc.fields, &nbytes) != LLM_SUCCESS or len(tensor_addrs) != desc.fields.num_tensors
+                or (desc.fields.placement != LLMDD_kDevice and desc.fields.placement != LLMDD_kHost)):
+            return LLM_PARAM_INVALID
+        for i in range(len(tensor_addrs)):
+            if not 0 < tensor_addrs[i] <= <uintptr_t>UINT64_MAX:
+                return LLM_PARAM_INVALID
+        cache_id = self._next_own_cache_id if self._own_cache_ids else _next_cache_id
+        if llmdd_u64_insert(&self._caches, <uint64_t>cache_id, tensor_addrs[0], FROM_CALLER) != 0:
+            return LLM_FAILED  # the host is out of memory for the cache table
+        self.take_cache_id(cache_id)
+        cache._cache_id = cache_id
+        cache._engine = self
+        cache._first_addr = tensor_addrs[0]
+        cache._addr_stride = 0
+        cache._addr_count = desc.fields.num_tensors
+        cache._caller_addrs = tensor_addrs
+        cache._desc_fields = desc.fields
+        cache._desc_shape = desc._shape
+        cache._desc = None
+        return LLM_SUCCESS
+
+    def pin(self, int64_t cache_id):
+        """An object that holds cache `cache_id`'s memory for as long as it lives: a
+        DeallocateCache meanwhile frees the memory when it is dropped (how a transfer keeps the
+        caches it moves). ValueError for a cache this engine does not hold."""
+        return self.export_memory(cache_id)
+
+    cdef uint32_t deallocate(self, int64_t cache_id, bint registered):
         cdef llmdd_u64_slot* slot
         cdef uint64_t record, held
         cdef _CacheMemory memory
@@ -617,6 +690,8 @@ cdef class LlmDataDist:
         slot = llmdd_u64_find(&self._caches, <uint64_t>cache_id) if cache_id > 0 else NULL
         if slot == NULL:
             return LLM_KV_CACHE_NOT_EXIST
+        if registered != ((slot.second & SOURCE_BITS) == FROM_CALLER):
+            return LLM_PARAM_INVALID   # registered caches are unregistered, allocated ones deallocated
         if slot.second & EXPORTED:
             memory = <_CacheMemory>self._exports[cache_id]
             if Py_REFCNT(memory) > 2:   # more than _exports and `memory`: a live view, array, tensor or copy
@@ -644,6 +719,8 @@ cdef class LlmDataDist:
         return LLM_SUCCESS
 
     cdef inline void count_free(self, uint64_t held):
+        if (held & SOURCE_BITS) == FROM_CALLER:
+            return   # registered memory is the caller's: memory_stats never counted it
         self._stats.num_caches -= 1
         self._stats.num_frees += 1
         if (held & SOURCE_BITS) == FROM_HOST_POOL:
@@ -655,6 +732,8 @@ cdef class LlmDataDist:
         """Give a cache's memory back to where it came from. A failed aclrtFree leaves the
         memory to aclrtResetDevice, which releases what the process still holds."""
         cdef CacheSource source = <CacheSource>(held & SOURCE_BITS)
+        if source == FROM_CALLER:
+            return
         if source == FROM_RUNTIME:
             self.runtime_free(<void*>record, False)
         elif source == FROM_HOST_POOL:
@@ -794,7 +873,7 @@ cdef class LlmDataDist:
     def deallocate_cache(self, cache):
         """Free a cache given as a Cache or a cache_id; LLMException when it cannot be freed."""
         cdef int64_t cache_id = (<Cache>cache)._cache_id if isinstance(cache, Cache) else as_integer(cache, "cache")
-        cdef uint32_t status = self.deallocate(cache_id)
+        cdef uint32_t status = self.deallocate(cache_id, False)
         if status != LLM_SUCCESS:
             raise self.exception(status, "deallocate_cache")
 

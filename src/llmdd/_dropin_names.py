@@ -10,13 +10,13 @@ from enum import Enum, IntEnum
 
 from . import _desc
 from ._datadist import LLMException
+from ._registry import INVALID_ID  # noqa: F401 - CANN's "no id" for req_id and prefix_id, for the key types
 
 UINT16 = (0, (1 << 16) - 1)
 INT32 = (-(1 << 31), (1 << 31) - 1)
 UINT32 = (0, (1 << 32) - 1)
 INT64 = (-(1 << 63), (1 << 63) - 1)
 UINT64 = (0, (1 << 64) - 1)
-INVALID_ID = UINT64[1]  # CANN's "no id" for req_id and prefix_id
 
 
 def _qualified_name(member):
@@ -109,16 +109,6 @@ def require(condition, message, status=PARAM_INVALID):
 def not_enabled(name):
     return LLMException(f"{name} is not implemented by llmdd yet: LLM_FEATURE_NOT_ENABLED",
                         LLMStatusCode.LLM_FEATURE_NOT_ENABLED)
-
-
-def not_enabled_method(name):
-    """A CANN method llmdd does not implement yet: LLMException(LLM_FEATURE_NOT_ENABLED)."""
-    def method(self, *args, **kwargs):
-        raise not_enabled(name)
-
-    method.__name__ = method.__qualname__ = name
-    method.__doc__ = "Not implemented by llmdd yet: raises LLMException(LLM_FEATURE_NOT_ENABLED)."
-    return method
 
 
 def _type_names(types):

@@ -10,6 +10,7 @@ DEVICE_ID_KEYS = ("llm.DeviceId", "ge.exec.deviceId")
 SYNC_KV_WAIT_TIME = "llm.SyncKvCacheWaitTime"
 LISTEN_IP_INFO = "llm.ListenIpInfo"
 ENABLE_SWITCH_ROLE = "llm.EnableSwitchRole"
+ENABLE_CACHE_MANAGER = "llm.EnableCacheManager"
 MEM_POOL_CONFIG = "llm.MemPoolConfig"
 HOST_MEM_POOL_CONFIG = "llm.HostMemPoolConfig"
 BUF_POOL_CFG = "llm.BufPoolCfg"
@@ -40,7 +41,7 @@ class OptionError(Exception):
 class EngineOptions:
     """What Initialize takes from its options."""
 
-    __slots__ = ("device_id", "tensor_alignment", "malloc_policy", "device_pool", "host_pool")
+    __slots__ = ("device_id", "tensor_alignment", "malloc_policy", "device_pool", "host_pool", "cache_manager_mode")
 
     def __init__(self):
         self.device_pool = None  # PoolConfig, or None: one runtime allocation per cache
@@ -48,6 +49,7 @@ class EngineOptions:
         self.device_id = 0
         self.tensor_alignment = DEFAULT_TENSOR_ALIGNMENT
         self.malloc_policy = MALLOC_POLICIES["huge_first"]
+        self.cache_manager_mode = False  # LLM-DataDist v2: cache ids count from 1 in each engine
 
 
 class PoolConfig:
@@ -136,8 +138,10 @@ def parse_options(options):
         parse_decimal(options[SYNC_KV_WAIT_TIME], SYNC_KV_WAIT_TIME, 1, INT32_MAX)  # checked; no transfers yet
     if LISTEN_IP_INFO in options:
         parse_ip_port(options[LISTEN_IP_INFO], LISTEN_IP_INFO)  # checked; llmdd listens for no links yet
-    if ENABLE_SWITCH_ROLE in options and options[ENABLE_SWITCH_ROLE] not in ("0", "1"):
-        raise OptionError(f"{ENABLE_SWITCH_ROLE}={options[ENABLE_SWITCH_ROLE]!r} is not '0' or '1'")
+    for switch in (ENABLE_SWITCH_ROLE, ENABLE_CACHE_MANAGER):
+        if switch in options and options[switch] not in ("0", "1"):
+            raise OptionError(f"{switch}={options[switch]!r} is not '0' or '1'")
+    parsed.cache_manager_mode = options.get(ENABLE_CACHE_MANAGER) == "1"
     if MEM_POOL_CONFIG in options:
         parsed.device_pool = parse_pool_config(options[MEM_POOL_CONFIG], MEM_POOL_CONFIG)
     if HOST_MEM_POOL_CONFIG in options:

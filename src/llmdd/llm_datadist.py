@@ -12,6 +12,7 @@ CANN does and then raises LLMException(LLM_FEATURE_NOT_ENABLED): no CANN method 
 """
 from . import _datadist
 from ._datadist import LLMException
+from ._registry import CacheRegistry
 from ._dropin_config import LLMClusterInfo, LLMConfig, LlmConfig
 from ._dropin_names import (
     INT32,
@@ -32,7 +33,6 @@ from ._dropin_names import (
     check_str_dict,
     check_type,
     not_enabled,
-    not_enabled_method,
     reraised,
     require,
 )
@@ -87,7 +87,8 @@ def _check_block_map(name, mapping, target_type):
 
 
 class CacheManager:
-    """v2's cache_manager (llm.EnableCacheManager): caches from the memory pools, copies, swaps.
+    """v2's cache_manager (llm.EnableCacheManager): caches from the memory pools or registered
+    from the caller's memory, named by id and keys (llmdd's cache registry), copies, swaps.
     Pulls, pushes and transfers check their arguments and raise LLM_FEATURE_NOT_ENABLED."""
 
     _cache_type = Cache
@@ -99,6 +100,7 @@ class CacheManager:
         self._device_pool = bool(options.get("llm.MemPoolConfig"))
         self._host_pool = bool(options.get("llm.HostMemPoolConfig"))
         self._remote_cache_accessible = options.get(_REMOTE_CACHE_ACCESSIBLE, "0") == "1"
+        self._registry = CacheRegistry(self._engine)
 
     check_cache_key = staticmethod(check_cache_key)
 
@@ -114,31 +116,102 @@ class CacheManager:
         return cache
 
     def allocate_cache(self, cache_desc, cache_keys=()):
-        """A new cache for cache_desc; cache_keys (CacheKey, one per batch entry) name it to pulls."""
+        """A new cache for cache_desc, held by its id and by each of cache_keys (CacheKey i
+        names batch entry i for pulls): deallocate_cache drops the id's reference, a pull or
+        remove_cache_key a key's, and the memory is freed when none is left."""
         self._require_live()
         check_type("cache_desc", cache_desc, CacheDesc)
         check_sequence("cache_keys", cache_keys, CacheKey)
+        return self._allocate(cache_desc, tuple(cache_keys), False, "allocate_cache")
+
+    def allocate_blocks_cache(self, cache_desc, blocks_cache_key=None):
+        """A new blocks cache (shape[0] counts its blocks), held by its id and by
+        blocks_cache_key if given; deallocate_blocks_cache drops the id's reference."""
+        self._require_live()
+        check_type("cache_desc", cache_desc, CacheDesc)
+        keys = () if blocks_cache_key is None else (check_type("blocks_cache_key", blocks_cache_key, BlocksCacheKey),)
+        return self._allocate(cache_desc, keys, True, "allocate_blocks_cache")
+
+    def _allocate(self, cache_desc, keys, is_blocks_cache, call):
         require(cache_desc.num_tensors > 0, "num_tensors must be > 0")
         if self._v2:  # v2 carves every cache from the pool of its placement
             pooled, option = ((self._device_pool, "llm.MemPoolConfig") if cache_desc.placement == Placement.DEVICE
                               else (self._host_pool, "llm.HostMemPoolConfig"))
             require(pooled, f"a {cache_desc.placement} cache needs {option} in cache-manager mode")
         cache = self._cache_type()
-        status = self._engine.AllocateCache(cache_desc, cache)
-        if status != LLMStatusCode.LLM_SUCCESS:
-            raise reraised(self._engine._exception(status, "allocate_cache"))
+        self._succeed(self._registry.allocate(cache_desc, cache, keys, is_blocks_cache=is_blocks_cache), call)
         cache._requested_desc = cache_desc
-        cache._cache_keys = tuple(cache_keys)
+        cache._is_blocks_cache = is_blocks_cache
         return cache
 
+    def register_cache(self, cache_desc, addrs, cache_keys=(), remote_accessible=None):
+        """A cache over memory the caller owns (one address per tensor), held by its id and
+        by each of cache_keys; nothing is copied or touched. unregister_cache forgets it."""
+        self._require_live()
+        self._check_registration(cache_desc, addrs, remote_accessible)
+        check_sequence("cache_keys", cache_keys, CacheKey)
+        return self._register(cache_desc, addrs, tuple(cache_keys), False, remote_accessible, "register_cache")
+
+    def register_blocks_cache(self, cache_desc, addrs, blocks_cache_key=None, remote_accessible=None):
+        """A blocks cache over memory the caller owns (one address per tensor, each tensor
+        shape[0] blocks), held by its id and by blocks_cache_key if given."""
+        self._require_live()
+        self._check_registration(cache_desc, addrs, remote_accessible)
+        keys = () if blocks_cache_key is None else (check_type("blocks_cache_key", blocks_cache_key, BlocksCacheKey),)
+        return self._register(cache_desc, addrs, keys, True, remote_accessible, "register_blocks_cache")
+
+    @staticmethod
+    def _check_registration(cache_desc, addrs, remote_accessible):
+        check_type("cache_desc", cache_desc, CacheDesc)
+        check_ints("addrs", addrs, UINT64, list)
+        if remote_accessible is not None:
+            check_type("remote_accessible", remote_accessible, bool)
+        require(len(addrs) > 0, "addrs must not be empty")
+        require(len(addrs) == cache_desc.num_tensors,
+                f"{len(addrs)} addrs for a cache_desc of {cache_desc.num_tensors} tensors")
+        require(0 not in addrs, "an addr is 0")
+
+    def _register(self, cache_desc, addrs, keys, is_blocks_cache, remote_accessible, call):
+        if remote_accessible is None:  # CANN's default: device memory is, host memory is not
+            remote_accessible = cache_desc.placement == Placement.DEVICE
+        cache = self._cache_type()
+        self._succeed(self._registry.register(cache_desc, addrs, cache, keys, is_blocks_cache=is_blocks_cache,
+                                              remote_accessible=remote_accessible), call)
+        cache._requested_desc = cache_desc
+        cache._is_blocks_cache = is_blocks_cache
+        return cache
+
+    def unregister_cache(self, cache_id):
+        """Forget a registered cache and its keys; its memory stays the caller's. An id the
+        manager does not hold is a no-op, as in CANN's v2."""
+        self._require_live()
+        check_int("cache_id", cache_id, INT64)
+        self._succeed(self._registry.unregister(cache_id), "unregister_cache")
+
     def deallocate_cache(self, cache):
-        """Free a cache from allocate_cache."""
+        """Drop the reference of a cache from allocate_cache: it is freed now, or when its
+        last key is pulled or removed. As in CANN's v2, a cache already released or a
+        registered one is left as it is."""
         self._require_live()
         self._check_cache("cache", cache, blocks=False)
-        try:
-            self._engine.deallocate_cache(cache)
-        except LLMException as error:
-            raise reraised(error) from None
+        self._succeed(self._registry.deallocate(cache.cache_id), "deallocate_cache")
+
+    def deallocate_blocks_cache(self, cache):
+        """Drop the reference of a cache from allocate_blocks_cache, as deallocate_cache does."""
+        self._require_live()
+        self._check_cache("cache", cache, blocks=True)
+        self._succeed(self._registry.deallocate(cache.cache_id), "deallocate_blocks_cache")
+
+    def remove_cache_key(self, cache_key):
+        """Drop a key's reference: the key no longer names its cache to pulls, and the cache
+        is freed if nothing else holds it. An unknown key, or a registered cache's, is a no-op."""
+        self._require_live()
+        check_type("cache_key", cache_key, CacheKey)
+        self._succeed(self._registry.release_key(cache_key), "remove_cache_key")
+
+    def _succeed(self, status, call):
+        if status != LLMStatusCode.LLM_SUCCESS:
+            raise reraised(self._engine._exception(status, call))
 
     def copy_cache(self, dst, src, dst_batch_index=0, src_batch_index=0, offset=0, size=-1, req_id=None):
         """Copy batch entry src_batch_index of src into dst_batch_index of dst (CopyKvCache):
@@ -282,14 +355,6 @@ class CacheManager:
             require(info.addr != 0, f"mem_infos[{index}].addr must not be 0")
             require(info.size > 0, f"mem_infos[{index}].size must be > 0")
         raise not_enabled("remap_registered_memory")
-
-    # Caller-owned memory and blocks caches come with llmdd's cache registry.
-    register_cache = not_enabled_method("register_cache")
-    register_blocks_cache = not_enabled_method("register_blocks_cache")
-    unregister_cache = not_enabled_method("unregister_cache")
-    allocate_blocks_cache = not_enabled_method("allocate_blocks_cache")
-    deallocate_blocks_cache = not_enabled_method("deallocate_blocks_cache")
-    remove_cache_key = not_enabled_method("remove_cache_key")
 
     def _require_remote_cache_accessible(self, name):
         require(self._remote_cache_accessible, f"{name} needs {_REMOTE_CACHE_ACCESSIBLE} "

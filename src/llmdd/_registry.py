@@ -1,0 +1,211 @@
+"""The cache registry: which caches an engine holds, by id and by key, and what still holds them.
+
+LLM-DataDist v2 (CANN's cache manager) names caches two ways: by id, the reference the caller
+drops with deallocate_cache, and by keys. A CacheKey (key i names batch entry i) is a reference
+too, dropped by a remote pull or remove_cache_key; the memory is freed only when no reference is
+left. A BlocksCacheKey only names a blocks cache for pulls: deallocating the cache drops it.
+Registered caches are the caller's memory: unregister forgets them, with their keys, and frees
+nothing; deallocate and remove_cache_key leave them alone. As in v2, releasing what is not there
+succeeds. Within one engine a key is known by its request (or prefix) id and model id: its
+cluster id names the prompt cluster a decoder pulls from.
+
+The drop-in's cache managers and the transfer layer share one registry per initialization; the
+engine underneath knows only ids (LlmDataDist.AllocateCache, RegisterKvCache, pin). A lock makes
+each operation whole: the transfer layer's listener thread reads the registry while the
+caller's thread changes it.
+"""
+from _thread import allocate_lock  # threading's own lock, without importing threading
+
+from ._datadist import Cache as _EngineCache
+from ._desc import LLMStatusCode
+
+# CANN's "no id": a CacheKey's unset req_id or prefix_id; a req_id of it only holds a batch entry's place.
+INVALID_ID = 2**64 - 1
+_SUCCESS = LLMStatusCode.LLM_SUCCESS
+_PARAM_INVALID = LLMStatusCode.LLM_PARAM_INVALID
+
+# The engine's view of a cache's descriptor, whatever a drop-in Cache says its cache_desc is.
+_engine_desc = _EngineCache.cache_desc.__get__
+
+
+def local_name(key):
+    """What names a key's cache within one engine: ("prefix" | "req", id, model_id) for a
+    CacheKey, ("blocks", model_id) for a BlocksCacheKey; None for a placeholder CacheKey."""
+    if not hasattr(key, "req_id"):
+        return ("blocks", key.model_id)
+    if key.prefix_id != INVALID_ID:
+        return ("prefix", key.prefix_id, key.model_id)
+    return None if key.req_id == INVALID_ID else ("req", key.req_id, key.model_id)
+
+
+class CacheEntry:
+    """What the registry knows of one cache: its layout, addresses and regions."""
+
+    __slots__ = ("cache_id", "num_tensors", "tensor_addrs", "tensor_bytes", "batch", "block_bytes", "placement",
+                 "is_blocks_cache", "remote_accessible", "registered", "regions")
+
+    def __init__(self, cache, is_blocks_cache, registered, remote_accessible):
+        desc = _engine_desc(cache)
+        self.cache_id = cache.cache_id
+        self.num_tensors = desc.num_tensors
+        self.tensor_addrs = tuple(cache.tensor_addrs)
+        self.tensor_bytes = desc.size
+        self.batch = desc.shape[0]
+        self.block_bytes = self.tensor_bytes // self.batch
+        self.placement = int(desc.placement)
+        self.is_blocks_cache = is_blocks_cache
+        self.registered = registered
+        self.remote_accessible = remote_accessible
+        # One region a slab; a registered cache's tensors are one region each (design 3b).
+        if registered:
+            self.regions = tuple((address, self.tensor_bytes) for address in self.tensor_addrs)
+        else:
+            address, nbytes, _ = cache.region()
+            self.regions = ((address, nbytes),)
+
+
+class _Record:
+    __slots__ = ("entry", "id_held", "names")
+
+    def __init__(self, entry):
+        self.entry = entry
+        self.id_held = True     # the id's reference, dropped by deallocate
+        self.names = set()      # the local names of the keys naming this cache
+
+    def referenced(self):
+        # A blocks cache's key only names it (pulls read its blocks again and again).
+        return self.id_held or (bool(self.names) and not self.entry.is_blocks_cache)
+
+
+class _Pin:
+    """Holds a cache's memory while a `with` block runs."""
+
+    def __init__(self, holder, entry):
+        self._holder = holder
+        self._entry = entry
+
+    def __enter__(self):
+        return self._entry
+
+    def __exit__(self, *exc_info):
+        self._holder = None
+        return False
+
+
+class CacheRegistry:
+    """One engine's caches by id and key, with their references."""
+
+    def __init__(self, engine):
+        self._engine = engine
+        self._records = {}      # cache_id -> _Record
+        self._names = {}        # local name -> (cache_id, batch index it names)
+        self._lock = allocate_lock()
+
+    def allocate(self, desc, cache, keys=(), *, is_blocks_cache):
+        """AllocateCache into `cache`, named by its id and by each key. A key already naming a
+        cache, a key given twice, or more keys than batch entries is LLM_PARAM_INVALID (as in
+        v2's cache manager), and nothing is allocated."""
+        with self._lock:
+            status = self._check_new_keys(desc, keys)
+            if status == _SUCCESS:
+                status = self._engine.AllocateCache(desc, cache)
+            if status == _SUCCESS:
+                self._add(CacheEntry(cache, is_blocks_cache, False, False), keys)
+            return status
+
+    def register(self, desc, addrs, cache, keys=(), *, is_blocks_cache, remote_accessible):
+        """RegisterKvCache of memory the caller owns, named by its id and by each key."""
+        with self._lock:
+            status = self._check_new_keys(desc, keys)
+            if status == _SUCCESS:
+                status = self._engine.RegisterKvCache(desc, addrs, cache)
+            if status == _SUCCESS:
+                self._add(CacheEntry(cache, is_blocks_cache, True, remote_accessible), keys)
+            return status
+
+    def deallocate(self, cache_id):
+        """Drop the id's reference of an allocated cache: freed once no key holds it."""
+        with self._lock:
+            record = self._records.get(cache_id)
+            if record is None or record.entry.registered or not record.id_held:
+                return _SUCCESS
+            record.id_held = False
+            status = self._free_if_unreferenced(record)
+            if status != _SUCCESS:
+                record.id_held = True       # the runtime kept the memory: a retry may free it
+            return status
+
+    def unregister(self, cache_id):
+        """Forget a registered cache and its keys; its memory stays the caller's."""
+        with self._lock:
+            record = self._records.get(cache_id)
+            if record is None:
+                return _SUCCESS
+            if not record.entry.registered:
+                return _PARAM_INVALID       # allocated caches are deallocated
+            status = self._engine.UnregisterKvCache(cache_id)
+            if status == _SUCCESS:
+                self._forget(record)
+            return status
+
+    def release_key(self, key):
+        """Drop a key's reference (remove_cache_key, or a pull that read it)."""
+        with self._lock:
+            name = local_name(key)
+            named = self._names.get(name)
+            if named is None or self._records[named[0]].entry.registered:
+                return _SUCCESS
+            record = self._records[named[0]]
+            del self._names[name]
+            record.names.discard(name)
+            status = self._free_if_unreferenced(record)
+            if status != _SUCCESS:
+                self._names[name] = named
+                record.names.add(name)
+            return status
+
+    def entry(self, cache_id):
+        """The CacheEntry of a cache the registry holds, or None."""
+        record = self._records.get(cache_id)
+        return None if record is None else record.entry
+
+    def find(self, key):
+        """(CacheEntry, batch index) of the cache a key names, or None."""
+        with self._lock:
+            named = self._names.get(local_name(key))
+            return None if named is None else (self._records[named[0]].entry, named[1])
+
+    def pin(self, cache_id):
+        """`with registry.pin(cache_id) as entry:` holds the cache's memory until the block
+        ends (a deallocation meanwhile frees it after). ValueError for an unknown cache."""
+        holder = self._engine.pin(cache_id)
+        return _Pin(holder, self.entry(cache_id))
+
+    def _check_new_keys(self, desc, keys):
+        names = [name for name in map(local_name, keys) if name is not None]
+        batch = desc.shape[0] if desc.shape else 0
+        if len(keys) > batch or len(set(names)) != len(names):
+            return _PARAM_INVALID
+        return _PARAM_INVALID if any(name in self._names for name in names) else _SUCCESS
+
+    def _add(self, entry, keys):
+        record = _Record(entry)
+        self._records[entry.cache_id] = record
+        for batch_index, key in enumerate(keys):
+            name = local_name(key)
+            if name is not None:
+                self._names[name] = (entry.cache_id, batch_index)
+                record.names.add(name)
+
+    def _free_if_unreferenced(self, record):
+        if record.referenced():
+            return _SUCCESS
+        status = self._engine.DeallocateCache(record.entry.cache_id)
+        if status == _SUCCESS:
+            self._forget(record)
+        return status
+
+    def _forget(self, record):
+        for name in record.names:
+            del self._names[name]
+        del self._records[record.entry.cache_id]
