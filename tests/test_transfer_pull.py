@@ -25,9 +25,10 @@ def blocks_key(cluster_id, model_id=0):
     return {"kind": "blocks", "cluster_id": cluster_id, "model_id": model_id}
 
 
-@pytest.fixture(scope="module")
-def prompt():
-    peer = Peer(PROMPT)
+@pytest.fixture(scope="module", params=["local", "engine"])
+def prompt(request):
+    """The prompt process, serving from the test registry or from llmdd's engine and CacheRegistry."""
+    peer = Peer(PROMPT, registry=request.param)
     yield peer
     peer.close()
 
@@ -174,6 +175,13 @@ def test_push_into_a_cache_not_remote_accessible_is_refused(prompt, decoder, reg
     assert prompt.call("tensor", cache_id=remote["cache_id"], index=0) == before
 
 
+@pytest.fixture(scope="module")
+def rejection_source(prompt):
+    """A blocks cache (2 tensors x 4 blocks) under BlocksCacheKey(PROMPT, 60) for the rejections."""
+    return prompt.call("allocate", num_tensors=2, batch=4, block_bytes=BLOCK, blocks=True,
+                       keys=[blocks_key(PROMPT, 60)])
+
+
 @pytest.mark.parametrize("call, expected", [
     (lambda a, dst: a.pull_blocks(PROMPT, BlocksCacheKey(PROMPT, 60), dst, [0, 1], [0]), S.LLM_PARAM_INVALID),
     (lambda a, dst: a.pull_blocks(PROMPT, BlocksCacheKey(PROMPT, 60), dst, [], []), S.LLM_PARAM_INVALID),
@@ -193,8 +201,7 @@ def test_push_into_a_cache_not_remote_accessible_is_refused(prompt, decoder, reg
 ], ids=["unequal-blocks", "empty-dst-blocks", "src-block-out-of-range", "dst-block-out-of-range",
         "layer-range-past-the-end", "unequal-layer-spans", "tensor-num-not-dividing", "layer-step-2",
         "unknown-key", "not-linked", "pull-cache-into-blocks-cache"])
-def test_rejected_pulls_answer_their_status_and_write_nothing(prompt, decoder, registry, call, expected):
-    prompt.call("allocate", num_tensors=2, batch=4, block_bytes=BLOCK, blocks=True, keys=[blocks_key(PROMPT, 60)])
+def test_rejected_pulls_answer_their_status_and_write_nothing(rejection_source, decoder, registry, call, expected):
     dst = registry.allocate(2, 4, BLOCK, blocks=True)
     assert call(decoder, dst) == expected
     assert all((tensor_of(registry, dst, t) == 0).all() for t in range(2))

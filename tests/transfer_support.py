@@ -1,10 +1,12 @@
 """Test support for llmdd.transfer: a registry over numpy memory with the engine registry's
 interface, byte patterns, and a peer process driven by JSON lines.
 
-`python tests/transfer_support.py CLUSTER_ID LISTEN_IP` runs a peer: it serves its caches on
-LISTEN_IP (a free port the system picks, printed first), and answers one JSON command per line.
+`python tests/transfer_support.py CLUSTER_ID LISTEN_IP REGISTRY` runs a peer: it serves its caches
+on LISTEN_IP (a free port the system picks, printed first) from a LocalRegistry ("local") or
+llmdd's own engine and CacheRegistry ("engine"), and answers one JSON command per line.
 """
 import contextlib
+import ctypes
 import json
 import os
 import selectors
@@ -62,6 +64,8 @@ class LocalRegistry:
             addrs = tuple(slab.ctypes.data + t * tensor_bytes for t in range(num_tensors))
             regions = ((slab.ctypes.data, slab.nbytes),)
         with self._lock:
+            if any(key in self._keys for key in keys):
+                raise ValueError("a key already names a cache")   # as CacheRegistry refuses it
             cache_id = self._next_id
             self._next_id += 1
             entry = Entry(cache_id, num_tensors, addrs, tensor_bytes, batch, block_bytes, 0, blocks,
@@ -126,6 +130,7 @@ class LocalRegistry:
             found = self._keys.pop(key, None)
             if found is not None:
                 self._free_if_unheld(found[0])
+        return 0
 
 
 def mooncake_missing():
@@ -135,6 +140,50 @@ def mooncake_missing():
     except ImportError as error:
         return f"Mooncake's Transfer Engine is not usable here (pip install 'llmdd[transfer]', libibverbs1): {error}"
     return None
+
+
+class EngineRegistry:
+    """llmdd's own CacheRegistry over an initialized LlmDataDist, with the few extra calls the
+    peer makes (allocate by shape, tensor bytes, is_freed), so the same tests run against it."""
+
+    def __init__(self, cluster_id):
+        import llmdd
+        from llmdd._registry import CacheRegistry
+        self._engine = llmdd.LlmDataDist(cluster_id, llmdd.LlmRole.kPrompt)
+        assert self._engine.Initialize({"llm.DeviceId": "0"}) == llmdd.LLM_SUCCESS
+        self._registry = CacheRegistry(self._engine)
+        self._caches = {}
+        self._memory = []   # the registered caches' memory, owned here as a caller owns it
+
+    def __getattr__(self, name):   # entry, find, pin, release_key, deallocate: the registry's own
+        return getattr(self._registry, name)
+
+    def allocate(self, num_tensors, batch, block_bytes, blocks=False, keys=(), remote_accessible=False,
+                 per_tensor=False):
+        import llmdd
+        desc = llmdd.CacheDesc(num_tensors, [batch, block_bytes], llmdd.DT_UINT8)
+        cache = llmdd.Cache()
+        if remote_accessible:
+            # Only caller-owned (registered) caches are remote-accessible in LLM-DataDist v2.
+            memory = [numpy.zeros(batch * block_bytes, numpy.uint8) for _ in range(num_tensors)]
+            status = self._registry.register(desc, [m.ctypes.data for m in memory], cache, keys,
+                                             is_blocks_cache=blocks, remote_accessible=True)
+            self._memory.append(memory)
+        else:
+            status = self._registry.allocate(desc, cache, keys, is_blocks_cache=blocks)
+        assert status == llmdd.LLM_SUCCESS, status
+        self._caches[cache.cache_id] = cache
+        return self._registry.entry(cache.cache_id)
+
+    def tensor(self, cache_id, index):
+        entry = self._registry.entry(cache_id)
+        return numpy.ctypeslib.as_array((ctypes.c_uint8 * entry.tensor_bytes).from_address(entry.tensor_addrs[index]))
+
+    def is_freed(self, cache_id):
+        return self._registry.entry(cache_id) is None
+
+    def close(self):
+        self._engine.Finalize()
 
 
 def pattern(cluster_id, cache_id, tensor, nbytes):
@@ -167,12 +216,12 @@ class Cluster:
 class Peer:
     """A peer process on this machine (or in a network namespace, with `prefix`)."""
 
-    def __init__(self, cluster_id, listen_ip="127.0.0.1", prefix=(), env=None):
+    def __init__(self, cluster_id, listen_ip="127.0.0.1", prefix=(), registry="local"):
         self.cluster_id = cluster_id
         self.process = subprocess.Popen([*prefix, sys.executable, os.path.join(HERE, "transfer_support.py"),
-                                         str(cluster_id), listen_ip],
+                                         str(cluster_id), listen_ip, registry],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        text=True, env=env)
+                                        text=True)
         self._selector = selectors.DefaultSelector()
         self._selector.register(self.process.stdout, selectors.EVENT_READ)
         self.port = self._answer(PEER_START_SECONDS)["port"]
@@ -219,11 +268,11 @@ class Peer:
         self._selector.close()
 
 
-def _serve(cluster_id, listen_ip):
+def _serve(cluster_id, listen_ip, registry_kind):
     """The peer's main loop: one JSON command a line on stdin, one JSON answer a line on stdout."""
     from llmdd.transfer import TransferAgent
 
-    registry = LocalRegistry()
+    registry = EngineRegistry(cluster_id) if registry_kind == "engine" else LocalRegistry()
     agent = TransferAgent(registry, cluster_id, f"{listen_ip}:0")
     print(json.dumps({"port": agent.listen_address[1]}), flush=True)
     for line in sys.stdin:
@@ -259,7 +308,9 @@ def _serve(cluster_id, listen_ip):
             answer = {"error": f"{type(error).__name__}: {error}"}
         print(json.dumps(answer), flush=True)
     agent.close()
+    if registry_kind == "engine":
+        registry.close()
 
 
 if __name__ == "__main__":
-    _serve(int(sys.argv[1]), sys.argv[2])
+    _serve(int(sys.argv[1]), sys.argv[2], sys.argv[3])

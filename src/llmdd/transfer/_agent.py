@@ -402,7 +402,7 @@ class TransferAgent:
             hold.enter_context(self._registry.pin(entry.cache_id))
         except LLMException as error:
             return _status(error.status_code)
-        except LookupError:
+        except (LookupError, ValueError):   # the registry's answer for a cache it does not hold
             return LLMStatusCode.LLM_KV_CACHE_NOT_EXIST
         return SUCCESS
 

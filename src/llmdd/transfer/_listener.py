@@ -169,7 +169,7 @@ class ControlListener:
         hold = contextlib.ExitStack()
         try:
             hold.enter_context(self._registry.pin(entry.cache_id))
-        except (LLMException, LookupError):
+        except (LLMException, LookupError, ValueError):
             return not_found   # deallocated between the lookup and the pin
         if not self._engine_for_host(None).register(entry.regions):
             hold.close()
@@ -193,5 +193,5 @@ class ControlListener:
                 if pin.key is None:
                     status = int(LLMStatusCode.LLM_PARAM_INVALID)
                 else:
-                    self._registry.release_key(pin.key)
+                    status = int(self._registry.release_key(pin.key))
         return {"status": status}
