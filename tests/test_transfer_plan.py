@@ -5,8 +5,10 @@ import pytest
 from llmdd.transfer._plan import (
     Layout,
     PlanError,
+    Segments,
     blocks_segments,
     cache_segments,
+    coalesce,
     entry_to_blocks_segments,
     tensor_pairs,
 )
@@ -93,3 +95,15 @@ def test_bad_block_lists_are_refused(src_blocks, dst_blocks):
 def test_blocks_of_different_sizes_are_refused():
     with pytest.raises(PlanError):
         blocks_segments(blocks_layout(1, 8, 16), blocks_layout(1, 8, 32), [0], [0], [(0, 0)])
+
+
+def test_segments_join_across_tensors_only_inside_one_region_a_side():
+    # Two tensors of 100 bytes back to back on both sides: one slab joins, two regions do not.
+    segments = Segments([1000, 1100], [5000, 5100], [100, 100])
+    joined = coalesce(segments, ((1000, 200),), ((5000, 200),))
+    assert (joined.src_addrs, joined.dst_addrs, joined.lengths) == ([1000], [5000], [200])
+    apart = coalesce(segments, ((1000, 100), (1100, 100)), ((5000, 200),))
+    assert apart.lengths == [100, 100]
+    assert coalesce(segments, (), ()).lengths == [100, 100]   # unknown regions: nothing joins
+    gap = Segments([1000, 1150], [5000, 5100], [100, 50])
+    assert coalesce(gap, ((1000, 200),), ((5000, 200),)).lengths == [100, 50]

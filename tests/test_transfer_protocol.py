@@ -25,7 +25,7 @@ VALID = {
     wire.MessageType.RESOLVE: {"key": {"kind": "blocks", "cluster_id": 1, "model_id": 0}, "write": False},
     wire.MessageType.RESOLVE_REPLY: {"status": 0, "pin": 3, "layout": {
         "cache_id": 4, "tensor_addrs": [4096, 8192], "tensor_bytes": 64, "batch": 4, "block_bytes": 16,
-        "is_blocks_cache": True, "remote_accessible": False, "batch_index": 0}},
+        "is_blocks_cache": True, "remote_accessible": False, "batch_index": 0, "regions": [[4096, 8192]]}},
     wire.MessageType.UNPIN: {"pin": 3, "release_key": True},
     wire.MessageType.UNPIN_REPLY: {"status": 0},
 }
@@ -72,6 +72,8 @@ LAYOUT = VALID[wire.MessageType.RESOLVE_REPLY]["layout"]
     (wire.MessageType.RESOLVE_REPLY, {"status": 0, "pin": 1, "layout": _with(LAYOUT, tensor_addrs=[0])}),
     (wire.MessageType.RESOLVE_REPLY, {"status": 0, "pin": 1, "layout": _with(LAYOUT, block_bytes=15)}),
     (wire.MessageType.RESOLVE_REPLY, {"status": 0, "pin": 1, "layout": _with(LAYOUT, tensor_addrs=[1] * 16385)}),
+    (wire.MessageType.RESOLVE_REPLY, {"status": 0, "pin": 1, "layout": _with(LAYOUT, regions=[[4096]])}),
+    (wire.MessageType.RESOLVE_REPLY, {"status": 0, "pin": 1, "layout": _with(LAYOUT, regions=[[4096, 0]])}),
     (wire.MessageType.UNPIN, {"pin": 3, "release_key": None}),
 ], ids=lambda value: getattr(value, "name", ""))
 def test_a_body_that_breaks_a_field_rule_is_refused(message_type, body):

@@ -439,12 +439,18 @@ class TransferAgent:
 
     def _move(self, link, engine, layout_fields, local_entry, plan, write):
         remote = _plan.Layout(tuple(layout_fields["tensor_addrs"]), layout_fields["tensor_bytes"],
-                              layout_fields["batch"], layout_fields["block_bytes"], layout_fields["is_blocks_cache"])
+                              layout_fields["batch"], layout_fields["block_bytes"], layout_fields["is_blocks_cache"],
+                              tuple(tuple(region) for region in layout_fields["regions"]))
         try:
             segments = plan(remote, layout_fields["batch_index"])
         except _plan.PlanError as error:
             log.warning("transfer with cluster %d refused: %s", link.remote_cluster_id, error)
             return LLMStatusCode.LLM_PARAM_INVALID
+        local_regions = tuple(tuple(region) for region in local_entry.regions)
+        if write:
+            segments = _plan.coalesce(segments, local_regions, remote.regions)
+        else:
+            segments = _plan.coalesce(segments, remote.regions, local_regions)
         if not engine.register(local_entry.regions):
             return LLMStatusCode.LLM_FAILED
         if write:

@@ -179,7 +179,7 @@ class ControlListener:
         layout = {"cache_id": entry.cache_id, "tensor_addrs": list(entry.tensor_addrs),
                   "tensor_bytes": entry.tensor_bytes, "batch": entry.batch, "block_bytes": entry.block_bytes,
                   "is_blocks_cache": bool(entry.is_blocks_cache), "remote_accessible": bool(entry.remote_accessible),
-                  "batch_index": batch_index}
+                  "batch_index": batch_index, "regions": [list(region) for region in entry.regions]}
         return {"status": _SUCCESS, "pin": pin_id, "layout": layout}
 
     def _unpin(self, body, pins):

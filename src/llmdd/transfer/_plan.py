@@ -19,11 +19,12 @@ class Layout:
     batch: int
     block_bytes: int
     is_blocks_cache: bool
+    regions: tuple = ()   # (addr, nbytes) registered with Mooncake: a segment may not cross one's end
 
     @classmethod
     def of_entry(cls, entry):
         return cls(tuple(entry.tensor_addrs), entry.tensor_bytes, entry.batch, entry.block_bytes,
-                   entry.is_blocks_cache)
+                   entry.is_blocks_cache, tuple(tuple(region) for region in entry.regions))
 
     @property
     def num_tensors(self):
@@ -39,6 +40,32 @@ class Segments:
     @property
     def nbytes(self):
         return sum(self.lengths)
+
+
+def _region_end(regions, address):
+    """The end of the region holding `address`, or `address` itself when none does."""
+    for start, nbytes in regions:
+        if start <= address < start + nbytes:
+            return start + nbytes
+    return address
+
+
+def coalesce(segments, src_regions, dst_regions):
+    """Joins segments that continue one another on both sides, as long as the joined segment
+    stays inside one region on each side (Mooncake checks each segment against one registered
+    buffer). A whole cache of an allocated slab becomes one segment instead of one per tensor."""
+    joined = Segments([], [], [])
+    src_end = dst_end = src_limit = dst_limit = None
+    for src, dst, length in zip(segments.src_addrs, segments.dst_addrs, segments.lengths):
+        if src == src_end and dst == dst_end and src + length <= src_limit and dst + length <= dst_limit:
+            joined.lengths[-1] += length
+        else:
+            joined.src_addrs.append(src)
+            joined.dst_addrs.append(dst)
+            joined.lengths.append(length)
+            src_limit, dst_limit = _region_end(src_regions, src), _region_end(dst_regions, dst)
+        src_end, dst_end = src + length, dst + length
+    return joined
 
 
 def tensor_pairs(src, dst, src_layer_range, dst_layer_range, tensor_num_per_layer):

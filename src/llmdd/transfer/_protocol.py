@@ -103,6 +103,8 @@ LAYOUT_FIELDS = {
     "is_blocks_cache": _is_bool,
     "remote_accessible": _is_bool,
     "batch_index": _u32,
+    "regions": _list_of(lambda region: type(region) is list and len(region) == 2 and _int_in(1, UINT64_MAX)(region[0])
+                        and _int_in(1, INT64_MAX)(region[1]), MAX_TENSORS),
 }
 
 
