@@ -96,6 +96,25 @@ def test_pull_cache_64_mib(benchmark, session):
     report(benchmark, CACHE_TENSORS * CACHE_TENSOR_BYTES, "pull_cache")
 
 
+@pytest.mark.benchmark(group="transfer-64MiB")
+def test_mooncake_read_64_mib(benchmark, session):
+    """Mooncake's own ceiling: one batch_transfer_sync_read of the same 64 MiB, no llmdd on the way."""
+    from llmdd.transfer import _protocol as wire
+    agent, dst = session["agent"], session["cache_dst"]
+    link, engine = agent._links[PROMPT], agent._engine
+    key = {"kind": "id", "cluster_id": PROMPT, "cache_id": session["cache_key"].cache_id, "batch_index": 0}
+    reply = link.request(wire.MessageType.RESOLVE, {"key": key, "write": False}, 5.0)
+    nbytes = CACHE_TENSORS * CACHE_TENSOR_BYTES
+    try:
+        def read():
+            assert engine.read(link.peer_engine, [dst.tensor_addrs[0]], [reply["layout"]["tensor_addrs"][0]],
+                               [nbytes]) == 0
+        benchmark.pedantic(read, rounds=ROUNDS * 4, iterations=1, warmup_rounds=1)
+    finally:
+        link.request(wire.MessageType.UNPIN, {"pin": reply["pin"], "release_key": False}, 5.0)
+    report(benchmark, nbytes, "Mooncake read, one segment")
+
+
 @pytest.mark.benchmark(group="transfer-blocks-1GiB")
 def test_memcpy_1_gib(benchmark):
     nbytes = TENSORS * BLOCKS * BLOCK_BYTES
