@@ -317,3 +317,39 @@ def test_bytes_survive_a_scattered_block_table_across_many_tensors(prompt, decod
         expected = pattern(PROMPT, src["cache_id"], t, blocks * 1024).reshape(blocks, 1024)
         got = tensor_of(registry, dst, t).reshape(blocks, 1024)
         assert all((got[d] == expected[s]).all() for s, d in zip(src_blocks, dst_blocks))
+
+
+def test_a_peer_that_never_answers_the_link_times_out_within_the_timeout(registry):
+    # A socket that listens but never accepts: the connection opens, the LINK is never answered.
+    import socket
+    with socket.create_server(("127.0.0.1", 0)) as silent, TransferAgent(registry, DECODER) as agent:
+        started = time.monotonic()
+        status, statuses = agent.link([Cluster(OTHER_PROMPT, "127.0.0.1", silent.getsockname()[1])], 300)
+        elapsed = time.monotonic() - started
+    assert (status, statuses) == (S.LLM_TIMEOUT, [S.LLM_TIMEOUT])
+    assert 0.25 < elapsed < 1.5
+
+
+def test_a_stopped_prompt_answers_timeout_within_the_sync_wait(registry):
+    import signal
+    stopped = Peer(OTHER_PROMPT)
+    try:
+        stopped.call("allocate", num_tensors=2, batch=2, block_bytes=BLOCK, blocks=True,
+                     keys=[blocks_key(OTHER_PROMPT, 85)])
+        dst = registry.allocate(2, 2, BLOCK, blocks=True)
+        with TransferAgent(registry, DECODER, sync_timeout_ms=300) as agent:
+            assert agent.link([stopped.cluster()], 3000)[0] == S.LLM_SUCCESS
+            stopped.process.send_signal(signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                status = agent.pull_blocks(OTHER_PROMPT, BlocksCacheKey(OTHER_PROMPT, 85), dst, [0], [0])
+                elapsed = time.monotonic() - started
+            finally:
+                stopped.process.send_signal(signal.SIGCONT)
+            assert status == S.LLM_TIMEOUT and elapsed < 1.0
+            # The link is broken for good (a late answer would desynchronize it): at once LINK_FAILED.
+            assert agent.pull_blocks(OTHER_PROMPT, BlocksCacheKey(OTHER_PROMPT, 85), dst, [0], [0]) == \
+                S.LLM_LINK_FAILED
+            assert all((tensor_of(registry, dst, t) == 0).all() for t in range(2))
+    finally:
+        stopped.close()
