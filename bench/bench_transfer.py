@@ -173,7 +173,6 @@ def test_register_a_16_gib_region(benchmark):
                                               f"RSS grew {grown >> 20} MiB")
     finally:
         engine.close()
-        del address
         region.close()
 
 
