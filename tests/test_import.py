@@ -36,6 +36,20 @@ def test_import_builds_no_enum_until_one_is_used():
     assert result.stdout.split("\n")[:3] == ["[]", "[]", "['DataType']"], result.stderr
 
 
+def test_the_drop_in_builds_none_of_the_engines_enums_at_import():
+    code = ("import llmdd._desc, llmdd.llm_datadist\n"
+            f"print([name for name in {ENUM_NAMES!r} if name in vars(llmdd._desc)])")
+    result = run("-c", code)
+    assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_enum_values_are_the_members_values_without_building_them():
+    import llmdd._desc
+    for name in ENUM_NAMES:
+        values = llmdd._desc.enum_values(name)
+        assert values == {member: getattr(llmdd._desc, name)[member].value for member in values}
+
+
 def test_each_enum_is_built_once():
     # (The drop-in's enums are classes of their own with CANN's names: test_dropin_names.py.)
     code = ("import llmdd, llmdd._desc\n"

@@ -42,13 +42,26 @@ def one_round(options):
 
 
 def drop_in_round():
+    # Cache-manager mode: keyed, blocks and registered caches through the registry.
     datadist = llm_datadist.LLMDataDist(llm_datadist.LLMRole.PROMPT, 0)
     config = llm_datadist.LLMConfig()
     config.device_id = 0
+    config.enable_cache_manager = True
+    config.mem_pool_cfg = '{"memory_size": 1048576}'
     datadist.init(config.generate_options())
-    cache = datadist.cache_manager.allocate_cache(llm_datadist.CacheDesc(2, [4, 8], llm_datadist.DataType.DT_INT8),
-                                                  [llm_datadist.CacheKey(0, 1)])
-    datadist.cache_manager.deallocate_cache(cache)
+    manager = datadist.cache_manager
+    desc = llm_datadist.CacheDesc(2, [4, 8], llm_datadist.DataType.DT_INT8)
+    key = llm_datadist.CacheKey(0, 1)
+    cache = manager.allocate_cache(desc, [key])
+    manager.deallocate_cache(cache)
+    manager.remove_cache_key(key)
+    blocks = manager.allocate_blocks_cache(desc, llm_datadist.BlocksCacheKey(0, 0))
+    manager.copy_blocks(blocks, {0: [1]})
+    memory = ctypes.create_string_buffer(2 * desc.size)
+    registered = manager.register_blocks_cache(desc, [ctypes.addressof(memory), ctypes.addressof(memory) + desc.size])
+    manager.copy_blocks(registered, {1: [2]})
+    manager.unregister_cache(registered.cache_id)
+    manager.allocate_cache(desc, [llm_datadist.CacheKey(0, 2)])    # left to finalize
     datadist.finalize()
 
 

@@ -179,6 +179,8 @@ LLM_DEVICE_MEM_ERROR: Final[LLMStatusCode]
 LLM_SUSPECT_REMOTE_ERROR: Final[LLMStatusCode]
 LLM_UNKNOWN_ERROR: Final[LLMStatusCode]
 
+def enum_values(name: str) -> dict[str, int]: ...
+
 class CacheDesc:
     """num_tensors tensors of one shape and data type; shape is the shape of ONE tensor."""
 

@@ -122,6 +122,18 @@ __all__ = [
 ]
 
 
+def enum_values(str name):
+    """{member name: value} of enum `name` ("LLMStatusCode", "DataType", "CachePlacement" or
+    "LlmRole"), read from its llm_facts.h table without building the enum (the drop-in builds
+    enums of its own from these values)."""
+    cdef const llmdd_named_value* rows
+    cdef int count
+    if name not in _ENUM_NAMES:
+        raise ValueError(f"{name!r} is not one of {_ENUM_NAMES}")
+    _enum_rows(<EnumKind>_ENUM_NAMES.index(name), &rows, &count)
+    return {rows[i].name.decode("ascii"): rows[i].value for i in range(count)}
+
+
 def __getattr__(name):
     """The enums and the module constants (DT_FLOAT16, LLM_SUCCESS, ...), built on first use."""
     kind = _lazy_attributes.get(name)

@@ -19,27 +19,32 @@ INT64 = (-(1 << 63), (1 << 63) - 1)
 UINT64 = (0, (1 << 64) - 1)
 
 
+# The engine's values, read without building the engine's own enums (import cost).
+_ROLES, _PLACEMENTS = _desc.enum_values("LlmRole"), _desc.enum_values("CachePlacement")
+_DATA_TYPES, _STATUSES = _desc.enum_values("DataType"), _desc.enum_values("LLMStatusCode")
+
+
 def _qualified_name(member):
     return f"{type(member).__name__}.{member.name}"
 
 
 class LLMRole(IntEnum):
-    PROMPT = _desc.LlmRole.PROMPT.value
-    DECODER = _desc.LlmRole.DECODER.value
-    MIX = _desc.LlmRole.MIX.value
+    PROMPT = _ROLES["PROMPT"]
+    DECODER = _ROLES["DECODER"]
+    MIX = _ROLES["MIX"]
 
     __str__ = _qualified_name  # CANN prints LLMRole.PROMPT, not the IntEnum's "1"
 
 
 class Placement(IntEnum):
-    HOST = _desc.CachePlacement.HOST.value
-    DEVICE = _desc.CachePlacement.DEVICE.value
+    HOST = _PLACEMENTS["HOST"]
+    DEVICE = _PLACEMENTS["DEVICE"]
 
     __str__ = _qualified_name
 
 
 # CANN's DataType is a plain Enum over these 14 of the engine's types: no int comparisons.
-DataType = Enum("DataType", [(name, _desc.DataType[name].value) for name in (
+DataType = Enum("DataType", [(name, _DATA_TYPES[name]) for name in (
     "DT_FLOAT", "DT_FLOAT16", "DT_BF16", "DT_INT8", "DT_INT16", "DT_UINT16", "DT_UINT8", "DT_INT32", "DT_INT64",
     "DT_UINT32", "DT_UINT64", "DT_BOOL", "DT_DOUBLE", "DT_STRING")], module="llmdd.llm_datadist")
 
@@ -47,7 +52,7 @@ DataType = Enum("DataType", [(name, _desc.DataType[name].value) for name in (
 _CANN_STATUS_SPELLINGS = {"LLM_WAIT_PROCESS_TIMEOUT": "LLM_WAIT_PROC_TIMEOUT",
                           "LLM_SEQ_LENOVERLIMIT": "LLM_SEQ_LEN_OVER_LIMIT"}
 LLMStatusCode = IntEnum("LLMStatusCode", [
-    (name, _desc.LLMStatusCode[_CANN_STATUS_SPELLINGS.get(name, name)].value) for name in (
+    (name, _STATUSES[_CANN_STATUS_SPELLINGS.get(name, name)]) for name in (
         "LLM_SUCCESS", "LLM_FAILED", "LLM_PARAM_INVALID", "LLM_WAIT_PROCESS_TIMEOUT", "LLM_KV_CACHE_NOT_EXIST",
         "LLM_REPEAT_REQUEST", "LLM_REQUEST_ALREADY_COMPLETED", "LLM_ENGINE_FINALIZED", "LLM_NOT_YET_LINK",
         "LLM_ALREADY_LINK", "LLM_LINK_FAILED", "LLM_UNLINK_FAILED", "LLM_NOTIFY_PROMPT_UNLINK_FAILED",

@@ -17,12 +17,14 @@ caller's thread changes it.
 from _thread import allocate_lock  # threading's own lock, without importing threading
 
 from ._datadist import Cache as _EngineCache
-from ._desc import LLMStatusCode
+from ._desc import enum_values
 
 # CANN's "no id": a CacheKey's unset req_id or prefix_id; a req_id of it only holds a batch entry's place.
 INVALID_ID = 2**64 - 1
-_SUCCESS = LLMStatusCode.LLM_SUCCESS
-_PARAM_INVALID = LLMStatusCode.LLM_PARAM_INVALID
+# Plain values (the engine's statuses compare equal to them): building LLMStatusCode at import
+# would cost the drop-in's import more than the rest of the registry.
+_SUCCESS = enum_values("LLMStatusCode")["LLM_SUCCESS"]
+_PARAM_INVALID = enum_values("LLMStatusCode")["LLM_PARAM_INVALID"]
 
 # The engine's view of a cache's descriptor, whatever a drop-in Cache says its cache_desc is.
 _engine_desc = _EngineCache.cache_desc.__get__
