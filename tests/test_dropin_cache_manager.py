@@ -187,11 +187,6 @@ class Synchronizer(LayerSynchronizer):
 
 
 @pytest.mark.parametrize("name,call", [
-    ("pull_cache", lambda manager, cache, blocks: manager.pull_cache(CacheKey(1, 2), cache, 0, -1)),
-    ("pull_blocks", lambda manager, cache, blocks: manager.pull_blocks(BlocksCacheKey(1), blocks, [0], [0])),
-    ("pull_blocks", lambda manager, cache, blocks: manager.pull_blocks(CacheKey(1, 2), blocks, [], [0],
-                                                                      src_layer_range=range(0, 1),
-                                                                      dst_layer_range=range(0, 1))),
     ("transfer_cache_async", lambda manager, cache, blocks: manager.transfer_cache_async(
         cache, Synchronizer(), [TransferConfig(1, [0x1000], range(0, 1))])),
     ("remap_registered_memory", lambda manager, cache, blocks: manager.remap_registered_memory(

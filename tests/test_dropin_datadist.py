@@ -22,10 +22,13 @@ V2_CALLS = {
     "unlink": lambda datadist: datadist.unlink(1),
     "query_register_mem_status": lambda datadist: datadist.query_register_mem_status(1),
 }
-V1_CALLS = {"check_link_status": lambda datadist: datadist.check_link_status(1)}
-BOTH_CALLS = {
+LINK_CALLS = {
     "link_clusters": lambda datadist: datadist.link_clusters([cluster()], 5000),
     "unlink_clusters": lambda datadist: datadist.unlink_clusters([cluster()], 5000, force=True),
+}
+# llmdd's transfers are v2's: in v1 mode the link calls are not enabled.
+V1_CALLS = {"check_link_status": lambda datadist: datadist.check_link_status(1), **LINK_CALLS}
+BOTH_CALLS = {
     "switch_role": lambda datadist: datadist.switch_role(LLMRole.DECODER),
 }
 ALL_CALLS = {**V2_CALLS, **V1_CALLS, **BOTH_CALLS, "cache_manager": lambda datadist: datadist.cache_manager,

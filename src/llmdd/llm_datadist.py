@@ -33,6 +33,7 @@ from ._dropin_names import (
     check_str_dict,
     check_type,
     not_enabled,
+    status_of,
     reraised,
     require,
 )
@@ -67,6 +68,10 @@ _LOCAL_COMM_RES = "llm.LocalCommRes"
 _TRANSFER_BACKEND = "llm.TransferBackend"
 _LISTEN_IP_INFO = "llm.listenIpInfo"
 _FLOW_GRAPH_MEM_MAX_SIZE = "ge.flowGraphMemMaxSize"
+_SYNC_KV_WAIT_TIME = "llm.SyncKvCacheWaitTime"
+_DEFAULT_SYNC_KV_WAIT_MS = 1000      # LLM-DataDist's default wait for a transfer's peer
+_TRANSFER_PROTOCOL = "llmdd.TransferProtocol"   # Mooncake's protocol: "tcp" (default), "rdma", "ascend"
+_TRANSFER_DEVICE = "llmdd.TransferDevice"       # the device name the protocol needs, if any
 
 
 def _check_tensor_num_per_layer(tensor_num_per_layer):
@@ -172,8 +177,10 @@ class CacheManager:
         require(0 not in addrs, "an addr is 0")
 
     def _register(self, cache_desc, addrs, keys, is_blocks_cache, remote_accessible, call):
-        if remote_accessible is None:  # CANN's default: device memory is, host memory is not
-            remote_accessible = cache_desc.placement == Placement.DEVICE
+        linked = self._datadist._has_linked
+        require(not (linked and remote_accessible), "remote accessible caches must be registered before the first link")
+        if remote_accessible is None:  # CANN's default: device memory is, host memory is not; none after a link
+            remote_accessible = cache_desc.placement == Placement.DEVICE and not linked
         cache = self._cache_type()
         self._succeed(self._registry.register(cache_desc, addrs, cache, keys, is_blocks_cache=is_blocks_cache,
                                               remote_accessible=remote_accessible), call)
@@ -276,7 +283,8 @@ class CacheManager:
         self._check_layers(kwargs)
         if isinstance(cache_key, CacheKey):
             check_cache_key(cache_key)
-        raise not_enabled("pull_cache")
+        self._transferred("pull_cache", lambda agent: agent.pull_cache(
+            cache_key.cluster_id, cache_key, self._entry(cache), batch_index, size, **self._layers(kwargs)))
 
     def pull_blocks(self, src_cache_key, dst_cache, src_blocks=(), dst_blocks=(), **kwargs):
         """Pull remote blocks (or a remote cache) into blocks of `dst_cache`. Not implemented by llmdd yet."""
@@ -293,7 +301,9 @@ class CacheManager:
             if isinstance(src_cache_key, CacheKey):
                 check_cache_key(src_cache_key)
             require(len(src_blocks) == 0, "src_blocks must be empty unless src_cache_key is a BlocksCacheKey")
-        raise not_enabled("pull_blocks")
+        self._transferred("pull_blocks", lambda agent: agent.pull_blocks(
+            src_cache_key.cluster_id, src_cache_key, self._entry(dst_cache), list(src_blocks), list(dst_blocks),
+            **self._layers(kwargs)))
 
     def push_cache(self, dst_cache_key, src_cache, src_batch_index=0, src_layer_range=None, dst_layer_range=None,
                    size=-1, tensor_num_per_layer=_TENSOR_NUM_PER_LAYER):
@@ -306,7 +316,10 @@ class CacheManager:
         self._check_push_layers(src_cache, src_layer_range, dst_layer_range, tensor_num_per_layer)
         check_int("size", size, INT64)
         require(size == -1, f"push_cache's size must be -1, got {size}")
-        raise not_enabled("push_cache")
+        self._transferred("push_cache", lambda agent: agent.push_cache(
+            dst_cache_key.cluster_id, dst_cache_key, self._entry(src_cache), src_batch_index, size,
+            src_layer_range=src_layer_range, dst_layer_range=dst_layer_range,
+            tensor_num_per_layer=tensor_num_per_layer))
 
     def push_blocks(self, dst_cache_key, src_cache, src_blocks=(), dst_blocks=(), src_layer_range=None,
                     dst_layer_range=None, tensor_num_per_layer=_TENSOR_NUM_PER_LAYER):
@@ -319,7 +332,33 @@ class CacheManager:
         check_ints("dst_blocks", dst_blocks)
         require(len(dst_blocks) > 0, "dst_blocks must not be empty")
         self._check_push_layers(src_cache, src_layer_range, dst_layer_range, tensor_num_per_layer)
-        raise not_enabled("push_blocks")
+        self._transferred("push_blocks", lambda agent: agent.push_blocks(
+            dst_cache_key.cluster_id, dst_cache_key, self._entry(src_cache), list(src_blocks), list(dst_blocks),
+            src_layer_range=src_layer_range, dst_layer_range=dst_layer_range,
+            tensor_num_per_layer=tensor_num_per_layer))
+
+    # Transfers: the checks above are CANN's; the bytes move through the LLMDataDist's transfer
+    # agent (llmdd.transfer, over Mooncake's Transfer Engine).
+
+    def _entry(self, cache):
+        """The registry's entry of a local cache; LLM_KV_CACHE_NOT_EXIST for one it does not hold."""
+        entry = self._registry.entry(cache.cache_id)
+        require(entry is not None, f"cache {cache.cache_id} is not held by this cache manager",
+                LLMStatusCode.LLM_KV_CACHE_NOT_EXIST)
+        return entry
+
+    @staticmethod
+    def _layers(kwargs):
+        return {"src_layer_range": kwargs.get("src_layer_range"), "dst_layer_range": kwargs.get("dst_layer_range"),
+                "tensor_num_per_layer": kwargs.get("tensor_num_per_layer", _TENSOR_NUM_PER_LAYER)}
+
+    def _transferred(self, call, transfer):
+        try:
+            status = transfer(self._datadist._transfer_agent(call))
+        except LLMException as error:
+            raise reraised(error) from None
+        if status != LLMStatusCode.LLM_SUCCESS:
+            raise LLMException(f"{call} failed: {status_of(status).name}", status_of(status))
 
     def transfer_cache_async(self, src_cache, layer_synchronizer, transfer_configs, src_block_indices=None,
                              dst_block_indices=None, dst_block_memory_size=None):
@@ -390,6 +429,24 @@ class KvCacheManager(CacheManager):
     _v2 = False
 
 
+class _LinkTarget:
+    """An LLMClusterInfo as the transfer agent takes it: dotted ips (CANN keeps them as ints)."""
+
+    __slots__ = ("remote_cluster_id", "remote_role_type", "local_ip_infos", "remote_ip_infos")
+
+    def __init__(self, cluster):
+        self.remote_cluster_id = cluster.remote_cluster_id
+        self.remote_role_type = cluster.remote_role_type
+        self.local_ip_infos = [(_dotted(ip), port) for ip, port in cluster.local_ip_info_list]
+        self.remote_ip_infos = [(_dotted(ip), port) for ip, port in cluster.remote_ip_info_list]
+
+
+def _dotted(ip):
+    """CANN's integer form of an IPv4 address (its bytes little-endian) as a dotted string."""
+    require(0 <= ip < 1 << 32, f"ip {ip} is not an IPv4 address")
+    return ".".join(str(part) for part in ip.to_bytes(4, "little"))
+
+
 class LLMDataDist:
     """CANN's Python LLMDataDist(role, cluster_id) over llmdd's engine. One may be initialized
     per process at a time, as in CANN."""
@@ -404,6 +461,8 @@ class LLMDataDist:
         self._manager = None
         self._cache_manager_mode = False
         self._options = {}  # the options of the current initialization, after CANN's rules
+        self._agent = None  # the transfer agent (llmdd.transfer), made on first need
+        self._has_linked = False
 
     @property
     def cluster_id(self):
@@ -432,7 +491,34 @@ class LLMDataDist:
         manager_type = CacheManager if self._cache_manager_mode else KvCacheManager
         self._manager = manager_type(self, options)
         self._options = options
+        self._has_linked = False
+        if self._cache_manager_mode and self._listen_ip_info() is not None:
+            try:   # a prompt side serves its caches from init on
+                self._transfer_agent()
+            except LLMException:
+                self._engine.Finalize()
+                self._manager = None
+                raise
         LLMDataDist.llm_engine_instance = self
+
+    def _listen_ip_info(self):
+        return self._options.get(_LISTEN_IP_INFO, self._options.get("llm.ListenIpInfo"))
+
+    def _transfer_agent(self, call="init"):
+        """This initialization's TransferAgent over the cache manager's registry."""
+        if self._agent is None:
+            require(self._cache_manager_mode, f"{call}: llmdd transfers in cache-manager mode only ({_CACHE_MANAGER}=1, "
+                    "LLMConfig.enable_cache_manager)", LLMStatusCode.LLM_FEATURE_NOT_ENABLED)
+            from .transfer import TransferAgent   # Mooncake and the transfer layer load only when used
+            try:
+                self._agent = TransferAgent(
+                    self._manager._registry, self.cluster_id, listen_ip_info=self._listen_ip_info(),
+                    protocol=self._options.get(_TRANSFER_PROTOCOL, "tcp"),
+                    device_name=self._options.get(_TRANSFER_DEVICE, ""),
+                    sync_timeout_ms=int(self._options.get(_SYNC_KV_WAIT_TIME, _DEFAULT_SYNC_KV_WAIT_MS)))
+            except LLMException as error:
+                raise reraised(error) from None
+        return self._agent
 
     def _checked_options(self, options):
         """CANN's option rules before the engine sees them; sets the cache-manager mode."""
@@ -463,6 +549,9 @@ class LLMDataDist:
         """Release everything; a no-op when not initialized."""
         if not self._engine.initialized:
             return
+        if self._agent is not None:   # links and served pins end before the caches go
+            self._agent.close()
+            self._agent = None
         self._engine.Finalize()
         self._manager = None
         if LLMDataDist.llm_engine_instance is self:
@@ -544,13 +633,25 @@ class LLMDataDist:
             for cluster in clusters:
                 require(bool(cluster.local_ip_info_list), "local_ip_info_list is empty: call append_local_ip_info "
                                                           f"(or set {_LOCAL_COMM_RES})")
-        raise not_enabled("link_clusters")
+        status, statuses = self._linked("link_clusters", lambda agent: agent.link(
+            [_LinkTarget(cluster) for cluster in clusters], timeout))
+        self._has_linked = self._has_linked or any(each == LLMStatusCode.LLM_SUCCESS for each in statuses)
+        return status, statuses
 
     def unlink_clusters(self, clusters, timeout=3000, force=False):
         """Unlink clusters; force tears down only this side. Not implemented by llmdd yet."""
         self._check_clusters(clusters, timeout)
         check_type("force", force, bool)
-        raise not_enabled("unlink_clusters")
+        return self._linked("unlink_clusters", lambda agent: agent.unlink(
+            [_LinkTarget(cluster) for cluster in clusters], timeout, force))
+
+    def _linked(self, call, link):
+        """(status, [status per cluster]) of a link call, in the drop-in's status codes."""
+        try:
+            status, statuses = link(self._transfer_agent(call))
+        except LLMException as error:
+            raise reraised(error) from None
+        return status_of(status), [status_of(each) for each in statuses]
 
     def switch_role(self, role, switch_options=None):
         """Change this cluster's role. Not implemented by llmdd yet."""
