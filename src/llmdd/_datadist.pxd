@@ -96,7 +96,8 @@ cdef class LlmDataDist:
     cdef uint32_t create_pool(self, MemoryPool* pool, bint on_host, uint64_t memory_size, uint64_t page_shift)
     cdef void destroy_pool(self, MemoryPool* pool)
     cdef uint32_t allocate(self, CacheDesc desc, Cache cache)
-    cdef void take_cache_id(self, int64_t cache_id)
+    cdef void bind_cache(self, Cache cache, int64_t cache_id, CacheDesc desc, uintptr_t first_addr, uint64_t stride,
+                         tuple caller_addrs)
     cdef void count_allocation(self, bint on_host, uint64_t nbytes)
     cdef void count_free(self, uint64_t held)
     cdef uint32_t register(self, CacheDesc desc, object addrs, Cache cache)

@@ -593,24 +593,27 @@ cdef class LlmDataDist:
                 self.runtime_free(address, False)
             return LLM_FAILED  # the host is out of memory for the cache table
         self.count_allocation(pool != NULL and pool.on_host, held_bytes)
-        self.take_cache_id(cache_id)
-        cache._cache_id = cache_id
-        cache._engine = self
-        cache._first_addr = <uintptr_t>first_tensor
-        cache._addr_stride = stride
-        cache._addr_count = desc.fields.num_tensors
-        cache._caller_addrs = None
-        cache._desc_fields = desc.fields
-        cache._desc_shape = desc._shape
-        cache._desc = None
+        self.bind_cache(cache, cache_id, desc, <uintptr_t>first_tensor, stride, None)
         return LLM_SUCCESS
 
-    cdef inline void take_cache_id(self, int64_t cache_id):
+    cdef inline void bind_cache(self, Cache cache, int64_t cache_id, CacheDesc desc, uintptr_t first_addr,
+                                uint64_t stride, tuple caller_addrs):
+        """Fill `cache` with the id just inserted in the table (and take that id) and its tensors:
+        first_addr + i * stride, or caller_addrs as given for a registered cache."""
         global _next_cache_id
         if self._own_cache_ids:
             self._next_own_cache_id = cache_id + 1
         else:
             _next_cache_id = cache_id + 1
+        cache._cache_id = cache_id
+        cache._engine = self
+        cache._first_addr = first_addr
+        cache._addr_stride = stride
+        cache._addr_count = desc.fields.num_tensors
+        cache._caller_addrs = caller_addrs
+        cache._desc_fields = desc.fields
+        cache._desc_shape = desc._shape
+        cache._desc = None
 
     cdef inline void count_allocation(self, bint on_host, uint64_t nbytes):
         self._stats.num_caches += 1
@@ -661,16 +664,7 @@ cdef class LlmDataDist:
         cache_id = self._next_own_cache_id if self._own_cache_ids else _next_cache_id
         if llmdd_u64_insert(&self._caches, <uint64_t>cache_id, tensor_addrs[0], FROM_CALLER) != 0:
             return LLM_FAILED  # the host is out of memory for the cache table
-        self.take_cache_id(cache_id)
-        cache._cache_id = cache_id
-        cache._engine = self
-        cache._first_addr = tensor_addrs[0]
-        cache._addr_stride = 0
-        cache._addr_count = desc.fields.num_tensors
-        cache._caller_addrs = tensor_addrs
-        cache._desc_fields = desc.fields
-        cache._desc_shape = desc._shape
-        cache._desc = None
+        self.bind_cache(cache, cache_id, desc, tensor_addrs[0], 0, tensor_addrs)
         return LLM_SUCCESS
 
     def pin(self, int64_t cache_id):
