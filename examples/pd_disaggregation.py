@@ -233,7 +233,9 @@ class Decode:
             raise RuntimeError(f"link_clusters to the prefill process: {status!r}, {statuses!r}")
         # Mooncake registers each pool's memory on its first transfer; an engine warms up before
         # it serves, so the first request's pull time does not include that.
-        self.pull([0], [0])
+        warm_up_block = self.pool.allocate(1)
+        self.pull([0], warm_up_block)
+        self.pool.free(warm_up_block)
 
     def pull(self, src_blocks, dst_blocks, layers=None):
         ranges = {} if layers is None else {"src_layer_range": layers, "dst_layer_range": layers}
@@ -422,9 +424,9 @@ def schedule(arguments, prefill_place, decode_place):
         for index, (prompt, reference) in enumerate(zip(requests, references)):
             prefilled = prefill.ask({"op": "prefill", "prompt": prompt})
             block_table = prefilled["block_table"]
+            sent_table = swap_first_and_last(block_table) if arguments.swap_a_block else block_table
             # What a serving engine's scheduler sends the decoder: where the KV is, how long it is.
-            decoded = decode.ask({"op": "decode", "block_table": swap_first_and_last(block_table) if arguments.swap_a_block
-                                  else block_table, "num_tokens": prefilled["num_tokens"],
+            decoded = decode.ask({"op": "decode", "block_table": sent_table, "num_tokens": prefilled["num_tokens"],
                                   "first_token": prefilled["first_token"], "max_new_tokens": arguments.max_new_tokens,
                                   "layerwise": arguments.layerwise})
             prefill.ask({"op": "release", "block_table": block_table})
@@ -475,21 +477,25 @@ def main():
     arguments = parser.parse_args()
     if arguments.role:
         return serve(arguments.role, arguments.listen_ip)
-    longest = max(arguments.prompt_lengths) + arguments.max_new_tokens
-    if min(arguments.prompt_lengths) < 1 or longest > min(MODEL_CONFIG["max_position_embeddings"],
-                                                          POOL_BLOCKS * BLOCK_SIZE // 2):
-        parser.error("prompt lengths must be positive and leave room for the new tokens")
+    longest = max(arguments.prompt_lengths)
+    # With --layerwise the decoder holds two copies of a prompt's blocks at once.
+    if min(arguments.prompt_lengths) < 1 or 2 * math.ceil(longest / BLOCK_SIZE) > POOL_BLOCKS \
+            or longest + arguments.max_new_tokens > MODEL_CONFIG["max_position_embeddings"]:
+        parser.error(f"prompt lengths must be in [1, {POOL_BLOCKS * BLOCK_SIZE // 2}] and leave room for the "
+                     "new tokens")
     # A terminated scheduler still stops its roles and removes its namespaces (the finally blocks).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with contextlib.ExitStack() as stack:
         if arguments.two_hosts:
             (prefill_ns, prefill_ip), (decode_ns, decode_ip) = stack.enter_context(two_network_namespaces())
-            places = ((("ip", "netns", "exec", prefill_ns), prefill_ip), (("ip", "netns", "exec", decode_ns), decode_ip))
+            places = ((("ip", "netns", "exec", prefill_ns), prefill_ip),
+                      (("ip", "netns", "exec", decode_ns), decode_ip))
+            where = f"in two network namespaces, {prefill_ip} and {decode_ip}"
         else:
-            places = (((), "127.0.0.1"), ((), "127.0.0.1"))
-        print(f"prefill and decode {'in two network namespaces, ' + places[0][1] + ' and ' + places[1][1] if arguments.two_hosts else 'on 127.0.0.1'}; "
-              f"Llama {MODEL_CONFIG['num_hidden_layers']} layers, hidden {MODEL_CONFIG['hidden_size']}, "
-              f"{MODEL_CONFIG['num_key_value_heads']} KV heads, float32; blocks of {BLOCK_SIZE} tokens", flush=True)
+            places, where = (((), "127.0.0.1"), ((), "127.0.0.1")), "on 127.0.0.1"
+        print(f"prefill and decode {where}; Llama {MODEL_CONFIG['num_hidden_layers']} layers, hidden "
+              f"{MODEL_CONFIG['hidden_size']}, {MODEL_CONFIG['num_key_value_heads']} KV heads, float32; "
+              f"blocks of {BLOCK_SIZE} tokens", flush=True)
         mismatches = schedule(arguments, *places)
     return 1 if mismatches else 0
 
