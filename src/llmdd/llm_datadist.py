@@ -6,9 +6,11 @@ gives the names Python users of LLM-DataDist already write (shared/spec/llm-data
 sections 6 and 9) with CANN's argument checks: LLMDataDist with init/finalize and its cache
 managers (v2 `cache_manager` with llm.EnableCacheManager, v1 `kv_cache_manager` without),
 LLMConfig, CacheDesc, Cache/KvCache, the keys, the transfer types and the enums. Every
-allocation goes through llmdd.LlmDataDist. What llmdd does not implement yet (links, pulls,
-pushes, role switches, transfer_cache_async, remap_registered_memory) checks its arguments as
-CANN does and then raises LLMException(LLM_FEATURE_NOT_ENABLED): no CANN method is missing.
+allocation goes through llmdd.LlmDataDist and llmdd's cache registry; in cache-manager mode links,
+pulls and pushes go through llmdd.transfer (Mooncake's Transfer Engine). What llmdd does not
+implement yet (rank-table links, role switches, transfer_cache_async, remap_registered_memory)
+checks its arguments as CANN does and then raises LLMException(LLM_FEATURE_NOT_ENABLED): no CANN
+method is missing.
 """
 from . import _datadist
 from ._datadist import LLMException
@@ -94,7 +96,7 @@ def _check_block_map(name, mapping, target_type):
 class CacheManager:
     """v2's cache_manager (llm.EnableCacheManager): caches from the memory pools or registered
     from the caller's memory, named by id and keys (llmdd's cache registry), copies, swaps.
-    Pulls, pushes and transfers check their arguments and raise LLM_FEATURE_NOT_ENABLED."""
+    Pulls and pushes move caches over the LLMDataDist's links (llmdd.transfer)."""
 
     _cache_type = Cache
     _v2 = True  # CANN's v2 rules: pools required, blocks caches apart from whole caches
@@ -272,7 +274,8 @@ class CacheManager:
             raise reraised(error) from None
 
     def pull_cache(self, cache_key, cache, batch_index=0, size=-1, **kwargs):
-        """Pull a remote cache's batch entry into `cache`. Not implemented by llmdd yet."""
+        """Pull a remote cache's batch entry (by CacheKey, whose reference the prompt side then
+        drops, or by CacheKeyByIdAndIndex) into batch entry batch_index of `cache`."""
         self._require_live()
         key_types = CacheKeyByIdAndIndex if self._remote_cache_accessible else (CacheKey, CacheKeyByIdAndIndex)
         check_type("cache_key", cache_key, key_types)
@@ -287,7 +290,8 @@ class CacheManager:
             cache_key.cluster_id, cache_key, self._entry(cache), batch_index, size, **self._layers(kwargs)))
 
     def pull_blocks(self, src_cache_key, dst_cache, src_blocks=(), dst_blocks=(), **kwargs):
-        """Pull remote blocks (or a remote cache) into blocks of `dst_cache`. Not implemented by llmdd yet."""
+        """Pull remote blocks (BlocksCacheKey, src_blocks) or a remote batch entry (CacheKey,
+        CacheKeyByIdAndIndex, no src_blocks) into blocks dst_blocks of `dst_cache`."""
         self._require_live()
         check_type("src_cache_key", src_cache_key, (CacheKey, CacheKeyByIdAndIndex, BlocksCacheKey))
         self._check_cache("dst_cache", dst_cache, blocks=True)
@@ -307,7 +311,7 @@ class CacheManager:
 
     def push_cache(self, dst_cache_key, src_cache, src_batch_index=0, src_layer_range=None, dst_layer_range=None,
                    size=-1, tensor_num_per_layer=_TENSOR_NUM_PER_LAYER):
-        """Push a batch entry of `src_cache` to a remote cache. Not implemented by llmdd yet."""
+        """Write batch entry src_batch_index of `src_cache` into a remote remote-accessible cache."""
         self._require_live()
         self._require_remote_cache_accessible("push_cache")
         check_type("dst_cache_key", dst_cache_key, CacheKeyByIdAndIndex)
@@ -323,7 +327,7 @@ class CacheManager:
 
     def push_blocks(self, dst_cache_key, src_cache, src_blocks=(), dst_blocks=(), src_layer_range=None,
                     dst_layer_range=None, tensor_num_per_layer=_TENSOR_NUM_PER_LAYER):
-        """Push blocks of `src_cache` to a remote blocks cache. Not implemented by llmdd yet."""
+        """Write blocks of `src_cache` into blocks of a remote remote-accessible blocks cache."""
         self._require_live()
         self._require_remote_cache_accessible("push_blocks")
         check_type("dst_cache_key", dst_cache_key, BlocksCacheKey)
@@ -626,8 +630,8 @@ class LLMDataDist:
             check_int("remote_cluster_id", cluster.remote_cluster_id, UINT64)
 
     def link_clusters(self, clusters, timeout=3000):
-        """Link to clusters (LLMClusterInfo), returning (status, [status per cluster]). Not
-        implemented by llmdd yet."""
+        """Link to clusters (LLMClusterInfo), returning (status, [status per cluster]); this side
+        owns the links and pulls or pushes on them."""
         self._check_clusters(clusters, timeout)
         if self._cache_manager_mode and not self._options.get(_LOCAL_COMM_RES):
             for cluster in clusters:
@@ -639,7 +643,7 @@ class LLMDataDist:
         return status, statuses
 
     def unlink_clusters(self, clusters, timeout=3000, force=False):
-        """Unlink clusters; force tears down only this side. Not implemented by llmdd yet."""
+        """Unlink clusters, returning (status, [status per cluster]); force tears down only this side."""
         self._check_clusters(clusters, timeout)
         check_type("force", force, bool)
         return self._linked("unlink_clusters", lambda agent: agent.unlink(
