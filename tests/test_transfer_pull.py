@@ -330,6 +330,17 @@ def test_a_peer_that_never_answers_the_link_times_out_within_the_timeout(registr
     assert 0.25 < elapsed < 1.5
 
 
+def wait_until_stopped(pid, seconds=5):
+    """Until the kernel reports the process stopped (SIGSTOP is delivered asynchronously)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/stat") as stat:
+            if stat.read().rsplit(")", 1)[1].split()[0] in ("T", "t"):
+                return
+        time.sleep(0.005)
+    raise AssertionError(f"process {pid} did not stop in {seconds} s")
+
+
 def test_a_stopped_prompt_answers_timeout_within_the_sync_wait(registry):
     import signal
     stopped = Peer(OTHER_PROMPT)
@@ -340,6 +351,7 @@ def test_a_stopped_prompt_answers_timeout_within_the_sync_wait(registry):
         with TransferAgent(registry, DECODER, sync_timeout_ms=300) as agent:
             assert agent.link([stopped.cluster()], 3000)[0] == S.LLM_SUCCESS
             stopped.process.send_signal(signal.SIGSTOP)
+            wait_until_stopped(stopped.process.pid)   # so the stop catches the control round trip
             try:
                 started = time.monotonic()
                 status = agent.pull_blocks(OTHER_PROMPT, BlocksCacheKey(OTHER_PROMPT, 85), dst, [0], [0])
