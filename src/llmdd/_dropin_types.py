@@ -131,9 +131,17 @@ class _Key:
     """A cache key: a value, equal and hashable by its fields, so caches can be indexed by it."""
 
     __slots__ = ()
+    _shown_fields = None    # the fields repr shows, in CANN's order; __slots__ order by default
 
     def _fields(self):
         return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"{type(self).__name__} is immutable: {name} cannot be set")
+
+    def __repr__(self):
+        shown = ", ".join(f"{name}={getattr(self, name)}" for name in self._shown_fields or self.__slots__)
+        return f"{type(self).__name__}({shown})"
 
     def __eq__(self, other):
         return type(other) is type(self) and other._fields() == self._fields()
@@ -163,6 +171,7 @@ class CacheKey(_Key):
     prefix_id=2**64-1); cluster_id may be given as prompt_cluster_id."""
 
     __slots__ = ("cluster_id", "req_id", "model_id", "prefix_id")
+    _shown_fields = ("cluster_id", "req_id", "prefix_id", "model_id")
 
     def __init__(self, *args, **kwargs):
         given = _key_arguments("CacheKey", args, kwargs, self.__slots__, ("cluster_id", "req_id"))
@@ -173,13 +182,6 @@ class CacheKey(_Key):
     @property
     def prompt_cluster_id(self):
         return self.cluster_id
-
-    def __setattr__(self, name, value):
-        raise AttributeError(f"CacheKey is immutable: {name} cannot be set")
-
-    def __repr__(self):
-        return (f"CacheKey(cluster_id={self.cluster_id}, req_id={self.req_id}, prefix_id={self.prefix_id}, "
-                f"model_id={self.model_id})")
 
 
 class BlocksCacheKey(_Key):
@@ -197,12 +199,6 @@ class BlocksCacheKey(_Key):
     def prompt_cluster_id(self):
         return self.cluster_id
 
-    def __setattr__(self, name, value):
-        raise AttributeError(f"BlocksCacheKey is immutable: {name} cannot be set")
-
-    def __repr__(self):
-        return f"BlocksCacheKey(cluster_id={self.cluster_id}, model_id={self.model_id})"
-
 
 class CacheKeyByIdAndIndex(_Key):
     """A remote cache by id and batch index: CacheKeyByIdAndIndex(cluster_id, cache_id, batch_index=0)."""
@@ -213,13 +209,6 @@ class CacheKeyByIdAndIndex(_Key):
         object.__setattr__(self, "cluster_id", check_int("cluster_id", cluster_id, UINT64))
         object.__setattr__(self, "cache_id", check_int("cache_id", cache_id, INT64))
         object.__setattr__(self, "batch_index", check_int("batch_index", batch_index, UINT32))
-
-    def __setattr__(self, name, value):
-        raise AttributeError(f"CacheKeyByIdAndIndex is immutable: {name} cannot be set")
-
-    def __repr__(self):
-        return (f"CacheKeyByIdAndIndex(cluster_id={self.cluster_id}, cache_id={self.cache_id}, "
-                f"batch_index={self.batch_index})")
 
 
 def is_valid_id(req_or_prefix_id):
