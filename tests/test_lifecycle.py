@@ -70,11 +70,29 @@ def test_malformed_options_are_param_invalid(options):
 
 
 def test_well_formed_known_options_are_accepted():
-    options = {"llm.SyncKvCacheWaitTime": "1000", "llm.ListenIpInfo": "192.168.1.2:26000",
+    # Port 0: the engine listens for links (llm.ListenIpInfo) on a port the system picks.
+    options = {"llm.SyncKvCacheWaitTime": "1000", "llm.ListenIpInfo": "127.0.0.1:0",
                "llm.EnableSwitchRole": "1", "llmdd.TensorAlignment": str(2 << 20),
-               "llmdd.MallocPolicy": "huge_only"}
+               "llmdd.MallocPolicy": "huge_only", "llmdd.TransferProtocol": "tcp",
+               "llm.EnableRemoteCacheAccessible": "1"}
     with new_engine() as dd:
         assert dd.Initialize(options) == llmdd.LLM_SUCCESS
+
+
+@pytest.mark.parametrize("options", [{"llmdd.TransferProtocol": "udp"}, {"llm.EnableRemoteCacheAccessible": "yes"}])
+def test_malformed_transfer_options_are_param_invalid(options):
+    with new_engine() as dd:
+        assert dd.Initialize(options) == llmdd.LLM_PARAM_INVALID
+        assert not dd.initialized
+
+
+def test_a_listen_address_this_host_lacks_fails_initialize_and_leaves_nothing_behind():
+    # 192.0.2.0/24 is TEST-NET-1 (RFC 5737): no host has it.
+    with new_engine() as dd:
+        assert dd.Initialize({"llm.ListenIpInfo": "192.0.2.1:26000"}) == llmdd.LLM_PARAM_INVALID
+        assert not dd.initialized
+        assert dd.AllocateCache(seed_desc(), Cache()) == llmdd.LLM_FAILED
+        assert dd.Initialize({}) == llmdd.LLM_SUCCESS
 
 
 @pytest.mark.parametrize("alignment", [512, 4096, 2 << 20])
@@ -231,3 +249,23 @@ def test_a_forked_child_cannot_free_or_corrupt_the_parents_caches():
         assert dd.DeallocateCache(caches[0].cache_id) == llmdd.LLM_SUCCESS
         assert plain.DeallocateCache(caches[1].cache_id) == llmdd.LLM_SUCCESS
         plain.Finalize()
+
+
+def test_a_cache_of_an_earlier_initialization_never_stands_for_a_newer_one_with_its_id():
+    # Cache-manager mode numbers caches from 1 in each initialization: the old Cache's id now
+    # names a new cache, and its addresses the freed memory of the old one.
+    options = {"llm.EnableCacheManager": "1"}
+    with new_engine() as dd:
+        assert dd.Initialize(options) == llmdd.LLM_SUCCESS
+        old = dd.allocate_cache(seed_desc())
+        dd.Finalize()
+        assert dd.Initialize(options) == llmdd.LLM_SUCCESS
+        new = dd.allocate_cache(seed_desc())
+        assert new.cache_id == old.cache_id
+        assert dd.CopyKvCache(old, new) == llmdd.LLM_KV_CACHE_NOT_EXIST
+        assert dd.CopyKvCache(new, old) == llmdd.LLM_KV_CACHE_NOT_EXIST
+        with pytest.raises(ValueError):
+            old.tensor(0)
+        with pytest.raises(ValueError):
+            old.region()
+        assert new.tensor(0) is not None

@@ -214,11 +214,12 @@ class Cluster:
 
 
 class Peer:
-    """A peer process on this machine (or in a network namespace, with `prefix`)."""
+    """A peer process on this machine (or in a network namespace, with `prefix`): this module's
+    (a TransferAgent over `registry`), or another `script` taking the same arguments."""
 
-    def __init__(self, cluster_id, listen_ip="127.0.0.1", prefix=(), registry="local"):
+    def __init__(self, cluster_id, listen_ip="127.0.0.1", prefix=(), registry="local", script="transfer_support.py"):
         self.cluster_id = cluster_id
-        self.process = subprocess.Popen([*prefix, sys.executable, os.path.join(HERE, "transfer_support.py"),
+        self.process = subprocess.Popen([*prefix, sys.executable, os.path.join(HERE, script),
                                          str(cluster_id), listen_ip, registry],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                         text=True)

@@ -9,8 +9,11 @@ from ._datadist import BACKEND, SIMULATED, Cache, LLMException, LlmDataDist, run
 from ._desc import CacheDesc
 from ._tensor_view import TensorView
 
+# The C++ API's transfer structs, from their own module on first use.
+_TRANSFER_TYPES = ("CacheIndex", "ClusterInfo", "IpInfo", "KvCacheExtParam")
+
 __all__ = ["BACKEND", "SIMULATED", "Cache", "LLMException", "LlmDataDist", "TensorView", "runtime_version",
-           *_desc.__all__]
+           *_desc.__all__, *_TRANSFER_TYPES]
 
 
 def __getattr__(name):
@@ -21,6 +24,9 @@ def __getattr__(name):
         from ._version import version as value
     elif name in _desc.__all__:
         value = getattr(_desc, name)
+    elif name in _TRANSFER_TYPES:
+        from . import _transfer_types
+        value = getattr(_transfer_types, name)
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = value

@@ -6,5 +6,9 @@ from ._datadist import LlmDataDist as LlmDataDist
 from ._datadist import runtime_version as runtime_version
 from ._desc import *
 from ._tensor_view import TensorView as TensorView
+from ._transfer_types import CacheIndex as CacheIndex
+from ._transfer_types import ClusterInfo as ClusterInfo
+from ._transfer_types import IpInfo as IpInfo
+from ._transfer_types import KvCacheExtParam as KvCacheExtParam
 
 __version__: str

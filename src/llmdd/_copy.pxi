@@ -45,7 +45,7 @@ cdef uint32_t _copy_endpoint(LlmDataDist engine, Cache cache, _CacheMemory pinne
     LLM_PARAM_INVALID for a cache that cannot take part in a copy. Caller-set addresses are
     copied into side.addrs only `with_addresses` (the caller frees them)."""
     cdef DescFields fields
-    cdef bint engine_cache = cache._engine is engine
+    cdef bint engine_cache = cache.belongs_to(engine)
     cdef tuple shape
     cdef llmdd_u64_slot* slot
     cdef Py_ssize_t i
@@ -113,7 +113,7 @@ cdef bint _within_device_pool(LlmDataDist engine, const CopyEndpoint* side) noex
 cdef _CacheMemory _pin(LlmDataDist engine, Cache cache):
     """Hold the memory of an engine's cache for the length of a copy; None for a cache the
     engine does not hold (the endpoint check then answers for it)."""
-    if cache._engine is not engine:
+    if not cache.belongs_to(engine):
         return None
     try:
         return engine.export_memory(cache._cache_id)
@@ -124,7 +124,7 @@ cdef _CacheMemory _pin(LlmDataDist engine, Cache cache):
 cdef uint32_t _pinned_endpoints(LlmDataDist engine, Cache src_cache, Cache dst_cache, _CacheMemory src_pin,
                                 _CacheMemory dst_pin, CopyEndpoint* src, CopyEndpoint* dst) except? 0xFFFFFFFE:
     """Both endpoints with their addresses, each engine cache still the one that was pinned."""
-    if (src_cache._engine is engine) != (src_pin is not None) or (dst_cache._engine is engine) != (dst_pin is not None):
+    if src_cache.belongs_to(engine) != (src_pin is not None) or dst_cache.belongs_to(engine) != (dst_pin is not None):
         return LLM_KV_CACHE_NOT_EXIST    # a cache changed hands while its pin was taken
     cdef uint32_t status = _copy_endpoint(engine, src_cache, src_pin, src, True)
     if status == LLM_SUCCESS:

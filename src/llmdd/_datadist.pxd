@@ -37,6 +37,7 @@ cdef class LlmDataDist
 cdef class Cache:
     cdef int64_t _cache_id
     cdef LlmDataDist _engine          # that allocated it; None for a Cache the caller filled
+    cdef uint64_t _generation         # the engine's initialization it was allocated in
     # The descriptor: a CacheDesc once one was set or read, else kept as C fields and built
     # on first read, so that allocating makes no Python object the caller did not ask for.
     cdef CacheDesc _desc
@@ -52,6 +53,7 @@ cdef class Cache:
     cdef CacheDesc desc(self)
     cdef uintptr_t tensor_address(self, uint32_t index)
     cdef LlmDataDist live_engine(self)
+    cdef bint belongs_to(self, LlmDataDist engine)
 
 
 # A cache's memory once a view of it was made: the views, arrays and tensors hold it, and it
@@ -83,6 +85,12 @@ cdef class LlmDataDist:
     cdef bint _teardown_pending       # from Finalize to the end of the teardown (after the last export)
     cdef bint _finalizing             # inside Finalize: the teardown comes at its end
     cdef bint _abandoned              # initialized before a fork, and this is the child
+    cdef uint64_t _generation         # counts initializations: a Cache of an earlier one is not this one's
+    # Transfers between clusters (llmdd.transfer): the service, made at Initialize when the
+    # engine listens (llm.ListenIpInfo) or on the first link, and the caches it serves by id.
+    cdef dict _transfer_options
+    cdef object _transfers
+    cdef dict _served                 # cache_id -> an engine-owned Cache twin, while listening
     cdef object __weakref__
     # What the last failed call said beyond its status, for LLMException: the runtime's
     # error code and message, or why an option was refused.
@@ -103,6 +111,11 @@ cdef class LlmDataDist:
     cdef uint32_t register(self, CacheDesc desc, object addrs, Cache cache)
     cdef uint32_t deallocate(self, int64_t cache_id, bint registered)
     cdef void finalize(self)
+    cdef void stop_transfers(self)
+    cdef uint32_t start_listening(self)
+    cdef void stop_serving(self, int64_t cache_id)
+    cdef object transfer_service(self)
+    cdef object transfer_call(self, str call, tuple arguments)
     cdef void teardown(self)
     cdef void abandon(self)
     cdef void release_memory(self, uint64_t record, uint64_t held)

@@ -217,6 +217,20 @@ cdef inline bint _round_up(uint64_t value, uint64_t alignment, uint64_t* rounded
     return True
 
 
+cdef inline void _fill_cache(Cache cache, LlmDataDist engine, int64_t cache_id, CacheDesc desc,
+                             uintptr_t first_addr, uint64_t stride, tuple caller_addrs):
+    cache._cache_id = cache_id
+    cache._engine = engine
+    cache._generation = engine._generation
+    cache._first_addr = first_addr
+    cache._addr_stride = stride
+    cache._addr_count = desc.fields.num_tensors
+    cache._caller_addrs = caller_addrs
+    cache._desc_fields = desc.fields
+    cache._desc_shape = desc._shape
+    cache._desc = None
+
+
 @cython.auto_pickle(False)
 cdef class Cache:
     """A cache: its id, num_tensors tensor addresses and a copy of its CacheDesc.
@@ -285,12 +299,19 @@ cdef class Cache:
             return self._caller_addrs[index]
         return self._first_addr + index * self._addr_stride
 
+    cdef bint belongs_to(self, LlmDataDist engine):
+        """Whether `engine` allocated (or registered) this cache in its current initialization:
+        cache ids start again at 1 after a re-Initialize in cache-manager mode, so an id alone
+        could name a newer cache."""
+        return self._engine is engine and self._generation == engine._generation
+
     cdef LlmDataDist live_engine(self):
         """The engine of a cache it allocated and still holds; ValueError otherwise."""
         if self._engine is None:
             raise ValueError("this Cache holds no memory llmdd allocated: it was never allocated, "
                              "or its cache_id or tensor_addrs were set by hand")
-        if not self._engine._initialized or llmdd_u64_find(&self._engine._caches, <uint64_t>self._cache_id) == NULL:
+        if (not self._engine._initialized or not self.belongs_to(self._engine)
+                or llmdd_u64_find(&self._engine._caches, <uint64_t>self._cache_id) == NULL):
             raise ValueError(f"cache {self._cache_id} is not allocated: it was deallocated or its engine finalized")
         return self._engine
 
@@ -422,8 +443,42 @@ cdef class LlmDataDist:
             return self.teardown_pending_failure()
         self._own_cache_ids = parsed.cache_manager_mode
         self._next_own_cache_id = 1
-        return _status(self.set_up(parsed.device_id, parsed.tensor_alignment, parsed.malloc_policy,
-                                   parsed.device_pool, parsed.host_pool))
+        self._transfer_options = parsed.transfer
+        self._served = {} if parsed.transfer.get("listen_ip_info") else None
+        status = self.set_up(parsed.device_id, parsed.tensor_alignment, parsed.malloc_policy, parsed.device_pool,
+                             parsed.host_pool)
+        if status == LLM_SUCCESS and self._served is not None:
+            status = self.start_listening()
+        return _status(status)
+
+    cdef uint32_t start_listening(self):
+        """Serve this engine's caches to the clusters that link to it (llm.ListenIpInfo) from
+        Initialize on; a listener that cannot start fails the Initialize."""
+        cdef uint64_t generation = self._generation
+        try:
+            self.transfer_service()
+        except LLMException as error:
+            self.stop_transfers()
+            self.finalize()
+            self._last_error_detail = str(error)
+            return error.status_code
+        if self._generation != generation or not self._initialized:
+            self.stop_transfers()   # a Finalize on another thread came first
+            return LLM_FAILED
+        return LLM_SUCCESS
+
+    cdef object transfer_service(self):
+        """This initialization's llmdd.transfer service, made on first need."""
+        if self._transfers is None:
+            from .transfer._engine import EngineTransfers
+            self._transfers = EngineTransfers(self, self._transfer_options)
+        return self._transfers
+
+    cdef void stop_transfers(self):
+        """End the links and the listener (bounded: peers are not waited for) before the caches go."""
+        transfers, self._transfers = self._transfers, None
+        if transfers is not None:
+            transfers.close()
 
     cdef object teardown_pending_failure(self):
         self._last_acl_error = ACL_SUCCESS
@@ -456,6 +511,7 @@ cdef class LlmDataDist:
         status = self.open_device(device, alignment, malloc_policy, device_pool, host_pool)
         if status == LLM_SUCCESS:
             self._stats = MemoryStats()
+            self._generation += 1
             self._initialized = True
             _track_live_engine(self)
         else:
@@ -605,15 +661,13 @@ cdef class LlmDataDist:
             self._next_own_cache_id = cache_id + 1
         else:
             _next_cache_id = cache_id + 1
-        cache._cache_id = cache_id
-        cache._engine = self
-        cache._first_addr = first_addr
-        cache._addr_stride = stride
-        cache._addr_count = desc.fields.num_tensors
-        cache._caller_addrs = caller_addrs
-        cache._desc_fields = desc.fields
-        cache._desc_shape = desc._shape
-        cache._desc = None
+        _fill_cache(cache, self, cache_id, desc, first_addr, stride, caller_addrs)
+        if self._served is not None:
+            # A listening engine describes its caches to peers by id, whatever the caller does
+            # with its own Cache object: it keeps a twin nobody else sees.
+            twin = Cache.__new__(Cache)
+            _fill_cache(twin, self, cache_id, desc, first_addr, stride, caller_addrs)
+            self._served[cache_id] = twin
 
     cdef inline void count_allocation(self, bint on_host, uint64_t nbytes):
         self._stats.num_caches += 1
@@ -673,6 +727,77 @@ cdef class LlmDataDist:
         caches it moves). ValueError for a cache this engine does not hold."""
         return self.export_memory(cache_id)
 
+    # What llmdd.transfer reads of the engine's caches. Statuses of the transfer calls below.
+
+    @property
+    def _initialization(self):
+        """Counts this engine's initializations: a cache id names one cache only within one."""
+        return self._generation
+
+    def _served_cache(self, int64_t cache_id):
+        """The twin of cache `cache_id` a listening engine serves to its peers, or None."""
+        return None if self._served is None else self._served.get(cache_id)
+
+    def _layout(self, Cache cache not None):
+        """What a transfer needs of a live cache of this engine's current initialization:
+        (cache_id, tensor addresses, tensor bytes, batch, placement, registered, regions to
+        register with a transfer engine). ValueError for any other cache."""
+        cdef uint64_t nbytes
+        cdef llmdd_u64_slot* slot
+        cdef uint32_t i
+        if cache.live_engine() is not self:
+            raise ValueError(f"cache {cache._cache_id} belongs to another engine")
+        slot = llmdd_u64_find(&self._caches, <uint64_t>cache._cache_id)
+        registered = (slot.second & SOURCE_BITS) == FROM_CALLER
+        tensor_bytes(&cache._desc_fields, &nbytes)
+        addrs = tuple([cache.tensor_address(i) for i in range(cache._addr_count)])
+        if registered:
+            regions = tuple([(addr, nbytes) for addr in addrs])
+        else:
+            regions = ((cache._first_addr, cache._addr_stride * cache._addr_count),)
+        return (cache._cache_id, addrs, nbytes, cache._desc_shape[0], cache._desc_fields.placement, registered,
+                regions)
+
+    # Transfers between clusters (spec section 1) run in llmdd.transfer: sockets, threads and
+    # Mooncake's Transfer Engine. An argument that is not of the C++ type raises TypeError or
+    # ValueError before anything happens; each rule of the call answers its status.
+
+    def LinkLlmClusters(self, clusters, rets, timeout_in_millis=1000):
+        """Link to each ClusterInfo's remote cluster (at most 16 a call); `rets` (a list) is
+        filled with a status per cluster: LLM_ALREADY_LINK, LLM_LINK_FAILED, LLM_TIMEOUT. This
+        side owns the links and may pull and push on them. LLM_SUCCESS when every one linked."""
+        return self.transfer_call("link", (clusters, rets, timeout_in_millis))
+
+    def UnlinkLlmClusters(self, clusters, rets, timeout_in_millis=1000, force_flag=False):
+        """Unlink clusters this side linked; `rets` gets a status per cluster (LLM_UNLINK_FAILED
+        when the peer cannot be told; force_flag tears down this side only)."""
+        return self.transfer_call("unlink", (clusters, rets, timeout_in_millis, force_flag))
+
+    def PullKvCache(self, src_cache_index, Cache dst_cache not None, batch_index=0, size=-1, ext_param=None):
+        """Read batch entry src_cache_index.batch_index of the remote cache src_cache_index names
+        (cluster and cache id) into entry batch_index of dst_cache: `size` bytes of each tensor
+        (-1: all), layers as ext_param (KvCacheExtParam) says."""
+        return self.transfer_call("pull_cache", (src_cache_index, dst_cache, batch_index, size, ext_param))
+
+    def PullKvBlocks(self, src_cache_index, Cache dst_cache not None, src_blocks, dst_blocks, ext_param=None):
+        """Read blocks src_blocks (batch entries) of the remote cache into blocks dst_blocks of dst_cache."""
+        return self.transfer_call("pull_blocks", (src_cache_index, dst_cache, src_blocks, dst_blocks, ext_param))
+
+    def PushKvCache(self, Cache src_cache not None, dst_cache_index, src_batch_index=0, size=-1, ext_param=None):
+        """Write entry src_batch_index of the device cache src_cache into the remote cache
+        dst_cache_index names (its engine set llm.EnableRemoteCacheAccessible); size must be -1."""
+        return self.transfer_call("push_cache", (src_cache, dst_cache_index, src_batch_index, size, ext_param))
+
+    def PushKvBlocks(self, Cache src_cache not None, dst_cache_index, src_blocks, dst_blocks, ext_param=None):
+        """Write blocks src_blocks of the device cache src_cache into blocks dst_blocks of the remote cache."""
+        return self.transfer_call("push_blocks", (src_cache, dst_cache_index, src_blocks, dst_blocks, ext_param))
+
+    cdef object transfer_call(self, str call, tuple arguments):
+        self._last_acl_error = ACL_SUCCESS
+        if not self._initialized:
+            return _status(LLM_FAILED)
+        return getattr(self.transfer_service(), call)(*arguments)
+
     cdef uint32_t deallocate(self, int64_t cache_id, bint registered):
         cdef llmdd_u64_slot* slot
         cdef uint64_t record, held
@@ -693,6 +818,7 @@ cdef class LlmDataDist:
                 del self._exports[cache_id]
                 self.release_exported(memory)
                 self.count_free(memory.held)
+                self.stop_serving(cache_id)
                 return LLM_SUCCESS
             # Every export is gone: free the memory now, so that the status says how that went.
             del self._exports[cache_id]
@@ -710,7 +836,12 @@ cdef class LlmDataDist:
         else:
             self.release_memory(record, held)
         self.count_free(held)
+        self.stop_serving(cache_id)
         return LLM_SUCCESS
+
+    cdef inline void stop_serving(self, int64_t cache_id):
+        if self._served is not None:
+            self._served.pop(cache_id, None)
 
     cdef inline void count_free(self, uint64_t held):
         if (held & SOURCE_BITS) == FROM_CALLER:
@@ -778,9 +909,11 @@ cdef class LlmDataDist:
             self.teardown()
 
     def Finalize(self):
-        """Free every cache this engine holds and release the device. Later calls answer
-        LLM_FAILED until the next Initialize. Memory still exported to views, arrays or
-        tensors is freed, and the device released, when the last of them is gone."""
+        """End this engine's links, free every cache it holds and release the device. Later
+        calls answer LLM_FAILED until the next Initialize. Memory still exported to views,
+        arrays or tensors (or pinned by a transfer) is freed, and the device released, when the
+        last of them is gone."""
+        self.stop_transfers()
         self.finalize()
 
     cdef void finalize(self):
@@ -809,6 +942,7 @@ cdef class LlmDataDist:
                     self.release_memory(slot.first, slot.second)  # pool caches go with their pool
                 self.count_free(slot.second)
         llmdd_u64_release(&self._caches)
+        self._served = None
         exports.clear()     # exports nobody else holds free their memory here
         self._finalizing = False
         if self._stats.num_pending == 0:
@@ -829,6 +963,8 @@ cdef class LlmDataDist:
         self._initialized = False
         self._teardown_pending = False
         self._abandoned = True
+        self._served = None
+        self._transfers = None   # its threads are the parent's
 
     cdef void teardown(self):
         """Release the pools, the context and the device, once no exported memory is left.
@@ -851,6 +987,7 @@ cdef class LlmDataDist:
         return self
 
     def __exit__(self, *exc_info):
+        self.stop_transfers()
         self.finalize()
         return False
 

@@ -14,9 +14,14 @@ ENABLE_CACHE_MANAGER = "llm.EnableCacheManager"
 MEM_POOL_CONFIG = "llm.MemPoolConfig"
 HOST_MEM_POOL_CONFIG = "llm.HostMemPoolConfig"
 BUF_POOL_CFG = "llm.BufPoolCfg"
+ENABLE_REMOTE_CACHE_ACCESSIBLE = "llm.EnableRemoteCacheAccessible"
 # llmdd's own options live in the llmdd namespace.
 TENSOR_ALIGNMENT = "llmdd.TensorAlignment"
 MALLOC_POLICY = "llmdd.MallocPolicy"
+TRANSFER_PROTOCOL = "llmdd.TransferProtocol"   # Mooncake's: "tcp" (default), "rdma", "ascend"
+TRANSFER_DEVICE = "llmdd.TransferDevice"       # the device name the protocol needs, if any
+TRANSFER_PROTOCOLS = ("tcp", "rdma", "ascend")
+DEFAULT_SYNC_KV_WAIT_MS = 1000                 # LLM-DataDist's default wait for a transfer's peer
 
 DEFAULT_TENSOR_ALIGNMENT = 512  # LLM-DataDist v1 aligns every tensor to 512 bytes
 MIN_TENSOR_ALIGNMENT = 512
@@ -41,7 +46,8 @@ class OptionError(Exception):
 class EngineOptions:
     """What Initialize takes from its options."""
 
-    __slots__ = ("device_id", "tensor_alignment", "malloc_policy", "device_pool", "host_pool", "cache_manager_mode")
+    __slots__ = ("device_id", "tensor_alignment", "malloc_policy", "device_pool", "host_pool", "cache_manager_mode",
+                 "transfer")
 
     def __init__(self):
         self.device_pool = None  # PoolConfig, or None: one runtime allocation per cache
@@ -50,6 +56,9 @@ class EngineOptions:
         self.tensor_alignment = DEFAULT_TENSOR_ALIGNMENT
         self.malloc_policy = MALLOC_POLICIES["huge_first"]
         self.cache_manager_mode = False  # LLM-DataDist v2: cache ids count from 1 in each engine
+        # What llmdd.transfer's engine service takes (links, pulls and pushes).
+        self.transfer = {"listen_ip_info": None, "sync_timeout_ms": DEFAULT_SYNC_KV_WAIT_MS, "protocol": "tcp",
+                         "device_name": "", "remote_cache_accessible": False}
 
 
 class PoolConfig:
@@ -135,13 +144,22 @@ def parse_options(options):
     if device_ids:
         parsed.device_id = device_ids.pop()
     if SYNC_KV_WAIT_TIME in options:
-        parse_decimal(options[SYNC_KV_WAIT_TIME], SYNC_KV_WAIT_TIME, 1, INT32_MAX)  # checked; no transfers yet
+        parsed.transfer["sync_timeout_ms"] = parse_decimal(options[SYNC_KV_WAIT_TIME], SYNC_KV_WAIT_TIME, 1, INT32_MAX)
     if LISTEN_IP_INFO in options:
-        parse_ip_port(options[LISTEN_IP_INFO], LISTEN_IP_INFO)  # checked; llmdd listens for no links yet
-    for switch in (ENABLE_SWITCH_ROLE, ENABLE_CACHE_MANAGER):
+        parse_ip_port(options[LISTEN_IP_INFO], LISTEN_IP_INFO)
+        parsed.transfer["listen_ip_info"] = options[LISTEN_IP_INFO]
+    if TRANSFER_PROTOCOL in options:
+        if options[TRANSFER_PROTOCOL] not in TRANSFER_PROTOCOLS:
+            raise OptionError(f"{TRANSFER_PROTOCOL}={options[TRANSFER_PROTOCOL]!r} is not one of "
+                              f"{', '.join(TRANSFER_PROTOCOLS)}")
+        parsed.transfer["protocol"] = options[TRANSFER_PROTOCOL]
+    if TRANSFER_DEVICE in options:
+        parsed.transfer["device_name"] = options[TRANSFER_DEVICE]
+    for switch in (ENABLE_SWITCH_ROLE, ENABLE_CACHE_MANAGER, ENABLE_REMOTE_CACHE_ACCESSIBLE):
         if switch in options and options[switch] not in ("0", "1"):
             raise OptionError(f"{switch}={options[switch]!r} is not '0' or '1'")
     parsed.cache_manager_mode = options.get(ENABLE_CACHE_MANAGER) == "1"
+    parsed.transfer["remote_cache_accessible"] = options.get(ENABLE_REMOTE_CACHE_ACCESSIBLE) == "1"
     if MEM_POOL_CONFIG in options:
         parsed.device_pool = parse_pool_config(options[MEM_POOL_CONFIG], MEM_POOL_CONFIG)
     if HOST_MEM_POOL_CONFIG in options:

@@ -16,7 +16,6 @@ caller's thread changes it.
 """
 from _thread import allocate_lock  # threading's own lock, without importing threading
 
-from ._datadist import Cache as _EngineCache
 from ._desc import enum_values
 
 # CANN's "no id": a CacheKey's unset req_id or prefix_id; a req_id of it only holds a batch entry's place.
@@ -25,9 +24,6 @@ INVALID_ID = 2**64 - 1
 # would cost the drop-in's import more than the rest of the registry.
 _SUCCESS = enum_values("LLMStatusCode")["LLM_SUCCESS"]
 _PARAM_INVALID = enum_values("LLMStatusCode")["LLM_PARAM_INVALID"]
-
-# The engine's view of a cache's descriptor, whatever a drop-in Cache says its cache_desc is.
-_engine_desc = _EngineCache.cache_desc.__get__
 
 
 def local_name(key):
@@ -41,29 +37,20 @@ def local_name(key):
 
 
 class CacheEntry:
-    """What the registry knows of one cache: its layout, addresses and regions."""
+    """What a transfer needs of one cache: its layout, addresses and regions."""
 
     __slots__ = ("cache_id", "num_tensors", "tensor_addrs", "tensor_bytes", "batch", "block_bytes", "placement",
                  "is_blocks_cache", "remote_accessible", "registered", "regions")
 
-    def __init__(self, cache, is_blocks_cache, registered, remote_accessible):
-        desc = _engine_desc(cache)
-        self.cache_id = cache.cache_id
-        self.num_tensors = desc.num_tensors
-        self.tensor_addrs = tuple(cache.tensor_addrs)
-        self.tensor_bytes = desc.size
-        self.batch = desc.shape[0]
+    def __init__(self, layout, is_blocks_cache, remote_accessible):
+        """layout: the engine's LlmDataDist._layout(cache), read when the cache was made. Its
+        regions are one a slab, and one a tensor of a registered cache (design 3b)."""
+        (self.cache_id, self.tensor_addrs, self.tensor_bytes, self.batch, self.placement, self.registered,
+         self.regions) = layout
+        self.num_tensors = len(self.tensor_addrs)
         self.block_bytes = self.tensor_bytes // self.batch
-        self.placement = int(desc.placement)
         self.is_blocks_cache = is_blocks_cache
-        self.registered = registered
         self.remote_accessible = remote_accessible
-        # One region a slab; a registered cache's tensors are one region each (design 3b).
-        if registered:
-            self.regions = tuple((address, self.tensor_bytes) for address in self.tensor_addrs)
-        else:
-            address, nbytes, _ = cache.region()
-            self.regions = ((address, nbytes),)
 
 
 class _Record:
@@ -112,7 +99,7 @@ class CacheRegistry:
             if status == _SUCCESS:
                 status = self._engine.AllocateCache(desc, cache)
             if status == _SUCCESS:
-                self._add(CacheEntry(cache, is_blocks_cache, False, False), keys)
+                self._add(CacheEntry(self._engine._layout(cache), is_blocks_cache, False), keys)
             return status
 
     def register(self, desc, addrs, cache, keys=(), *, is_blocks_cache, remote_accessible):
@@ -122,7 +109,7 @@ class CacheRegistry:
             if status == _SUCCESS:
                 status = self._engine.RegisterKvCache(desc, addrs, cache)
             if status == _SUCCESS:
-                self._add(CacheEntry(cache, is_blocks_cache, True, remote_accessible), keys)
+                self._add(CacheEntry(self._engine._layout(cache), is_blocks_cache, remote_accessible), keys)
             return status
 
     def deallocate(self, cache_id):

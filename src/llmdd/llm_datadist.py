@@ -69,6 +69,7 @@ _REMOTE_CACHE_ACCESSIBLE = "llm.EnableRemoteCacheAccessible"
 _LOCAL_COMM_RES = "llm.LocalCommRes"
 _TRANSFER_BACKEND = "llm.TransferBackend"
 _LISTEN_IP_INFO = "llm.listenIpInfo"
+_ENGINE_LISTEN_IP_INFO = "llm.ListenIpInfo"   # the C++ engine's spelling, taken too
 _FLOW_GRAPH_MEM_MAX_SIZE = "ge.flowGraphMemMaxSize"
 _SYNC_KV_WAIT_TIME = "llm.SyncKvCacheWaitTime"
 _DEFAULT_SYNC_KV_WAIT_MS = 1000      # LLM-DataDist's default wait for a transfer's peer
@@ -488,8 +489,11 @@ class LLMDataDist:
         for key in ("ge.exec.deviceId", "llm.DeviceId"):
             if ";" in options.get(key, ""):
                 options[key] = options[key].split(";")[0]
+        engine_options = options
+        if self._cache_manager_mode:   # the cache manager's transfer agent listens, not the engine
+            engine_options = {key: value for key, value in options.items() if key != _ENGINE_LISTEN_IP_INFO}
         try:
-            self._engine.initialize(options)
+            self._engine.initialize(engine_options)
         except LLMException as error:
             raise reraised(error) from None
         manager_type = CacheManager if self._cache_manager_mode else KvCacheManager
@@ -506,7 +510,7 @@ class LLMDataDist:
         LLMDataDist.llm_engine_instance = self
 
     def _listen_ip_info(self):
-        return self._options.get(_LISTEN_IP_INFO, self._options.get("llm.ListenIpInfo"))
+        return self._options.get(_LISTEN_IP_INFO, self._options.get(_ENGINE_LISTEN_IP_INFO))
 
     def _transfer_agent(self, call="init"):
         """This initialization's TransferAgent over the cache manager's registry."""

@@ -7,6 +7,7 @@ with batched reads (pull) or writes (push) on its own Mooncake engine.
 """
 import concurrent.futures
 import contextlib
+import errno
 import ipaddress
 import itertools
 import logging
@@ -140,10 +141,20 @@ def _check_blocks(name, blocks):
 
 
 def _key_fields(key):
+    """The wire form of a drop-in key; a dict is taken as a wire key already (the engine's CacheIndex)."""
+    if type(key) is dict:
+        if not wire.is_key(key):
+            raise LLMException(f"{key!r} is not a key of the control protocol", LLMStatusCode.LLM_PARAM_INVALID)
+        return key
     try:
         return wire.key_fields(key)
     except TypeError as error:
         raise LLMException(str(error), LLMStatusCode.LLM_PARAM_INVALID) from None
+
+
+def _require_kind(layout, blocks, side):
+    if layout.is_blocks_cache != blocks:
+        raise _plan.PlanError(f"the {side} cache must {'' if blocks else 'not '}be a blocks cache")
 
 
 class TransferAgent:
@@ -152,10 +163,13 @@ class TransferAgent:
     registry: the engine's CacheRegistry (entry, find, pin, release_key). listen_ip_info:
     "ip:port" to serve peers on (None: this side only links out). protocol: Mooncake's
     ("tcp", "rdma", "ascend"); device_name: the device where the protocol needs one.
-    sync_timeout_ms (llm.SyncKvCacheWaitTime) bounds each control round trip of a transfer."""
+    sync_timeout_ms (llm.SyncKvCacheWaitTime) bounds each control round trip of a transfer.
+    blocks_caches: CANN's Python (v2) rules, where blocks caches and whole caches are apart and
+    keys say which is meant; False for the C++ API, where caches are named by id and a block is
+    a batch entry of any cache."""
 
     def __init__(self, registry, cluster_id, listen_ip_info=None, protocol="tcp", device_name="",
-                 sync_timeout_ms=1000):
+                 sync_timeout_ms=1000, blocks_caches=True):
         _check_int("cluster_id", cluster_id, 0, wire.UINT64_MAX)
         if protocol not in PROTOCOLS:
             raise LLMException(f"protocol {protocol!r} is not one of {PROTOCOLS}", LLMStatusCode.LLM_PARAM_INVALID)
@@ -163,6 +177,7 @@ class TransferAgent:
             raise LLMException("device_name must be a str", LLMStatusCode.LLM_PARAM_INVALID)
         _check_timeout(sync_timeout_ms)
         self._registry = registry
+        self._blocks_caches = blocks_caches
         self.cluster_id = cluster_id
         self._protocol = protocol
         self._device_name = device_name
@@ -177,8 +192,10 @@ class TransferAgent:
                 self._listener = ControlListener(host, port, cluster_id, registry, self._engine_for_host,
                                                  self._sync_timeout_s)
             except OSError as error:
-                raise LLMException(f"cannot listen on {listen_ip_info}: {error}",
-                                   LLMStatusCode.LLM_PARAM_INVALID) from None
+                # An address this host does not have is a bad option; a port in use is not.
+                status = (LLMStatusCode.LLM_PARAM_INVALID if error.errno == errno.EADDRNOTAVAIL
+                          else LLMStatusCode.LLM_FAILED)
+                raise LLMException(f"cannot listen on {listen_ip_info}: {error}", status) from None
 
     @property
     def listen_address(self):
@@ -334,11 +351,13 @@ class TransferAgent:
         _check_int("batch_index", batch_index, 0, wire.UINT32_MAX)
         _check_int("size", size, -1, wire.INT64_MAX)
         _check_layer_arguments(src_layer_range, dst_layer_range, tensor_num_per_layer)
-        if fields["kind"] == "blocks" or size == 0 or dst_entry.is_blocks_cache:
+        if fields["kind"] == "blocks" or size == 0 or (self._blocks_caches and dst_entry.is_blocks_cache):
             return LLMStatusCode.LLM_PARAM_INVALID
         local = _plan.Layout.of_entry(dst_entry)
 
         def plan(remote, remote_batch_index):
+            if self._blocks_caches:
+                _require_kind(remote, False, "source")
             pairs = _plan.tensor_pairs(remote, local, src_layer_range, dst_layer_range, tensor_num_per_layer)
             return _plan.cache_segments(remote, local, remote_batch_index, batch_index, size, pairs)
         return self._transfer(remote_cluster_id, fields, dst_entry, plan, write=False,
@@ -346,18 +365,21 @@ class TransferAgent:
 
     def pull_blocks(self, remote_cluster_id, src_key, dst_entry, src_blocks=(), dst_blocks=(),
                     src_layer_range=None, dst_layer_range=None, tensor_num_per_layer=2):
-        """Blocks src_blocks of the remote blocks cache (a BlocksCacheKey) into dst_blocks of
-        dst_entry; with a CacheKey / CacheKeyByIdAndIndex (src_blocks empty) the remote batch
-        entry is cut into dst_blocks."""
+        """Blocks src_blocks of the remote blocks cache (a BlocksCacheKey; with blocks_caches
+        False, any key naming a cache) into dst_blocks of dst_entry; with no src_blocks the
+        remote batch entry the key names is cut into dst_blocks."""
         fields = _key_fields(src_key)
         src_blocks, dst_blocks = _check_blocks("src_blocks", src_blocks), _check_blocks("dst_blocks", dst_blocks)
         _check_layer_arguments(src_layer_range, dst_layer_range, tensor_num_per_layer)
-        by_blocks = fields["kind"] == "blocks"
-        if not dst_entry.is_blocks_cache or not dst_blocks or bool(src_blocks) != by_blocks:
+        by_blocks = bool(src_blocks)
+        if not dst_blocks or (self._blocks_caches and (not dst_entry.is_blocks_cache
+                                                       or by_blocks != (fields["kind"] == "blocks"))):
             return LLMStatusCode.LLM_PARAM_INVALID
         local = _plan.Layout.of_entry(dst_entry)
 
         def plan(remote, remote_batch_index):
+            if self._blocks_caches:
+                _require_kind(remote, by_blocks, "source")
             pairs = _plan.tensor_pairs(remote, local, src_layer_range, dst_layer_range, tensor_num_per_layer)
             if by_blocks:
                 return _plan.blocks_segments(remote, local, src_blocks, dst_blocks, pairs)
@@ -372,11 +394,13 @@ class TransferAgent:
         _check_int("src_batch_index", src_batch_index, 0, wire.UINT32_MAX)
         _check_int("size", size, -1, wire.INT64_MAX)
         _check_layer_arguments(src_layer_range, dst_layer_range, tensor_num_per_layer)
-        if fields["kind"] != "id" or size != -1 or src_entry.is_blocks_cache:
+        if fields["kind"] != "id" or size != -1 or (self._blocks_caches and src_entry.is_blocks_cache):
             return LLMStatusCode.LLM_PARAM_INVALID
         local = _plan.Layout.of_entry(src_entry)
 
         def plan(remote, remote_batch_index):
+            if self._blocks_caches:
+                _require_kind(remote, False, "destination")
             pairs = _plan.tensor_pairs(local, remote, src_layer_range, dst_layer_range, tensor_num_per_layer)
             return _plan.cache_segments(local, remote, src_batch_index, remote_batch_index, size, pairs)
         return self._transfer(remote_cluster_id, fields, src_entry, plan, write=True, release_key=False)
@@ -384,15 +408,17 @@ class TransferAgent:
     def push_blocks(self, remote_cluster_id, dst_key, src_entry, src_blocks=(), dst_blocks=(),
                     src_layer_range=None, dst_layer_range=None, tensor_num_per_layer=2):
         """Blocks src_blocks of src_entry into dst_blocks of the remote_accessible blocks cache
-        dst_key (a BlocksCacheKey) names."""
+        dst_key (a BlocksCacheKey; with blocks_caches False, a key by id) names."""
         fields = _key_fields(dst_key)
         src_blocks, dst_blocks = _check_blocks("src_blocks", src_blocks), _check_blocks("dst_blocks", dst_blocks)
         _check_layer_arguments(src_layer_range, dst_layer_range, tensor_num_per_layer)
-        if fields["kind"] != "blocks" or not src_entry.is_blocks_cache or not dst_blocks:
+        if not dst_blocks or (self._blocks_caches and (fields["kind"] != "blocks" or not src_entry.is_blocks_cache)):
             return LLMStatusCode.LLM_PARAM_INVALID
         local = _plan.Layout.of_entry(src_entry)
 
         def plan(remote, remote_batch_index):
+            if self._blocks_caches:
+                _require_kind(remote, True, "destination")
             pairs = _plan.tensor_pairs(local, remote, src_layer_range, dst_layer_range, tensor_num_per_layer)
             return _plan.blocks_segments(local, remote, src_blocks, dst_blocks, pairs)
         return self._transfer(remote_cluster_id, fields, src_entry, plan, write=True, release_key=False)

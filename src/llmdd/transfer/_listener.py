@@ -153,10 +153,11 @@ class ControlListener:
     def _resolve(self, body, pins):
         not_found = {"status": int(LLMStatusCode.LLM_KV_CACHE_NOT_EXIST), "pin": 0, "layout": None}
         fields = body["key"]
-        key = wire.key_from_fields(fields)
+        key = None   # a key by id names no key to find or release
         if fields["kind"] == "id":
             entry, batch_index = self._registry.entry(fields["cache_id"]), fields["batch_index"]
         else:
+            key = wire.key_from_fields(fields)
             found = self._registry.find(key)
             entry, batch_index = found if found is not None else (None, 0)
         if entry is None:

@@ -97,9 +97,8 @@ def _check_index(name, index, limit):
 
 
 def cache_segments(src, dst, src_batch_index, dst_batch_index, size, pairs):
-    """One batch entry of each tensor pair: `size` bytes (-1: the whole source entry)."""
-    if src.is_blocks_cache or dst.is_blocks_cache:
-        raise PlanError("pull_cache and push_cache move whole caches, not blocks caches")
+    """One batch entry of each tensor pair: `size` bytes (-1: the whole source entry). Which
+    kinds of caches may take part is the caller's rule (TransferAgent)."""
     _check_index("source batch index", src_batch_index, src.batch)
     _check_index("destination batch index", dst_batch_index, dst.batch)
     nbytes = src.block_bytes if size == -1 else size
@@ -126,9 +125,7 @@ def _block_runs(src_blocks, dst_blocks):
 
 
 def blocks_segments(src, dst, src_blocks, dst_blocks, pairs):
-    """Block src_blocks[k] to block dst_blocks[k] of each tensor pair (blocks cache to blocks cache)."""
-    if not src.is_blocks_cache or not dst.is_blocks_cache:
-        raise PlanError("src_blocks name blocks of a blocks cache: both caches must be blocks caches")
+    """Block src_blocks[k] to block dst_blocks[k] of each tensor pair (a block: one batch entry)."""
     if not dst_blocks or len(src_blocks) != len(dst_blocks):
         raise PlanError(f"src_blocks ({len(src_blocks)}) and dst_blocks ({len(dst_blocks)}) must be "
                         "non-empty and equally long")
@@ -150,11 +147,9 @@ def blocks_segments(src, dst, src_blocks, dst_blocks, pairs):
 
 
 def entry_to_blocks_segments(src, dst, src_batch_index, dst_blocks, pairs):
-    """A whole cache's batch entry into blocks (pull_blocks with a CacheKey): the entry cut into
+    """A cache's batch entry into blocks (pull_blocks with a CacheKey): the entry cut into
     destination-sized blocks, piece k into dst_blocks[k]; the last piece may be short. There may
     be fewer destination blocks than pieces (the tail is not moved), never more."""
-    if src.is_blocks_cache or not dst.is_blocks_cache:
-        raise PlanError("pull_blocks by a cache key moves a whole cache's batch entry into a blocks cache")
     _check_index("source batch index", src_batch_index, src.batch)
     pieces = -(-src.block_bytes // dst.block_bytes)
     if not dst_blocks or len(dst_blocks) > pieces:

@@ -108,7 +108,8 @@ LAYOUT_FIELDS = {
 }
 
 
-def _key(value):
+def is_key(value):
+    """Whether `value` is a valid wire key."""
     if type(value) is not dict or type(value.get("kind")) is not str or value["kind"] not in KEY_FIELDS:
         return False
     return _fields_valid(value, KEY_FIELDS[value["kind"]])
@@ -127,7 +128,7 @@ MESSAGE_FIELDS = {
     MessageType.LINK_REPLY: {"status": _status, "cluster_id": _u64, "engine": _text},
     MessageType.UNLINK: {"cluster_id": _u64},
     MessageType.UNLINK_REPLY: {"status": _status},
-    MessageType.RESOLVE: {"key": _key, "write": _is_bool},
+    MessageType.RESOLVE: {"key": is_key, "write": _is_bool},
     MessageType.RESOLVE_REPLY: {"status": _status, "pin": _u64, "layout": _layout_or_none},
     MessageType.UNPIN: {"pin": _u64, "release_key": _is_bool},
     MessageType.UNPIN_REPLY: {"status": _status},

@@ -1,0 +1,252 @@
+"""The C++ API's transfer calls of llmdd.LlmDataDist (LinkLlmClusters, PullKvCache, ...).
+
+The engine hands each call here; this module converts its arguments (C++ types: an argument
+that is not one raises TypeError or ValueError before anything happens), checks the call's
+rules (spec section 1: a broken rule is a status) and drives a TransferAgent over the engine's
+own caches, which it names by id only. A listening engine (llm.ListenIpInfo) serves its caches
+to the clusters that link to it from Initialize on.
+"""
+import contextlib
+import operator
+import weakref
+
+from .._datadist import LLMException
+from .._desc import LLMStatusCode, Placement
+from .._registry import CacheEntry
+from .._transfer_types import CacheIndex, ClusterInfo, IpInfo, KvCacheExtParam
+from ._agent import TransferAgent
+
+SUCCESS = LLMStatusCode.LLM_SUCCESS
+PARAM_INVALID = LLMStatusCode.LLM_PARAM_INVALID
+_DEFAULT_EXT_PARAM = KvCacheExtParam()
+
+UINT8_MAX, UINT16_MAX, UINT32_MAX, UINT64_MAX = (1 << 8) - 1, (1 << 16) - 1, (1 << 32) - 1, (1 << 64) - 1
+INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def _integer(name, value, low, high):
+    """A plain int of a C++ integer type: TypeError for a non-integer, ValueError out of range."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, not bool")
+    number = operator.index(value)
+    if not low <= number <= high:
+        raise ValueError(f"{name} must be in [{low}, {high}], got {number}")
+    return number
+
+
+def _instance(name, value, expected):
+    if not isinstance(value, expected):
+        raise TypeError(f"{name} must be a {expected.__name__}, not {type(value).__name__}")
+    return value
+
+
+def _items(name, values):
+    if not isinstance(values, (list, tuple)):
+        raise TypeError(f"{name} must be a list or tuple, not {type(values).__name__}")
+    return tuple(values)
+
+
+def _blocks(name, blocks):
+    return [_integer(f"a block of {name}", block, 0, UINT64_MAX) for block in _items(name, blocks)]
+
+
+def _ip_infos(name, ip_infos):
+    converted = []
+    for ip_info in _items(name, ip_infos):
+        _instance(f"an item of {name}", ip_info, IpInfo)
+        ip = _instance(f"{name}' ip", ip_info.ip, str)
+        converted.append((ip, _integer(f"{name}' port", ip_info.port, 0, UINT16_MAX)))
+    return converted
+
+
+class _LinkTarget:
+    """A ClusterInfo as the agent reads it: (ip, port) pairs."""
+
+    def __init__(self, cluster):
+        _instance("a cluster", cluster, ClusterInfo)
+        self.remote_cluster_id = _integer("remote_cluster_id", cluster.remote_cluster_id, 0, UINT64_MAX)
+        _integer("remote_role_type", cluster.remote_role_type, INT32_MIN, INT32_MAX)
+        self.local_ip_infos = _ip_infos("local_ip_infos", cluster.local_ip_infos)
+        self.remote_ip_infos = _ip_infos("remote_ip_infos", cluster.remote_ip_infos)
+
+
+def _cache_index(name, index):
+    """A CacheIndex as a key of the control protocol (a cache by id)."""
+    _instance(name, index, CacheIndex)
+    return {"kind": "id", "cluster_id": _integer(f"{name}.cluster_id", index.cluster_id, 0, UINT64_MAX),
+            "cache_id": _integer(f"{name}.cache_id", index.cache_id, INT64_MIN, INT64_MAX),
+            "batch_index": _integer(f"{name}.batch_index", index.batch_index, 0, UINT32_MAX)}
+
+
+def _layer_range(name, pair):
+    """An inclusive (first, last) pair of int32 as a range; (-1, -1) is every layer (None).
+    PARAM_INVALID (returned as None, False) for a pair that names no layers."""
+    first, last = (_integer(f"{name}[{i}]", value, INT32_MIN, INT32_MAX) for i, value in enumerate(_items(name, pair)))
+    if (first, last) == (-1, -1):
+        return None, True
+    return range(first, last + 1), 0 <= first <= last
+
+
+class _Call:
+    """The converted arguments of one transfer call; `valid` False when a rule is broken."""
+
+    def __init__(self, ext_param):
+        ext_param = _DEFAULT_EXT_PARAM if ext_param is None else _instance("ext_param", ext_param, KvCacheExtParam)
+        if len(_items("src_layer_range", ext_param.src_layer_range)) != 2 or \
+                len(_items("dst_layer_range", ext_param.dst_layer_range)) != 2:
+            raise ValueError("a layer range is a (first, last) pair")
+        src_range, src_valid = _layer_range("src_layer_range", ext_param.src_layer_range)
+        dst_range, dst_valid = _layer_range("dst_layer_range", ext_param.dst_layer_range)
+        self.layers = {"src_layer_range": src_range, "dst_layer_range": dst_range,
+                       "tensor_num_per_layer": _integer("tensor_num_per_layer", ext_param.tensor_num_per_layer, 0,
+                                                        UINT8_MAX)}
+        self.valid = src_valid and dst_valid
+
+
+class EngineCaches:
+    """The registry interface of a TransferAgent over one engine's own caches: by id only (the
+    C++ API has no keys), for the engine's current initialization only. It holds the engine
+    weakly: an engine dropped without Finalize is not kept alive by its listener."""
+
+    def __init__(self, engine, remote_accessible):
+        self._engine = weakref.ref(engine)
+        self._initialization = engine._initialization
+        self._remote_accessible = remote_accessible
+
+    def _live_engine(self):
+        engine = self._engine()
+        if engine is None or not engine.initialized or engine._initialization != self._initialization:
+            raise ValueError("the engine's initialization these caches belonged to is over")
+        return engine
+
+    def entry_of(self, cache):
+        """The CacheEntry of a live cache of the engine; ValueError for any other."""
+        return CacheEntry(self._live_engine()._layout(cache), False, self._remote_accessible)
+
+    def entry(self, cache_id):
+        """The entry of a cache the listening engine serves, or None."""
+        try:
+            twin = self._live_engine()._served_cache(cache_id)
+            return None if twin is None else self.entry_of(twin)
+        except ValueError:
+            return None
+
+    def find(self, key):
+        return None
+
+    def pin(self, cache_id):
+        """Holds cache `cache_id`'s memory while the `with` block runs; ValueError when the
+        engine does not hold it. The id names one cache only within an initialization, so the
+        initialization is checked again once the memory is held."""
+        holder = self._live_engine().pin(cache_id)
+        self._live_engine()
+        return contextlib.nullcontext(holder)
+
+    def release_key(self, key):
+        return SUCCESS
+
+
+class EngineTransfers:
+    """The transfer calls of one initialization of an engine."""
+
+    def __init__(self, engine, options):
+        self._caches = EngineCaches(engine, options["remote_cache_accessible"])
+        self._agent = TransferAgent(self._caches, engine.cluster_id, listen_ip_info=options["listen_ip_info"],
+                                    protocol=options["protocol"], device_name=options["device_name"],
+                                    sync_timeout_ms=options["sync_timeout_ms"], blocks_caches=False)
+        # Links and the listener end with the engine, Finalized or dropped.
+        self._closer = weakref.finalize(engine, self._agent.close)
+
+    def close(self):
+        self._closer()
+
+    @staticmethod
+    def _status(call):
+        """A call of the agent: its status, LLMException's status for a bad value."""
+        try:
+            return LLMStatusCode(call())
+        except LLMException as error:
+            return LLMStatusCode(error.status_code)
+
+    def link(self, clusters, rets, timeout_ms):
+        targets = [_LinkTarget(cluster) for cluster in _items("clusters", clusters)]
+        _instance("rets", rets, list)
+        timeout_ms = _integer("timeout_in_millis", timeout_ms, INT32_MIN, INT32_MAX)
+        return self._linked(rets, lambda: self._agent.link(targets, timeout_ms))
+
+    def unlink(self, clusters, rets, timeout_ms, force_flag):
+        targets = [_LinkTarget(cluster) for cluster in _items("clusters", clusters)]
+        _instance("rets", rets, list)
+        timeout_ms = _integer("timeout_in_millis", timeout_ms, INT32_MIN, INT32_MAX)
+        _instance("force_flag", force_flag, bool)
+        return self._linked(rets, lambda: self._agent.unlink(targets, timeout_ms, force_flag))
+
+    @staticmethod
+    def _linked(rets, call):
+        try:
+            status, statuses = call()
+        except LLMException as error:   # a rule of the whole call (timeout, addresses)
+            status, statuses = LLMStatusCode(error.status_code), []
+        rets[:] = statuses
+        return status
+
+    def _local_entry(self, cache):
+        try:
+            return self._caches.entry_of(cache)
+        except ValueError:
+            return None
+
+    def pull_cache(self, index, dst_cache, batch_index, size, ext_param):
+        key = _cache_index("src_cache_index", index)
+        batch_index = _integer("batch_index", batch_index, 0, UINT32_MAX)
+        size = _integer("size", size, INT64_MIN, INT64_MAX)
+        call = _Call(ext_param)
+        if not call.valid or not (size == -1 or size > 0):
+            return PARAM_INVALID
+        entry = self._local_entry(dst_cache)
+        if entry is None:
+            return LLMStatusCode.LLM_KV_CACHE_NOT_EXIST
+        return self._status(lambda: self._agent.pull_cache(key["cluster_id"], key, entry, batch_index, size,
+                                                           **call.layers))
+
+    def pull_blocks(self, index, dst_cache, src_blocks, dst_blocks, ext_param):
+        key = _cache_index("src_cache_index", index)
+        src_blocks, dst_blocks = _blocks("src_blocks", src_blocks), _blocks("dst_blocks", dst_blocks)
+        call = _Call(ext_param)
+        if not call.valid or key["batch_index"] != 0 or not src_blocks or len(src_blocks) != len(dst_blocks):
+            return PARAM_INVALID
+        entry = self._local_entry(dst_cache)
+        if entry is None:
+            return LLMStatusCode.LLM_KV_CACHE_NOT_EXIST
+        return self._status(lambda: self._agent.pull_blocks(key["cluster_id"], key, entry, src_blocks, dst_blocks,
+                                                            **call.layers))
+
+    def push_cache(self, src_cache, index, src_batch_index, size, ext_param):
+        key = _cache_index("dst_cache_index", index)
+        src_batch_index = _integer("src_batch_index", src_batch_index, 0, UINT32_MAX)
+        size = _integer("size", size, INT64_MIN, INT64_MAX)
+        call = _Call(ext_param)
+        if not call.valid or size != -1:
+            return PARAM_INVALID
+        entry = self._local_entry(src_cache)
+        if entry is None:
+            return LLMStatusCode.LLM_KV_CACHE_NOT_EXIST
+        if entry.placement != Placement.kDevice:
+            return PARAM_INVALID
+        return self._status(lambda: self._agent.push_cache(key["cluster_id"], key, entry, src_batch_index, size,
+                                                           **call.layers))
+
+    def push_blocks(self, src_cache, index, src_blocks, dst_blocks, ext_param):
+        key = _cache_index("dst_cache_index", index)
+        src_blocks, dst_blocks = _blocks("src_blocks", src_blocks), _blocks("dst_blocks", dst_blocks)
+        call = _Call(ext_param)
+        if not call.valid or key["batch_index"] != 0 or not dst_blocks or len(src_blocks) != len(dst_blocks):
+            return PARAM_INVALID
+        entry = self._local_entry(src_cache)
+        if entry is None:
+            return LLMStatusCode.LLM_KV_CACHE_NOT_EXIST
+        if entry.placement != Placement.kDevice:
+            return PARAM_INVALID
+        return self._status(lambda: self._agent.push_blocks(key["cluster_id"], key, entry, src_blocks, dst_blocks,
+                                                            **call.layers))
