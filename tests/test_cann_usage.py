@@ -59,10 +59,6 @@ def addrs(arrays):
     return [int(array.ctypes.data) for array in arrays]
 
 
-def as_bytes(arrays):
-    return [array.tobytes() for array in arrays]
-
-
 def ip_port_to_int(ip_port):
     """pull_blocks_xpyd_sample.py:38-51: a cluster id made of an IPv4 address and a port."""
     ip, port = ip_port.split(":")
@@ -223,7 +219,8 @@ def test_pull_from_cache_to_blocks_sample_fills_the_named_block(local, peers):
 
 def test_pull_blocks_sample_pulls_blocks_and_swaps_them(local, peers):
     block_floats = 16 * 1024
-    desc = f"CacheDesc(num_tensors=1, shape=[2, {block_floats}], data_type=DataType.DT_FLOAT, placement=Placement.DEVICE)"
+    desc = (f"CacheDesc(num_tensors=1, shape=[2, {block_floats}], data_type=DataType.DT_FLOAT, "
+            "placement=Placement.DEVICE)")
     port = free_port()
     prompt = peers()
     # pull_blocks_sample.py:295-297: both sides without a memory pool; the prompt keys its blocks.
@@ -257,14 +254,15 @@ def test_pull_blocks_sample_pulls_blocks_and_swaps_them(local, peers):
 
 # push_blocks_sample.py / push_cache_sample.py: local_comm_res = "", both sides listen, the decoder pushes.
 
+PUSH_DESC = "CacheDesc(num_tensors=2, shape=[3, 10], data_type=DataType.DT_FLOAT, placement=Placement.DEVICE)"
+
 def start_listening_prompt(peers, register):
     """A prompt (cluster 0) configured as the push samples' init_llm_datadist, running `register`."""
     port = free_port()
     prompt = peers()
     prompt.run(config_snippet(LLMRole.PROMPT, 0, local_comm_res="", listen_ip_info=f"{LOCALHOST}:{port}"))
     prompt.run("tensor = numpy.full((3, 10), 7, numpy.float32)\ntensor2 = numpy.full((3, 10), 7, numpy.float32)\n"
-               "desc = CacheDesc(num_tensors=2, shape=[3, 10], data_type=DataType.DT_FLOAT, placement=Placement.DEVICE)\n"
-               + register)
+               f"desc = {PUSH_DESC}\n" + register)
     return prompt, port
 
 
@@ -386,7 +384,8 @@ def test_pull_blocks_xpyd_sample_links_and_pulls_from_each_prompt(local, peers):
                    f"memory(tensor.ctypes.data, tensor.nbytes)[:] = pattern({seed}, tensor.nbytes)\n"
                    "desc = CacheDesc(num_tensors=1, shape=[3, 10], data_type=DataType.DT_FLOAT, "
                    "placement=Placement.DEVICE)\n"
-                   f"cache = manager.register_blocks_cache(desc, [int(tensor.ctypes.data)], BlocksCacheKey({cluster_id}, 0))")
+                   "cache = manager.register_blocks_cache(desc, [int(tensor.ctypes.data)], "
+                   f"BlocksCacheKey({cluster_id}, 0))")
         prompts.append((prompt, port, cluster_id, pattern(seed, 120).tobytes()))
     own_id = ip_port_to_int(f"{LOCALHOST}:{free_port()}")
     decoder = local(LLMRole.DECODER, own_id, local_comm_res="")
@@ -409,8 +408,8 @@ def test_pull_blocks_xpyd_sample_links_and_pulls_from_each_prompt(local, peers):
 def hixl_side(role, cluster_id, port, fill):
     return (config_snippet(role, cluster_id, local_comm_res="", transfer_backend="hixl",
                            listen_ip_info=f"{LOCALHOST}:{port}")
-            + f"\ntensor = numpy.full((3, 10), {fill}, numpy.float32)\ntensor2 = numpy.full((3, 10), {fill}, numpy.float32)\n"
-              "desc = CacheDesc(num_tensors=2, shape=[3, 10], data_type=DataType.DT_FLOAT, placement=Placement.DEVICE)\n"
+            + f"\ntensor = numpy.full((3, 10), {fill}, numpy.float32)\n"
+              f"tensor2 = numpy.full((3, 10), {fill}, numpy.float32)\ndesc = {PUSH_DESC}\n"
               "cache = manager.register_blocks_cache(desc, [int(tensor.ctypes.data), int(tensor2.ctypes.data)], "
               f"BlocksCacheKey({cluster_id}, 0))")
 
@@ -454,7 +453,7 @@ def test_hixl_unlink_names_the_cluster_by_id_alone(local, peers):
 
 
 @pytest.mark.xfail(strict=True, reason=AGENT_SERVER_LINKS)
-def test_the_linked_side_pulls_from_its_client(local, peers):
+def test_the_linked_side_pulls_and_pushes_on_its_clients_link(local, peers):
     prompt, prompt_port = start_listening_prompt(
         peers, "cache = manager.register_blocks_cache(desc, [int(tensor.ctypes.data), int(tensor2.ctypes.data)], "
                "BlocksCacheKey(0, 0))")
@@ -462,11 +461,14 @@ def test_the_linked_side_pulls_from_its_client(local, peers):
     decoder.cache_manager.register_blocks_cache(desc, addrs(tensors), BlocksCacheKey(1, 0))
     assert decoder.link_clusters([cluster_info(0, prompt_port, local_port=decoder_port)], 5000)[0] is SUCCESS
     # docs LLMDataDist.md (init): in cache-manager mode decoder and prompt pull from each other; one link makes
-    # an entity on both sides (link_msg_handler.cc:290-330, run by the linking and the linked side).
+    # an entity on both sides (link_msg_handler.cc:290-330, run by the linking and the linked side), and
+    # switch_role_sample.py:105 and :187 push on the link the other side made.
     prompt.run("manager.pull_blocks(BlocksCacheKey(1, 0), cache, src_blocks=[2], dst_blocks=[1])")
-    rows = prompt_rows(prompt)
-    for row, tensor in zip(rows, tensors):
+    for row, tensor in zip(prompt_rows(prompt), tensors):
         assert row[40:80] == tensor[2].tobytes()
+    prompt.run("manager.push_blocks(BlocksCacheKey(1, 0), cache, src_blocks=[0], dst_blocks=[1])")
+    for row, tensor in zip(prompt_rows(prompt), tensors):
+        assert tensor[1].tobytes() == row[:40]
 
 
 # Documented error cases of the transfer calls (one process).
@@ -578,7 +580,7 @@ CANN_SIGNATURES = {
 
 
 def shown(parameter):
-    prefix = "**" if parameter.kind is parameter.VAR_KEYWORD else "*" if parameter.kind is parameter.VAR_POSITIONAL else ""
+    prefix = {parameter.VAR_KEYWORD: "**", parameter.VAR_POSITIONAL: "*"}.get(parameter.kind, "")
     default = "" if parameter.default is parameter.empty else f"={parameter.default!r}"
     return prefix + parameter.name + default
 
