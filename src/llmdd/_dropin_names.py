@@ -120,6 +120,15 @@ def _type_names(types):
     return " or ".join(kind.__name__ for kind in types) if isinstance(types, tuple) else types.__name__
 
 
+def check_not_none(name, value, attribute):
+    """CANN's type checks let None through to the first attribute read, so the documented error of
+    a None argument is AttributeError (docs: register_cache, register_blocks_cache,
+    Cache.create_cpu_cache, swap_blocks); `attribute` is the one CANN reads first."""
+    if value is None:
+        raise AttributeError(f"{name} is None: 'NoneType' object has no attribute '{attribute}'")
+    return value
+
+
 def check_type(name, value, types):
     if not isinstance(value, types):
         raise TypeError(f"{name} only supports {_type_names(types)}, got {type(value).__name__}")

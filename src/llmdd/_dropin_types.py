@@ -15,6 +15,7 @@ from ._dropin_names import (
     check_int,
     check_ints,
     check_layer_range,
+    check_not_none,
     check_sequence,
     check_type,
     checked_property,
@@ -88,7 +89,7 @@ class Cache(_datadist.Cache):
     @classmethod
     def create_cpu_cache(cls, cache_desc, addrs):
         """A host cache over memory the caller owns, for swaps; CANN makes it a blocks cache."""
-        check_type("cache_desc", cache_desc, CacheDesc)
+        check_type("cache_desc", check_not_none("cache_desc", cache_desc, "placement"), CacheDesc)
         check_ints("addrs", addrs, UINT64, list)
         require(cache_desc.placement == Placement.HOST, "create_cpu_cache needs a cache_desc of placement HOST")
         require(cache_desc.num_tensors == len(addrs),

@@ -31,6 +31,7 @@ from ._dropin_names import (
     check_int,
     check_ints,
     check_layer_range,
+    check_not_none,
     check_sequence,
     check_str_dict,
     check_type,
@@ -170,10 +171,10 @@ class CacheManager:
 
     @staticmethod
     def _check_registration(cache_desc, addrs, remote_accessible):
-        check_type("cache_desc", cache_desc, CacheDesc)
         check_ints("addrs", addrs, UINT64, list)
         if remote_accessible is not None:
             check_type("remote_accessible", remote_accessible, bool)
+        check_type("cache_desc", check_not_none("cache_desc", cache_desc, "num_tensors"), CacheDesc)
         require(len(addrs) > 0, "addrs must not be empty")
         require(len(addrs) == cache_desc.num_tensors,
                 f"{len(addrs)} addrs for a cache_desc of {cache_desc.num_tensors} tensors")
@@ -257,9 +258,9 @@ class CacheManager:
         """Copy blocks {src_block: dst_block} between a device and a host blocks cache: swap out
         (device to host) or in (host to device)."""
         self._require_live()
-        self._check_cache("src_cache", src_cache, blocks=True)
-        self._check_cache("dst_cache", dst_cache, blocks=True)
-        _check_block_map("src_to_dst", src_to_dst, int)
+        self._check_cache("src_cache", check_not_none("src_cache", src_cache, "is_blocks_cache"), blocks=True)
+        self._check_cache("dst_cache", check_not_none("dst_cache", dst_cache, "is_blocks_cache"), blocks=True)
+        _check_block_map("src_to_dst", check_not_none("src_to_dst", src_to_dst, "items"), int)
         src_desc, dst_desc = src_cache.cache_desc, dst_cache.cache_desc
         require(src_desc.num_tensors == dst_desc.num_tensors, "src and dst caches must have as many tensors")
         require(src_desc.size // src_desc.batch_size == dst_desc.size // dst_desc.batch_size,
@@ -354,8 +355,16 @@ class CacheManager:
 
     @staticmethod
     def _layers(kwargs):
-        return {"src_layer_range": kwargs.get("src_layer_range"), "dst_layer_range": kwargs.get("dst_layer_range"),
-                "tensor_num_per_layer": kwargs.get("tensor_num_per_layer", _TENSOR_NUM_PER_LAYER)}
+        src_layer_range, dst_layer_range = kwargs.get("src_layer_range"), kwargs.get("dst_layer_range")
+        tensor_num_per_layer = kwargs.get("tensor_num_per_layer", _TENSOR_NUM_PER_LAYER)
+        if src_layer_range is None and dst_layer_range is None:
+            # CANN uses tensor_num_per_layer only to turn layer ranges into tensor indices: a pull
+            # without ranges moves every tensor, so a 1-tensor cache pulls with the default of 2
+            # (CANN's pull_blocks_sample.py; llm_utils.py layer_range_to_tensor_indices,
+            # data_cache_engine.cc CheckTensorIndices).
+            tensor_num_per_layer = 1
+        return {"src_layer_range": src_layer_range, "dst_layer_range": dst_layer_range,
+                "tensor_num_per_layer": tensor_num_per_layer}
 
     def _transferred(self, call, transfer):
         try:
@@ -641,8 +650,7 @@ class LLMDataDist:
             for cluster in clusters:
                 require(bool(cluster.local_ip_info_list), "local_ip_info_list is empty: call append_local_ip_info "
                                                           f"(or set {_LOCAL_COMM_RES})")
-        status, statuses = self._linked("link_clusters", lambda agent: agent.link(
-            [_LinkTarget(cluster) for cluster in clusters], timeout))
+        status, statuses = self._linked("link_clusters", clusters, lambda agent, targets: agent.link(targets, timeout))
         self._has_linked = self._has_linked or any(each == LLMStatusCode.LLM_SUCCESS for each in statuses)
         return status, statuses
 
@@ -650,13 +658,16 @@ class LLMDataDist:
         """Unlink clusters, returning (status, [status per cluster]); force tears down only this side."""
         self._check_clusters(clusters, timeout)
         check_type("force", force, bool)
-        return self._linked("unlink_clusters", lambda agent: agent.unlink(
-            [_LinkTarget(cluster) for cluster in clusters], timeout, force))
+        return self._linked("unlink_clusters", clusters, lambda agent, targets: agent.unlink(targets, timeout, force))
 
-    def _linked(self, call, link):
-        """(status, [status per cluster]) of a link call, in the drop-in's status codes."""
+    def _linked(self, call, clusters, link):
+        """(status, [status per cluster]) of link(agent, link targets), in the drop-in's status codes."""
+        if not clusters:
+            # CANN's link managers refuse an empty list with a status, not an exception
+            # (llm_link_manager.cc, hixl_transfer_engine.cc: "clusters size must > 0").
+            return LLMStatusCode.LLM_PARAM_INVALID, []
         try:
-            status, statuses = link(self._transfer_agent(call))
+            status, statuses = link(self._transfer_agent(call), [_LinkTarget(cluster) for cluster in clusters])
         except LLMException as error:
             raise reraised(error) from None
         return status_of(status), [status_of(each) for each in statuses]
