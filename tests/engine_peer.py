@@ -70,6 +70,11 @@ def _serve(cluster_id, listen_ip, remote_accessible):
                 status = engine.PullKvCache(llmdd.CacheIndex(command["remote"], command["remote_cache_id"], 0),
                                             caches[command["cache_id"]])
                 answer = {"status": int(status)}
+            elif op == "push_cache":
+                status = engine.PushKvCache(caches[command["cache_id"]],
+                                            llmdd.CacheIndex(command["remote"], command["remote_cache_id"],
+                                                             command["remote_batch_index"]))
+                answer = {"status": int(status)}
             elif op == "finalize":
                 engine.Finalize()
                 answer = {}

@@ -40,10 +40,6 @@ pytestmark = [pytest.mark.skipif(mooncake_missing() is not None, reason=str(moon
 SUCCESS = LLMStatusCode.LLM_SUCCESS
 LOCALHOST = "127.0.0.1"
 # The transfer agent (src/llmdd/transfer/_agent.py) is being changed; these marks come off with its fixes.
-AGENT_UNLINK_BY_ID = "TransferAgent.unlink requires one remote ip info even where CANN names the cluster by id alone"
-AGENT_SERVER_LINKS = "TransferAgent keeps only the links it made: the linked side cannot unlink or transfer on them"
-AGENT_LINK_STATUS = "TransferAgent raises for a cluster's bad ip infos; CANN reports a status in the returned tuple"
-
 
 # What the samples' torch tensors become here
 
@@ -324,7 +320,6 @@ def test_push_cache_sample_writes_the_prompts_first_registered_cache(local, peer
     prompt.run("manager.unregister_cache(cache.cache_id)")
 
 
-@pytest.mark.xfail(strict=True, reason=AGENT_UNLINK_BY_ID)
 def test_a_forced_unlink_names_the_cluster_by_id_alone(local, peers):
     prompt, prompt_port = start_listening_prompt(peers, "")
     decoder, decoder_port, _, _ = push_decoder(local)
@@ -333,7 +328,6 @@ def test_a_forced_unlink_names_the_cluster_by_id_alone(local, peers):
     assert decoder.unlink_clusters([cluster_info(0)], 5000, force=True) == (SUCCESS, [SUCCESS])
 
 
-@pytest.mark.xfail(strict=True, reason=AGENT_SERVER_LINKS)
 def test_the_linked_side_force_unlinks_its_client(local, peers):
     prompt, prompt_port = start_listening_prompt(peers, "")
     decoder, decoder_port, _, _ = push_decoder(local)
@@ -345,14 +339,12 @@ def test_the_linked_side_force_unlinks_its_client(local, peers):
     assert decoder.unlink_clusters([cluster_info(0, prompt_port)], 5000, force=True)[0] is SUCCESS
 
 
-@pytest.mark.xfail(strict=True, reason=AGENT_UNLINK_BY_ID)
 def test_a_forced_unlink_of_an_unlinked_cluster_succeeds(local):
     decoder, _, _, _ = push_decoder(local)
     # comm_entity_manager.cc:33-61: destroying a link that does not exist only logs a warning: SUCCESS.
     assert decoder.unlink_clusters([cluster_info(5)], 1000, force=True) == (SUCCESS, [SUCCESS])
 
 
-@pytest.mark.xfail(strict=True, reason=AGENT_LINK_STATUS)
 def test_a_clusters_bad_ip_infos_are_a_status_in_the_tuple(local):
     decoder, _, _, _ = push_decoder(local)
     # link_msg_handler.cc:363 and :417 return LLM_PARAM_INVALID for the cluster; llm_datadist_v2_wrapper.cc:67-93
@@ -440,7 +432,6 @@ def test_hixl_sample_links_both_ways_and_pulls_and_pushes(local, peers):
                       "result = datadist.unlink_clusters([cluster], 5000)") == [0, [0]]
 
 
-@pytest.mark.xfail(strict=True, reason=AGENT_UNLINK_BY_ID)
 def test_hixl_unlink_names_the_cluster_by_id_alone(local, peers):
     prompt_port, decoder_port = free_port(), free_port()
     prompt = peers()
@@ -452,7 +443,6 @@ def test_hixl_unlink_names_the_cluster_by_id_alone(local, peers):
     assert decoder.unlink_clusters([cluster_info(0)], 5000) == (SUCCESS, [SUCCESS])
 
 
-@pytest.mark.xfail(strict=True, reason=AGENT_SERVER_LINKS)
 def test_the_linked_side_pulls_and_pushes_on_its_clients_link(local, peers):
     prompt, prompt_port = start_listening_prompt(
         peers, "cache = manager.register_blocks_cache(desc, [int(tensor.ctypes.data), int(tensor2.ctypes.data)], "

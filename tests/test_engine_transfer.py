@@ -213,7 +213,9 @@ def test_link_rules(engine, prompt):
     two_remotes = ClusterInfo(PROMPT, 0, [], [IpInfo("127.0.0.1", prompt.port)] * 2)
     assert engine.LinkLlmClusters([two_remotes], rets) == S.LLM_PARAM_INVALID
     assert engine.UnlinkLlmClusters([cluster_of(prompt)], rets, 1000) == S.LLM_SUCCESS and rets == [S.LLM_SUCCESS]
-    assert engine.UnlinkLlmClusters([cluster_of(prompt)], rets) == S.LLM_NOT_YET_LINK
+    # Ending a link that is not there succeeds, as in CANN (nothing to end).
+    assert engine.UnlinkLlmClusters([cluster_of(prompt)], rets) == S.LLM_SUCCESS and rets == [S.LLM_SUCCESS]
+    assert engine.LinkLlmClusters([], rets) == S.LLM_PARAM_INVALID and rets == []
 
 
 def test_unlink_then_pull_is_not_yet_link(prompt, engine):
@@ -240,6 +242,56 @@ def test_the_listening_side_may_link_and_pull_too(prompt, engine):
                            cache_id=dst)["status"] == S.LLM_SUCCESS
         got = entries(remote_tensor(prompt, dst, 3))
         assert numpy.array_equal(got[0], entries(pattern(DECODER + 10, src.cache_id, 3, BATCH * BLOCK))[0])
+
+
+def test_the_side_that_listened_pulls_and_pushes_on_the_link_the_other_made(prompt):
+    """One link serves both sides, as one CANN link does: the decoder links, the prompt pulls
+    from it and pushes into it (the decoder opened its caches to remote access)."""
+    with llmdd.LlmDataDist(DECODER + 20, llmdd.LlmRole.kDecoder) as dd:
+        assert dd.Initialize({"llm.EnableRemoteCacheAccessible": "1"}) == S.LLM_SUCCESS
+        cache = local_cache(dd)
+        for t in range(TENSORS):
+            tensor(cache, t)[:] = pattern(DECODER + 20, cache.cache_id, t, BATCH * BLOCK)
+        rets = []
+        assert dd.LinkLlmClusters([cluster_of(prompt)], rets) == S.LLM_SUCCESS
+        prompt_cache = remote_cache(prompt)
+        assert prompt.call("pull_cache", remote=DECODER + 20, remote_cache_id=cache.cache_id,
+                           cache_id=prompt_cache)["status"] == S.LLM_SUCCESS
+        for t in range(TENSORS):
+            assert numpy.array_equal(entries(remote_tensor(prompt, prompt_cache, t))[0], entries(tensor(cache, t))[0])
+        assert prompt.call("push_cache", remote=DECODER + 20, remote_cache_id=cache.cache_id, cache_id=prompt_cache,
+                           remote_batch_index=7)["status"] == S.LLM_SUCCESS
+        for t in range(TENSORS):
+            assert numpy.array_equal(entries(tensor(cache, t))[7], entries(remote_tensor(prompt, prompt_cache, t))[0])
+        assert dd.UnlinkLlmClusters([cluster_of(prompt)], rets) == S.LLM_SUCCESS
+        assert prompt.call("pull_cache", remote=DECODER + 20, remote_cache_id=cache.cache_id,
+                           cache_id=prompt_cache)["status"] == S.LLM_NOT_YET_LINK
+
+
+class Deallocating:
+    """An index whose __index__ deallocates a cache first: Python code running inside the call."""
+
+    def __init__(self, engine, cache, value):
+        self.engine, self.cache, self.value = engine, cache, value
+
+    def __index__(self):
+        assert self.engine.DeallocateCache(self.cache.cache_id) == S.LLM_SUCCESS
+        return self.value
+
+
+def test_an_argument_that_deallocates_the_local_cache_leaves_the_call_refused(prompt, linked):
+    src = remote_cache(prompt)
+    for call in (lambda dst: linked.PullKvCache(CacheIndex(PROMPT, src, 0), dst, Deallocating(linked, dst, 0)),
+                 lambda dst: linked.PullKvBlocks(CacheIndex(PROMPT, src, 0), dst, [Deallocating(linked, dst, 0)], [0])):
+        dst = local_cache(linked)
+        assert call(dst) == S.LLM_KV_CACHE_NOT_EXIST
+        assert linked.memory_stats()["num_pending"] == 0   # nothing of it is held
+    writable = remote_cache(prompt)
+    before = remote_tensor(prompt, writable, 0)
+    src_cache = local_cache(linked)
+    assert linked.PushKvCache(src_cache, CacheIndex(PROMPT, writable, 0), Deallocating(linked, src_cache, 0)) == \
+        S.LLM_KV_CACHE_NOT_EXIST
+    assert numpy.array_equal(remote_tensor(prompt, writable, 0), before)
 
 
 def test_a_deallocated_remote_cache_is_gone(prompt, linked):

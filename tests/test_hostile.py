@@ -126,6 +126,35 @@ def test_copies_answer_with_a_status(engine, arguments, blocks, lists):
     engine.deallocate_cache(dst)
 
 
+transfer_structs = st.one_of(
+    hostile,
+    st.builds(llmdd.CacheIndex, hostile, hostile, hostile),
+    st.builds(llmdd.CacheIndex, integers, integers, integers),
+    st.builds(llmdd.KvCacheExtParam, hostile, hostile, hostile),
+    st.builds(llmdd.KvCacheExtParam, st.tuples(integers, integers), st.tuples(integers, integers), integers),
+    st.builds(llmdd.ClusterInfo, hostile, hostile, hostile, hostile),
+    st.lists(st.builds(llmdd.ClusterInfo, integers, integers, hostile, st.lists(st.builds(llmdd.IpInfo, hostile,
+                                                                                             hostile))), max_size=3),
+)
+
+
+@lenient
+@given(arguments=st.lists(transfer_structs, max_size=5))
+def test_transfer_calls_answer_with_a_status(engine, arguments):
+    """No link is ever made here: every call is refused before a peer is reached."""
+    cache = engine.allocate_cache(CacheDesc(2, [4, 16], llmdd.DT_INT8))
+    for call in (engine.LinkLlmClusters, engine.UnlinkLlmClusters):
+        assert outcome(call, *arguments) in DOCUMENTED or outcome(call, *arguments) in statuses
+    for call in (engine.PullKvCache, engine.PullKvBlocks):
+        result = outcome(call, *arguments[:1], cache, *arguments[1:])
+        assert result in DOCUMENTED or result in statuses
+    for call in (engine.PushKvCache, engine.PushKvBlocks):
+        result = outcome(call, cache, *arguments)
+        assert result in DOCUMENTED or result in statuses
+    assert engine.memory_stats()["num_caches"] == 1
+    engine.deallocate_cache(cache)
+
+
 @lenient
 @given(index=hostile, cache_id=hostile, addrs=hostile, desc=hostile)
 def test_cache_fields_and_views(engine, index, cache_id, addrs, desc):

@@ -97,7 +97,8 @@ def test_a_body_that_is_not_one_json_object_is_refused(payload):
 
 @pytest.mark.parametrize("header", [
     frame(1, b"", magic=b"HTTP"),
-    frame(1, b"", version=2),
+    frame(1, b"", version=wire.PROTOCOL_VERSION - 1),   # an older version
+    frame(1, b"", version=wire.PROTOCOL_VERSION + 1),
     frame(0, b""),
     frame(9, b""),
     frame(1, b"", flags=1),
@@ -235,4 +236,4 @@ def test_agent_arguments_are_checked():
 def test_the_header_is_sixteen_bytes_big_endian():
     assert wire.HEADER.size == 16
     assert wire.encode(wire.MessageType.UNPIN_REPLY, 0x01020304, {"status": 0})[:16] == \
-        b"LDDC" + struct.pack("!BBHII", 1, 8, 0, 0x01020304, len(b'{"status":0}'))
+        b"LDDC" + struct.pack("!BBHII", 2, 8, 0, 0x01020304, len(b'{"status":0}'))

@@ -444,10 +444,13 @@ cdef class LlmDataDist:
         self._own_cache_ids = parsed.cache_manager_mode
         self._next_own_cache_id = 1
         self._transfer_options = parsed.transfer
-        self._served = {} if parsed.transfer.get("listen_ip_info") else None
+        # An engine serves its caches by id to linked peers when it listens or opened them to
+        # remote access; it keeps what it serves from Initialize on (bind_cache).
+        self._served = ({} if parsed.transfer["listen_ip_info"] or parsed.transfer["remote_cache_accessible"]
+                        else None)
         status = self.set_up(parsed.device_id, parsed.tensor_alignment, parsed.malloc_policy, parsed.device_pool,
                              parsed.host_pool)
-        if status == LLM_SUCCESS and self._served is not None:
+        if status == LLM_SUCCESS and parsed.transfer["listen_ip_info"]:
             status = self.start_listening()
         return _status(status)
 

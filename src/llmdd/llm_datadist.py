@@ -658,7 +658,10 @@ class LLMDataDist:
         """Unlink clusters, returning (status, [status per cluster]); force tears down only this side."""
         self._check_clusters(clusters, timeout)
         check_type("force", force, bool)
-        return self._linked("unlink_clusters", clusters, lambda agent, targets: agent.unlink(targets, timeout, force))
+        # The hixl backend names the clusters to unlink by id alone (hixl_transfer_engine.cc).
+        by_id = _TRANSFER_BACKEND in self._options
+        return self._linked("unlink_clusters", clusters,
+                            lambda agent, targets: agent.unlink(targets, timeout, force, by_id=by_id))
 
     def _linked(self, call, clusters, link):
         """(status, [status per cluster]) of link(agent, link targets), in the drop-in's status codes."""

@@ -1,15 +1,14 @@
 """TransferAgent: links, pulls and pushes of one initialized engine.
 
 Statuses are llmdd.LLMStatusCode members; LLMException is raised only for bad Python arguments
-(and LLM_FEATURE_NOT_ENABLED when Mooncake is missing). The caller's side of a link owns it: it
-keeps one control connection per linked cluster and the peer's engine address, and moves bytes
-with batched reads (pull) or writes (push) on its own Mooncake engine.
+(and LLM_FEATURE_NOT_ENABLED when Mooncake is missing). A link is one control connection (a
+Channel) used both ways: the side that linked and the side that listened may each pull and push
+on it, moving bytes with batched reads (pull) or writes (push) on their own Mooncake engine.
 """
 import concurrent.futures
 import contextlib
 import errno
 import ipaddress
-import itertools
 import logging
 import socket
 import threading
@@ -19,63 +18,17 @@ from .._datadist import LLMException
 from .._desc import LLMStatusCode
 from . import _plan
 from . import _protocol as wire
+from ._channel import Channel, LinkFailure
 from ._listener import ControlListener
 from ._mooncake import Engine, engine_module
+from ._server import CacheServer
 
 log = logging.getLogger("llmdd.transfer")
 
 MAX_CLUSTERS_PER_CALL = 16   # LLM_CLUSTER_NUM_EXCEED_LIMIT above this (spec section 1)
+MAX_ACCEPTED_LINKS = 64      # links other clusters made to this one, at a time
 SUCCESS = LLMStatusCode.LLM_SUCCESS
 PROTOCOLS = ("tcp", "rdma", "ascend")
-
-
-class _LinkFailure(Exception):
-    def __init__(self, status):
-        super().__init__(status)
-        self.status = status
-
-
-class _Link:
-    """One linked cluster: the control connection (one request at a time) and the peer's engine."""
-
-    def __init__(self, remote_cluster_id, connection, peer_engine):
-        self.remote_cluster_id = remote_cluster_id
-        self.connection = connection
-        self.peer_engine = peer_engine
-        self.lock = threading.Lock()            # one control round trip at a time
-        self.transfer_lock = threading.Lock()   # one batch of bytes at a time
-        self.broken = False
-        self._request_ids = itertools.count(1)
-
-    def request(self, message_type, body, timeout_s):
-        """The reply body of one round trip. A timeout or error breaks the link for good: a late
-        reply would desynchronize the stream, so later calls answer LLM_LINK_FAILED at once."""
-        with self.lock:
-            if self.broken:
-                raise _LinkFailure(LLMStatusCode.LLM_LINK_FAILED)
-            request_id = next(self._request_ids) & wire.UINT32_MAX
-            deadline = time.monotonic() + timeout_s
-            try:
-                wire.send(self.connection, message_type, request_id, body, deadline)
-                reply_type, reply_id, reply = wire.receive(self.connection, deadline)
-                if reply_type != wire.REPLY_TO[message_type] or reply_id != request_id:
-                    raise wire.ProtocolError(f"{reply_type.name} #{reply_id} answers {message_type.name} #{request_id}")
-                return reply
-            except socket.timeout:
-                self._break(f"no answer to {message_type.name} in {timeout_s * 1000:.0f} ms")
-                raise _LinkFailure(LLMStatusCode.LLM_TIMEOUT) from None
-            except (OSError, wire.ProtocolError) as error:
-                self._break(error)
-                raise _LinkFailure(LLMStatusCode.LLM_LINK_FAILED) from None
-
-    def _break(self, reason):
-        log.warning("link to cluster %d failed: %s", self.remote_cluster_id, reason)
-        self.broken = True
-        self.close()
-
-    def close(self):
-        with contextlib.suppress(OSError):
-            self.connection.close()
 
 
 def _status(code):
@@ -183,13 +136,16 @@ class TransferAgent:
         self._device_name = device_name
         self._sync_timeout_s = sync_timeout_ms / 1000
         self._lock = threading.Lock()
-        self._links = {}        # remote cluster id -> _Link
+        self._links = {}        # remote cluster id -> Channel of a link this side made
+        self._accepted = {}     # remote cluster id -> Channel of a link that cluster made to this one
+        self._closed = False
         self._engine = None
+        self._server = CacheServer(registry, self._engine_for_host)
         self._listener = None
         if listen_ip_info is not None:
             host, port = _parse_listen_ip_info(listen_ip_info)
             try:
-                self._listener = ControlListener(host, port, cluster_id, registry, self._engine_for_host,
+                self._listener = ControlListener(host, port, cluster_id, self._engine_for_host, self._accept_link,
                                                  self._sync_timeout_s)
             except OSError as error:
                 # An address this host does not have is a bad option; a port in use is not.
@@ -217,12 +173,39 @@ class TransferAgent:
         if self._listener is not None:
             self._listener.close()
         with self._lock:
-            links, self._links = list(self._links.values()), {}
+            self._closed = True
+            channels = [*self._links.values(), *self._accepted.values()]
+            self._links, self._accepted = {}, {}
             engine, self._engine = self._engine, None
-        for link in links:
-            link.close()
+        for channel in channels:
+            channel.close()
         if engine is not None:
             engine.close()
+
+    def _accept_link(self, connection, body):
+        """The Channel of a link `body`'s cluster is making to this one (the listener answers and
+        starts it), or None when this agent is closing or has too many."""
+        remote_cluster_id = body["cluster_id"]
+        with self._lock:
+            if self._closed or len(self._accepted) >= MAX_ACCEPTED_LINKS:
+                return None
+            channel = Channel(connection, remote_cluster_id, body["engine"], self._server, self._sync_timeout_s,
+                              self._link_ended)
+            previous = self._accepted.get(remote_cluster_id)   # the peer linked again: the old link is over
+            self._accepted[remote_cluster_id] = channel
+        if previous is not None:
+            previous.close()
+        return channel
+
+    def _link_ended(self, channel, unlinked):
+        """A channel's reader stopped. A link the peer made, or one it unlinked, is gone; a link
+        this side made whose connection failed stays, broken, until it is unlinked."""
+        with self._lock:
+            remote_cluster_id = channel.remote_cluster_id
+            if self._accepted.get(remote_cluster_id) is channel:
+                del self._accepted[remote_cluster_id]
+            elif unlinked and self._links.get(remote_cluster_id) is channel:
+                del self._links[remote_cluster_id]
 
     def __enter__(self):
         return self
@@ -244,11 +227,13 @@ class TransferAgent:
         statuses = [None] * len(targets)
         attempts = {}
         with self._lock:
-            for index, (remote_cluster_id, _, _) in enumerate(targets):
-                if remote_cluster_id in self._links or remote_cluster_id in attempts:
+            for index, target in enumerate(targets):
+                if isinstance(target, LLMStatusCode):   # ip infos that name no peer: that cluster's status
+                    statuses[index] = target
+                elif target[0] in self._links or target[0] in attempts:
                     statuses[index] = LLMStatusCode.LLM_ALREADY_LINK
                 else:
-                    attempts[remote_cluster_id] = index
+                    attempts[target[0]] = index
         if attempts:
             # In parallel, so an unreachable peer costs the call one timeout, not one each.
             with concurrent.futures.ThreadPoolExecutor(len(attempts), thread_name_prefix="llmdd-link") as pool:
@@ -258,17 +243,24 @@ class TransferAgent:
                 statuses[index] = future.result()
         return next((status for status in statuses if status != SUCCESS), SUCCESS), statuses
 
-    def _link_target(self, cluster):
+    @staticmethod
+    def _link_target(cluster):
+        """(remote cluster id, (ip, port), local ip or None); LLM_PARAM_INVALID when the ip infos
+        name no peer (as CANN, a status of that cluster, not of the call)."""
         remote_cluster_id = cluster.remote_cluster_id
         _check_int("remote_cluster_id", remote_cluster_id, 0, wire.UINT64_MAX)
         remote_ip_infos, local_ip_infos = list(cluster.remote_ip_infos), list(cluster.local_ip_infos)
-        if len(remote_ip_infos) != 1 or len(local_ip_infos) > 1:
-            raise LLMException(f"cluster {remote_cluster_id}: one remote ip info and at most one local one are "
-                               f"allowed, not {len(remote_ip_infos)} and {len(local_ip_infos)}",
-                               LLMStatusCode.LLM_PARAM_INVALID)
-        remote_ip, remote_port = remote_ip_infos[0]
-        remote = (_parse_ip(remote_ip, "remote"), _parse_port(remote_port, "remote"))
-        local_ip = _parse_ip(local_ip_infos[0][0], "local") if local_ip_infos else None
+        try:
+            if len(remote_ip_infos) != 1 or len(local_ip_infos) > 1:
+                raise LLMException(f"cluster {remote_cluster_id}: one remote ip info and at most one local one are "
+                                   f"allowed, not {len(remote_ip_infos)} and {len(local_ip_infos)}",
+                                   LLMStatusCode.LLM_PARAM_INVALID)
+            remote_ip, remote_port = remote_ip_infos[0]
+            remote = (_parse_ip(remote_ip, "remote"), _parse_port(remote_port, "remote"))
+            local_ip = _parse_ip(local_ip_infos[0][0], "local") if local_ip_infos else None
+        except LLMException as error:
+            log.warning("%s", error)
+            return LLMStatusCode.LLM_PARAM_INVALID
         return remote_cluster_id, remote, local_ip
 
     def _link_one(self, remote_cluster_id, remote, local_ip, deadline):
@@ -290,10 +282,12 @@ class TransferAgent:
             if reply["status"] != SUCCESS or reply["cluster_id"] != remote_cluster_id:
                 log.warning("cluster %d at %s:%d refused the link: %d", remote_cluster_id, *remote, reply["status"])
                 return LLMStatusCode.LLM_LINK_FAILED
-            link = _Link(remote_cluster_id, connection, reply["engine"])
+            channel = Channel(connection, remote_cluster_id, reply["engine"], self._server, self._sync_timeout_s,
+                              self._link_ended)
             with self._lock:
-                self._links[remote_cluster_id] = link
+                self._links[remote_cluster_id] = channel
             connection = None
+            channel.start()
             return SUCCESS
         except socket.timeout:
             return LLMStatusCode.LLM_TIMEOUT
@@ -307,9 +301,13 @@ class TransferAgent:
             if connection is not None:
                 connection.close()
 
-    def unlink(self, clusters, timeout_ms, force=False):
-        """(status, [status per cluster]). force tears down only this side; otherwise the peer is
-        told, and a peer that cannot be told leaves the link in place (LLM_UNLINK_FAILED)."""
+    def unlink(self, clusters, timeout_ms, force=False, by_id=False):
+        """(status, [status per cluster]) of ending links, this side's or the peer's (one link
+        serves both). force tears down only this side; otherwise the peer is told, and a peer
+        that cannot be told leaves the link in place (LLM_UNLINK_FAILED). A cluster not linked
+        is SUCCESS (nothing to end, as in CANN). Clusters are named by remote_cluster_id; unless
+        force or by_id (the hixl backend), each must also carry its one remote ip info, as CANN's
+        default backend checks (LLM_PARAM_INVALID for that cluster)."""
         _check_timeout(timeout_ms)
         if type(force) is not bool:
             raise LLMException("force must be a bool", LLMStatusCode.LLM_PARAM_INVALID)
@@ -318,28 +316,37 @@ class TransferAgent:
             return LLMStatusCode.LLM_CLUSTER_NUM_EXCEED_LIMIT, [LLMStatusCode.LLM_CLUSTER_NUM_EXCEED_LIMIT] * len(clusters)
         statuses = []
         for cluster in clusters:
-            remote_cluster_id = self._link_target(cluster)[0]
-            with self._lock:
-                link = self._links.get(remote_cluster_id)
-            if link is None:
-                statuses.append(LLMStatusCode.LLM_NOT_YET_LINK)
-                continue
-            if not force:
-                try:
-                    link.request(wire.MessageType.UNLINK, {"cluster_id": self.cluster_id}, timeout_ms / 1000)
-                except _LinkFailure:
-                    statuses.append(LLMStatusCode.LLM_UNLINK_FAILED)
+            if not (force or by_id):
+                target = self._link_target(cluster)
+                if isinstance(target, LLMStatusCode):
+                    statuses.append(target)
                     continue
-            with self._lock:
-                if self._links.get(remote_cluster_id) is link:
-                    del self._links[remote_cluster_id]
-            link.close()
-            statuses.append(SUCCESS)
+            remote_cluster_id = cluster.remote_cluster_id
+            _check_int("remote_cluster_id", remote_cluster_id, 0, wire.UINT64_MAX)
+            statuses.append(self._unlink_one(remote_cluster_id, timeout_ms, force))
         return next((status for status in statuses if status != SUCCESS), SUCCESS), statuses
 
-    def linked_clusters(self):
+    def _unlink_one(self, remote_cluster_id, timeout_ms, force):
         with self._lock:
-            return sorted(self._links)
+            links = self._links if remote_cluster_id in self._links else self._accepted
+            channel = links.get(remote_cluster_id)
+        if channel is None:
+            return SUCCESS
+        if not force:
+            try:
+                channel.request(wire.MessageType.UNLINK, {"cluster_id": self.cluster_id}, timeout_ms / 1000)
+            except LinkFailure:
+                return LLMStatusCode.LLM_UNLINK_FAILED
+        with self._lock:
+            if links.get(remote_cluster_id) is channel:
+                del links[remote_cluster_id]
+        channel.close()
+        return SUCCESS
+
+    def linked_clusters(self):
+        """The clusters linked to this one, either way."""
+        with self._lock:
+            return sorted({*self._links, *self._accepted})
 
     # Transfers
 
@@ -436,7 +443,7 @@ class TransferAgent:
         """RESOLVE (the peer pins its cache and describes it), plan, one batch read or write,
         UNPIN (and release the key). Everything is checked before a byte moves."""
         with self._lock:
-            link = self._links.get(remote_cluster_id)
+            link = self._links.get(remote_cluster_id) or self._accepted.get(remote_cluster_id)
             engine = self._engine
         if link is None:
             return LLMStatusCode.LLM_NOT_YET_LINK
@@ -447,7 +454,7 @@ class TransferAgent:
             try:
                 reply = link.request(wire.MessageType.RESOLVE, {"key": key_fields, "write": write},
                                      self._sync_timeout_s)
-            except _LinkFailure as failure:
+            except LinkFailure as failure:
                 return failure.status
             if reply["status"] != SUCCESS or reply["layout"] is None:
                 return _status(reply["status"])
@@ -456,7 +463,7 @@ class TransferAgent:
                 unpinned = link.request(wire.MessageType.UNPIN,
                                         {"pin": reply["pin"], "release_key": release_key and status == SUCCESS},
                                         self._sync_timeout_s)
-            except _LinkFailure as failure:
+            except LinkFailure as failure:
                 # The peer drops the pin with the connection; only a key to release is lost.
                 return failure.status if status == SUCCESS and release_key else status
             if status == SUCCESS and unpinned["status"] != SUCCESS:

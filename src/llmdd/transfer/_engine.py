@@ -173,17 +173,20 @@ class EngineTransfers:
         targets = [_LinkTarget(cluster) for cluster in _items("clusters", clusters)]
         _instance("rets", rets, list)
         timeout_ms = _integer("timeout_in_millis", timeout_ms, INT32_MIN, INT32_MAX)
-        return self._linked(rets, lambda: self._agent.link(targets, timeout_ms))
+        return self._linked(rets, lambda: self._agent.link(targets, timeout_ms), targets)
 
     def unlink(self, clusters, rets, timeout_ms, force_flag):
         targets = [_LinkTarget(cluster) for cluster in _items("clusters", clusters)]
         _instance("rets", rets, list)
         timeout_ms = _integer("timeout_in_millis", timeout_ms, INT32_MIN, INT32_MAX)
         _instance("force_flag", force_flag, bool)
-        return self._linked(rets, lambda: self._agent.unlink(targets, timeout_ms, force_flag))
+        return self._linked(rets, lambda: self._agent.unlink(targets, timeout_ms, force_flag), targets)
 
     @staticmethod
-    def _linked(rets, call):
+    def _linked(rets, call, clusters):
+        if not clusters:   # CANN's link managers: "clusters size must > 0"
+            rets[:] = []
+            return PARAM_INVALID
         try:
             status, statuses = call()
         except LLMException as error:   # a rule of the whole call (timeout, addresses)
@@ -191,62 +194,47 @@ class EngineTransfers:
         rets[:] = statuses
         return status
 
-    def _local_entry(self, cache):
+    def _moved(self, local_cache, valid, move, push=False):
+        """A transfer's status: PARAM_INVALID for a broken rule, KV_CACHE_NOT_EXIST for a local
+        cache this engine does not hold (a push's must be a device cache), else move(entry)'s."""
+        if not valid:
+            return PARAM_INVALID
         try:
-            return self._caches.entry_of(cache)
+            entry = self._caches.entry_of(local_cache)
         except ValueError:
-            return None
+            return LLMStatusCode.LLM_KV_CACHE_NOT_EXIST
+        if push and entry.placement != Placement.kDevice:
+            return PARAM_INVALID
+        return self._status(lambda: move(entry))
 
     def pull_cache(self, index, dst_cache, batch_index, size, ext_param):
         key = _cache_index("src_cache_index", index)
         batch_index = _integer("batch_index", batch_index, 0, UINT32_MAX)
         size = _integer("size", size, INT64_MIN, INT64_MAX)
         call = _Call(ext_param)
-        if not call.valid or not (size == -1 or size > 0):
-            return PARAM_INVALID
-        entry = self._local_entry(dst_cache)
-        if entry is None:
-            return LLMStatusCode.LLM_KV_CACHE_NOT_EXIST
-        return self._status(lambda: self._agent.pull_cache(key["cluster_id"], key, entry, batch_index, size,
-                                                           **call.layers))
+        return self._moved(dst_cache, call.valid and (size == -1 or size > 0), lambda entry: self._agent.pull_cache(
+            key["cluster_id"], key, entry, batch_index, size, **call.layers))
 
     def pull_blocks(self, index, dst_cache, src_blocks, dst_blocks, ext_param):
         key = _cache_index("src_cache_index", index)
         src_blocks, dst_blocks = _blocks("src_blocks", src_blocks), _blocks("dst_blocks", dst_blocks)
         call = _Call(ext_param)
-        if not call.valid or key["batch_index"] != 0 or not src_blocks or len(src_blocks) != len(dst_blocks):
-            return PARAM_INVALID
-        entry = self._local_entry(dst_cache)
-        if entry is None:
-            return LLMStatusCode.LLM_KV_CACHE_NOT_EXIST
-        return self._status(lambda: self._agent.pull_blocks(key["cluster_id"], key, entry, src_blocks, dst_blocks,
-                                                            **call.layers))
+        valid = call.valid and key["batch_index"] == 0 and src_blocks and len(src_blocks) == len(dst_blocks)
+        return self._moved(dst_cache, valid, lambda entry: self._agent.pull_blocks(
+            key["cluster_id"], key, entry, src_blocks, dst_blocks, **call.layers))
 
     def push_cache(self, src_cache, index, src_batch_index, size, ext_param):
         key = _cache_index("dst_cache_index", index)
         src_batch_index = _integer("src_batch_index", src_batch_index, 0, UINT32_MAX)
         size = _integer("size", size, INT64_MIN, INT64_MAX)
         call = _Call(ext_param)
-        if not call.valid or size != -1:
-            return PARAM_INVALID
-        entry = self._local_entry(src_cache)
-        if entry is None:
-            return LLMStatusCode.LLM_KV_CACHE_NOT_EXIST
-        if entry.placement != Placement.kDevice:
-            return PARAM_INVALID
-        return self._status(lambda: self._agent.push_cache(key["cluster_id"], key, entry, src_batch_index, size,
-                                                           **call.layers))
+        return self._moved(src_cache, call.valid and size == -1, lambda entry: self._agent.push_cache(
+            key["cluster_id"], key, entry, src_batch_index, size, **call.layers), push=True)
 
     def push_blocks(self, src_cache, index, src_blocks, dst_blocks, ext_param):
         key = _cache_index("dst_cache_index", index)
         src_blocks, dst_blocks = _blocks("src_blocks", src_blocks), _blocks("dst_blocks", dst_blocks)
         call = _Call(ext_param)
-        if not call.valid or key["batch_index"] != 0 or not dst_blocks or len(src_blocks) != len(dst_blocks):
-            return PARAM_INVALID
-        entry = self._local_entry(src_cache)
-        if entry is None:
-            return LLMStatusCode.LLM_KV_CACHE_NOT_EXIST
-        if entry.placement != Placement.kDevice:
-            return PARAM_INVALID
-        return self._status(lambda: self._agent.push_blocks(key["cluster_id"], key, entry, src_blocks, dst_blocks,
-                                                            **call.layers))
+        valid = call.valid and key["batch_index"] == 0 and dst_blocks and len(src_blocks) == len(dst_blocks)
+        return self._moved(src_cache, valid, lambda entry: self._agent.push_blocks(
+            key["cluster_id"], key, entry, src_blocks, dst_blocks, **call.layers), push=True)

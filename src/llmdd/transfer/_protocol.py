@@ -24,7 +24,7 @@ import struct
 import time
 
 MAGIC = b"LDDC"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2   # 2: a link's connection carries requests both ways
 HEADER = struct.Struct("!4sBBHII")
 # A layout of the largest cache we describe (MAX_TENSORS addresses of up to 20 digits) fits
 # several times over; anything bigger is not one of our messages.

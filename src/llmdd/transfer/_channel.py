@@ -1,0 +1,176 @@
+"""One link's control connection, used both ways.
+
+After LINK, either side may send requests on the connection (RESOLVE, UNPIN, UNLINK) and serves
+the other's, so one link lets both sides pull and push, as one CANN link does. A reader thread
+takes every frame: a reply goes to the request waiting for it, a request to the CacheServer,
+whose answer goes back at once. This side sends one request at a time. A timeout or a frame
+that breaks the protocol ends the channel for good: a late reply would desynchronize the stream.
+"""
+import itertools
+import logging
+import socket
+import threading
+import time
+
+from .._desc import LLMStatusCode
+from . import _protocol as wire
+
+log = logging.getLogger("llmdd.transfer")
+
+# How often the reader, waiting for a frame, looks up to see whether the channel is closing.
+_POLL_SECONDS = 0.2
+_REPLIES = frozenset(wire.REPLY_TO.values())
+
+
+class LinkFailure(Exception):
+    def __init__(self, status):
+        super().__init__(status)
+        self.status = status
+
+
+class _Waiter:
+    __slots__ = ("request_id", "reply_type", "event", "reply")
+
+    def __init__(self, request_id, reply_type):
+        self.request_id = request_id
+        self.reply_type = reply_type
+        self.event = threading.Event()
+        self.reply = None
+
+
+class Channel:
+    """A linked cluster: its control connection and its Mooncake engine's address.
+
+    server: the CacheServer answering the peer's requests. on_end(channel, unlinked) runs when
+    the reader stops (and, when the peer unlinks, also before the answer goes out, so it must
+    bear a second call): unlinked is True when the peer unlinked, False when the connection
+    failed or was closed."""
+
+    def __init__(self, connection, remote_cluster_id, peer_engine, server, message_timeout_s, on_end):
+        self.remote_cluster_id = remote_cluster_id
+        self.peer_engine = peer_engine
+        self.transfer_lock = threading.Lock()   # one batch of bytes at a time
+        self.broken = False
+        self._reader = connection
+        # The sender's own socket object over the same connection: each keeps its own timeout.
+        self._sender = connection.dup()
+        self._server = server
+        self._message_timeout_s = message_timeout_s
+        self._on_end = on_end
+        self._pins = {}
+        self._send_lock = threading.Lock()
+        self._request_lock = threading.Lock()
+        self._request_ids = itertools.count(1)
+        self._waiter = None
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._read_loop, daemon=True,
+                                        name=f"llmdd-link-{remote_cluster_id}")
+
+    def start(self):
+        self._thread.start()
+
+    def request(self, message_type, body, timeout_s):
+        """The reply body of one round trip; LinkFailure(LLM_TIMEOUT or LLM_LINK_FAILED) otherwise."""
+        with self._request_lock:
+            if self.broken:
+                raise LinkFailure(LLMStatusCode.LLM_LINK_FAILED)
+            waiter = _Waiter(next(self._request_ids) & wire.UINT32_MAX, wire.REPLY_TO[message_type])
+            self._waiter = waiter
+            try:
+                # The reader sets `broken` before it wakes the waiter it finds: one of us sees the other.
+                if self.broken:
+                    raise LinkFailure(LLMStatusCode.LLM_LINK_FAILED)
+                self._send(message_type, waiter.request_id, body, time.monotonic() + timeout_s)
+                if not waiter.event.wait(timeout_s):
+                    self._break(f"no answer to {message_type.name} in {timeout_s * 1000:.0f} ms")
+                    raise LinkFailure(LLMStatusCode.LLM_TIMEOUT)
+            except socket.timeout:
+                self._break(f"could not send {message_type.name} in {timeout_s * 1000:.0f} ms")
+                raise LinkFailure(LLMStatusCode.LLM_TIMEOUT) from None
+            except OSError as error:
+                self._break(error)
+                raise LinkFailure(LLMStatusCode.LLM_LINK_FAILED) from None
+            finally:
+                self._waiter = None
+            if waiter.reply is None:   # the channel ended while we waited
+                raise LinkFailure(LLMStatusCode.LLM_LINK_FAILED)
+            return waiter.reply
+
+    def close(self):
+        """Ends the channel without telling the peer (bounded: joins the reader for a moment)."""
+        self._closing.set()
+        self._shutdown()
+        if threading.current_thread() is not self._thread and self._thread.is_alive():
+            self._thread.join(2 * _POLL_SECONDS + self._message_timeout_s)
+
+    def _send(self, message_type, request_id, body, deadline):
+        with self._send_lock:
+            wire.send(self._sender, message_type, request_id, body, deadline)
+
+    def _break(self, reason):
+        log.warning("link with cluster %d failed: %s", self.remote_cluster_id, reason)
+        self.broken = True
+        self._shutdown()
+
+    def _shutdown(self):
+        try:
+            self._reader.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _wait_for_frame(self):
+        """True when the next frame starts arriving, False when the peer closed or we are closing.
+        An idle link may wait forever; a started frame gets message_timeout_s."""
+        self._reader.settimeout(_POLL_SECONDS)
+        while not self._closing.is_set():
+            try:
+                return bool(self._reader.recv(1, socket.MSG_PEEK))
+            except socket.timeout:
+                continue
+        return False
+
+    def _read_loop(self):
+        unlinked = False
+        try:
+            while self._wait_for_frame():
+                message_type, request_id, body = wire.receive(self._reader,
+                                                              time.monotonic() + self._message_timeout_s)
+                deadline = time.monotonic() + self._message_timeout_s
+                if message_type in _REPLIES:
+                    waiter = self._waiter
+                    if waiter is None or (waiter.request_id, waiter.reply_type) != (request_id, message_type):
+                        raise wire.ProtocolError(f"{message_type.name} #{request_id} answers no request")
+                    waiter.reply = body
+                    waiter.event.set()
+                elif message_type == wire.MessageType.RESOLVE:
+                    self._send(wire.MessageType.RESOLVE_REPLY, request_id, self._server.resolve(body, self._pins),
+                               deadline)
+                elif message_type == wire.MessageType.UNPIN:
+                    self._send(wire.MessageType.UNPIN_REPLY, request_id, self._server.unpin(body, self._pins),
+                               deadline)
+                elif message_type == wire.MessageType.UNLINK:
+                    # Gone from this side before the peer hears so: its next call here finds no link.
+                    self.broken = True
+                    self._on_end(self, True)
+                    self._send(wire.MessageType.UNLINK_REPLY, request_id, {"status": int(LLMStatusCode.LLM_SUCCESS)},
+                               deadline)
+                    log.info("cluster %d unlinked", self.remote_cluster_id)
+                    unlinked = True
+                    return
+                else:
+                    raise wire.ProtocolError(f"a {message_type.name} on a linked connection")
+        except wire.ProtocolError as error:
+            log.warning("link with cluster %d closed: %s", self.remote_cluster_id, error)
+        except OSError as error:   # socket.timeout included
+            if not self._closing.is_set():
+                log.info("link with cluster %d ended: %s", self.remote_cluster_id, error)
+        finally:
+            self.broken = True
+            self._server.release(self._pins)
+            waiter = self._waiter
+            if waiter is not None:
+                waiter.event.set()   # with no reply: LLM_LINK_FAILED
+            self._shutdown()
+            self._reader.close()
+            self._sender.close()
+            self._on_end(self, unlinked)
