@@ -16,7 +16,8 @@ from transfer_support import Peer, mooncake_missing, pattern
 import llmdd
 from llmdd import CacheIndex, ClusterInfo, IpInfo, KvCacheExtParam
 
-pytestmark = pytest.mark.skipif(mooncake_missing() is not None, reason=str(mooncake_missing()))
+# The tests that link need Mooncake; the others run everywhere (the sanitizer build included).
+needs_mooncake = pytest.mark.skipif(mooncake_missing() is not None, reason=str(mooncake_missing()))
 
 S = llmdd.LLMStatusCode
 PROMPT, DECODER, OTHER_PROMPT = 1, 2, 3
@@ -87,6 +88,7 @@ def remote_cache(peer):
     return peer.call("allocate", num_tensors=TENSORS, batch=BATCH, block_bytes=BLOCK)["cache_id"]
 
 
+@needs_mooncake
 def test_pull_kv_cache_reads_one_batch_entry_of_a_remote_cache_by_id(prompt, linked):
     src = remote_cache(prompt)
     dst = local_cache(linked)
@@ -98,6 +100,7 @@ def test_pull_kv_cache_reads_one_batch_entry_of_a_remote_cache_by_id(prompt, lin
         assert not got[[0, 1, 3, 4, 5, 6, 7]].any()
 
 
+@needs_mooncake
 def test_pull_kv_cache_with_size_and_layer_ranges(prompt, linked):
     src = remote_cache(prompt)
     dst = local_cache(linked)
@@ -111,6 +114,7 @@ def test_pull_kv_cache_with_size_and_layer_ranges(prompt, linked):
     assert not tensor(dst, 2).any() and not tensor(dst, 3).any()
 
 
+@needs_mooncake
 def test_pull_kv_blocks_reads_the_named_blocks(prompt, linked):
     src = remote_cache(prompt)
     dst = local_cache(linked)
@@ -124,6 +128,7 @@ def test_pull_kv_blocks_reads_the_named_blocks(prompt, linked):
         assert not got[[1, 2, 5, 6]].any()
 
 
+@needs_mooncake
 def test_push_kv_cache_and_blocks_write_into_a_remote_accessible_engine(writable_prompt, linked):
     dst = remote_cache(writable_prompt)
     src = local_cache(linked)
@@ -140,6 +145,7 @@ def test_push_kv_cache_and_blocks_write_into_a_remote_accessible_engine(writable
         assert numpy.array_equal(after[2:6], before[t][2:6]) and numpy.array_equal(after[7], before[t][7])
 
 
+@needs_mooncake
 def test_push_into_an_engine_without_remote_cache_access_is_refused(prompt, linked):
     dst = remote_cache(prompt)
     before = remote_tensor(prompt, dst, 0)
@@ -147,6 +153,7 @@ def test_push_into_an_engine_without_remote_cache_access_is_refused(prompt, link
     assert numpy.array_equal(remote_tensor(prompt, dst, 0), before)
 
 
+@needs_mooncake
 @pytest.mark.parametrize("call, expected", [
     (lambda dd, src, dst: dd.PullKvCache(CacheIndex(PROMPT, src, BATCH), dst), S.LLM_PARAM_INVALID),
     (lambda dd, src, dst: dd.PullKvCache(CacheIndex(PROMPT, src, 0), dst, BATCH), S.LLM_PARAM_INVALID),
@@ -179,6 +186,7 @@ def test_rejected_calls_answer_their_status_and_write_nothing(prompt, linked, ca
     assert not any(tensor(dst, t).any() for t in range(TENSORS))
 
 
+@needs_mooncake
 def test_a_cache_this_engine_does_not_hold_takes_no_part(writable_prompt, linked):
     dst = remote_cache(writable_prompt)
     foreign = llmdd.Cache.create_cpu_cache(llmdd.CacheDesc(TENSORS, [BATCH, BLOCK], llmdd.DT_UINT8,
@@ -188,6 +196,7 @@ def test_a_cache_this_engine_does_not_hold_takes_no_part(writable_prompt, linked
     assert linked.PushKvCache(foreign, CacheIndex(OTHER_PROMPT, dst, 0)) == S.LLM_KV_CACHE_NOT_EXIST
 
 
+@needs_mooncake
 def test_push_from_a_host_cache_is_param_invalid(writable_prompt):
     with llmdd.LlmDataDist(DECODER, llmdd.LlmRole.kDecoder) as dd:
         assert dd.Initialize({"llm.HostMemPoolConfig": '{"memory_size": 1048576}'}) == S.LLM_SUCCESS
@@ -201,6 +210,7 @@ def test_push_from_a_host_cache_is_param_invalid(writable_prompt):
         assert numpy.array_equal(remote_tensor(writable_prompt, dst, 0), before)
 
 
+@needs_mooncake
 def test_link_rules(engine, prompt):
     rets = ["stale"]
     assert engine.LinkLlmClusters([cluster_of(prompt)], rets, 0) == S.LLM_PARAM_INVALID
@@ -218,6 +228,7 @@ def test_link_rules(engine, prompt):
     assert engine.LinkLlmClusters([], rets) == S.LLM_PARAM_INVALID and rets == []
 
 
+@needs_mooncake
 def test_unlink_then_pull_is_not_yet_link(prompt, engine):
     rets = []
     assert engine.LinkLlmClusters([cluster_of(prompt)], rets) == S.LLM_SUCCESS
@@ -228,8 +239,9 @@ def test_unlink_then_pull_is_not_yet_link(prompt, engine):
     assert engine.PullKvCache(CacheIndex(PROMPT, src, 0), dst) == S.LLM_NOT_YET_LINK
 
 
+@needs_mooncake
 def test_the_listening_side_may_link_and_pull_too(prompt, engine):
-    """Each side owns the links it makes: the prompt links to a listening decoder and pulls."""
+    """A listening engine links out too: the prompt links to a listening decoder and pulls from it."""
     with llmdd.LlmDataDist(DECODER + 10, llmdd.LlmRole.kDecoder) as listening:
         port = free_port()
         assert listening.Initialize({"llm.ListenIpInfo": f"127.0.0.1:{port}"}) == S.LLM_SUCCESS
@@ -244,6 +256,7 @@ def test_the_listening_side_may_link_and_pull_too(prompt, engine):
         assert numpy.array_equal(got[0], entries(pattern(DECODER + 10, src.cache_id, 3, BATCH * BLOCK))[0])
 
 
+@needs_mooncake
 def test_the_side_that_listened_pulls_and_pushes_on_the_link_the_other_made(prompt):
     """One link serves both sides, as one CANN link does: the decoder links, the prompt pulls
     from it and pushes into it (the decoder opened its caches to remote access)."""
@@ -279,6 +292,7 @@ class Deallocating:
         return self.value
 
 
+@needs_mooncake
 def test_an_argument_that_deallocates_the_local_cache_leaves_the_call_refused(prompt, linked):
     src = remote_cache(prompt)
     for call in (lambda dst: linked.PullKvCache(CacheIndex(PROMPT, src, 0), dst, Deallocating(linked, dst, 0)),
@@ -294,12 +308,14 @@ def test_an_argument_that_deallocates_the_local_cache_leaves_the_call_refused(pr
     assert numpy.array_equal(remote_tensor(prompt, writable, 0), before)
 
 
+@needs_mooncake
 def test_a_deallocated_remote_cache_is_gone(prompt, linked):
     src = remote_cache(prompt)
     assert prompt.call("deallocate", cache_id=src)["status"] == S.LLM_SUCCESS
     assert linked.PullKvCache(CacheIndex(PROMPT, src, 0), local_cache(linked)) == S.LLM_KV_CACHE_NOT_EXIST
 
 
+@needs_mooncake
 def test_a_finalized_prompt_fails_the_pull_in_bounded_time_and_the_decoder_stays_usable(engine):
     peer = engine_peer(OTHER_PROMPT + 20)
     try:
