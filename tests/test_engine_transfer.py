@@ -115,6 +115,17 @@ def test_pull_kv_cache_with_size_and_layer_ranges(prompt, linked):
 
 
 @needs_mooncake
+def test_without_layer_ranges_tensor_num_per_layer_is_not_looked_at(prompt, linked):
+    # As CANN: it only splits tensors into layers for the ranges; a 3-tensor cache pulls whole.
+    src = prompt.call("allocate", num_tensors=3, batch=BATCH, block_bytes=BLOCK)["cache_id"]
+    dst = local_cache(linked, tensors=3)
+    assert linked.PullKvCache(CacheIndex(PROMPT, src, 1), dst, 0, -1, KvCacheExtParam(tensor_num_per_layer=2)) == \
+        S.LLM_SUCCESS
+    for t in range(3):
+        assert numpy.array_equal(entries(tensor(dst, t))[0], entries(pattern(PROMPT, src, t, BATCH * BLOCK))[1])
+
+
+@needs_mooncake
 def test_pull_kv_blocks_reads_the_named_blocks(prompt, linked):
     src = remote_cache(prompt)
     dst = local_cache(linked)
@@ -167,7 +178,7 @@ def test_push_into_an_engine_without_remote_cache_access_is_refused(prompt, link
     (lambda dd, src, dst: dd.PullKvCache(CacheIndex(PROMPT, src, 0), dst, 0, -1, KvCacheExtParam((0, 2), (0, 2))),
      S.LLM_PARAM_INVALID),   # 4 tensors are 2 layers of 2
     (lambda dd, src, dst: dd.PullKvCache(CacheIndex(PROMPT, src, 0), dst, 0, -1, KvCacheExtParam(
-        tensor_num_per_layer=3)), S.LLM_PARAM_INVALID),
+        (0, 0), (0, 0), tensor_num_per_layer=3)), S.LLM_PARAM_INVALID),   # 3 does not divide 4 tensors
     (lambda dd, src, dst: dd.PullKvCache(CacheIndex(PROMPT, 10**6, 0), dst), S.LLM_KV_CACHE_NOT_EXIST),
     (lambda dd, src, dst: dd.PullKvCache(CacheIndex(99, src, 0), dst), S.LLM_NOT_YET_LINK),
     (lambda dd, src, dst: dd.PullKvBlocks(CacheIndex(PROMPT, src, 1), dst, [0], [0]), S.LLM_PARAM_INVALID),

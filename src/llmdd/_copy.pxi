@@ -52,6 +52,8 @@ cdef uint32_t _copy_endpoint(LlmDataDist engine, Cache cache, _CacheMemory pinne
     cdef bint caller_addresses = True   # per-tensor addresses: a host cache's or a registered cache's
     side.addrs = NULL
     side.cache_key = <Py_ssize_t><PyObject*>cache
+    if cache._engine is engine and not engine_cache:
+        return LLM_KV_CACHE_NOT_EXIST    # a cache of an earlier initialization of this engine
     if engine_cache:
         fields = cache._desc_fields      # what was allocated, whatever was set since
         shape = cache._desc_shape

@@ -3,7 +3,7 @@ from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, uintptr_t
 from ._acl cimport aclError, aclrtContext, aclrtMemMallocPolicy
 from ._desc cimport CacheDesc, DescFields
 from ._page_pool cimport llmdd_page_pool
-from ._u64_table cimport llmdd_u64_table
+from ._u64_table cimport llmdd_u64_slot, llmdd_u64_table
 
 
 # A memory pool (llm.MemPoolConfig / llm.HostMemPoolConfig): one runtime allocation at
@@ -90,7 +90,8 @@ cdef class LlmDataDist:
     # engine listens (llm.ListenIpInfo) or on the first link, and the caches it serves by id.
     cdef dict _transfer_options
     cdef object _transfers
-    cdef dict _served                 # cache_id -> an engine-owned Cache twin, while listening
+    cdef dict _served                 # cache_id -> a Cache twin, when it serves its caches to peers
+    cdef bint _stopping_transfers     # inside Finalize's ending of the links
     cdef object __weakref__
     # What the last failed call said beyond its status, for LLMException: the runtime's
     # error code and message, or why an option was refused.
@@ -116,6 +117,8 @@ cdef class LlmDataDist:
     cdef void stop_serving(self, int64_t cache_id)
     cdef object transfer_service(self)
     cdef object transfer_call(self, str call, tuple arguments)
+    cdef void finalize_with_transfers(self)
+    cdef tuple layout_of(self, Cache cache, llmdd_u64_slot* slot)
     cdef void teardown(self)
     cdef void abandon(self)
     cdef void release_memory(self, uint64_t record, uint64_t held)

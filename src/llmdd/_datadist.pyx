@@ -9,7 +9,7 @@ caches in a C hash table, carves them from memory pools (page_pool.c) when confi
 keeps exported memory alive for its views (_CacheMemory). Copies: _copy.pxi.
 """
 cimport cython
-from cpython.ref cimport Py_REFCNT, PyObject
+from cpython.ref cimport Py_INCREF, Py_REFCNT, PyObject
 from libc.stdint cimport INT64_MAX, INT64_MIN, SIZE_MAX, UINT64_MAX
 
 from ._acl cimport (
@@ -221,7 +221,8 @@ cdef inline void _fill_cache(Cache cache, LlmDataDist engine, int64_t cache_id, 
                              uintptr_t first_addr, uint64_t stride, tuple caller_addrs):
     cache._cache_id = cache_id
     cache._engine = engine
-    cache._generation = engine._generation
+    if engine is not None:
+        cache._generation = engine._generation
     cache._first_addr = first_addr
     cache._addr_stride = stride
     cache._addr_count = desc.fields.num_tensors
@@ -456,7 +457,8 @@ cdef class LlmDataDist:
 
     cdef uint32_t start_listening(self):
         """Serve this engine's caches to the clusters that link to it (llm.ListenIpInfo) from
-        Initialize on; a listener that cannot start fails the Initialize."""
+        Initialize on; a listener that cannot start fails the Initialize, which finalizes the
+        engine again (nothing half-made stays)."""
         cdef uint64_t generation = self._generation
         try:
             self.transfer_service()
@@ -471,14 +473,25 @@ cdef class LlmDataDist:
         return LLM_SUCCESS
 
     cdef object transfer_service(self):
-        """This initialization's llmdd.transfer service, made on first need."""
+        """This initialization's llmdd.transfer service, made on first need. Making it runs
+        Python code (sockets, threads): what another thread did meanwhile is looked at after."""
+        cdef uint64_t generation = self._generation
+        if self._transfers is not None and self._transfers.initialization != generation:
+            self.stop_transfers()   # an earlier initialization's, left by a race with its Finalize
         if self._transfers is None:
             from .transfer._engine import EngineTransfers
-            self._transfers = EngineTransfers(self, self._transfer_options)
+            service = EngineTransfers(self, self._transfer_options)
+            if (self._transfers is not None or self._generation != generation or not self._initialized
+                    or self._stopping_transfers):
+                service.close()     # another thread made one, or the engine was finalized
+                if self._transfers is None:
+                    raise LLMException("the engine was finalized", status_code=_status(LLM_FAILED))
+            else:
+                self._transfers = service
         return self._transfers
 
     cdef void stop_transfers(self):
-        """End the links and the listener (bounded: peers are not waited for) before the caches go."""
+        """End the links and the listener before the caches go (transfers under way end first)."""
         transfers, self._transfers = self._transfers, None
         if transfers is not None:
             transfers.close()
@@ -660,17 +673,24 @@ cdef class LlmDataDist:
         """Fill `cache` with the id just inserted in the table (and take that id) and its tensors:
         first_addr + i * stride, or caller_addrs as given for a registered cache."""
         global _next_cache_id
+        cdef Cache twin
+        cdef uint64_t generation
         if self._own_cache_ids:
             self._next_own_cache_id = cache_id + 1
         else:
             _next_cache_id = cache_id + 1
         _fill_cache(cache, self, cache_id, desc, first_addr, stride, caller_addrs)
         if self._served is not None:
-            # A listening engine describes its caches to peers by id, whatever the caller does
-            # with its own Cache object: it keeps a twin nobody else sees.
+            # An engine that serves its caches describes them to peers by id, whatever the caller
+            # does with its own Cache object: it keeps a twin nobody else sees. The twin holds no
+            # engine (no reference cycle: a dropped engine goes at once). Making it may run a
+            # collection, and so any code, even a Finalize: the dict is looked up again after.
+            generation = self._generation
             twin = Cache.__new__(Cache)
-            _fill_cache(twin, self, cache_id, desc, first_addr, stride, caller_addrs)
-            self._served[cache_id] = twin
+            _fill_cache(twin, None, cache_id, desc, first_addr, stride, caller_addrs)
+            twin._generation = generation
+            if self._served is not None and self._generation == generation:
+                self._served[cache_id] = twin
 
     cdef inline void count_allocation(self, bint on_host, uint64_t nbytes):
         self._stats.num_caches += 1
@@ -737,20 +757,27 @@ cdef class LlmDataDist:
         """Counts this engine's initializations: a cache id names one cache only within one."""
         return self._generation
 
-    def _served_cache(self, int64_t cache_id):
-        """The twin of cache `cache_id` a listening engine serves to its peers, or None."""
-        return None if self._served is None else self._served.get(cache_id)
+    def _served_layout(self, int64_t cache_id):
+        """The layout (as _layout's) of a live cache this engine serves to its peers, or None."""
+        if self._served is None or not self._initialized:
+            return None
+        twin = self._served.get(cache_id)
+        slot = llmdd_u64_find(&self._caches, <uint64_t>cache_id) if cache_id > 0 else NULL
+        if twin is None or slot == NULL:
+            return None
+        return self.layout_of(<Cache>twin, slot)
 
     def _layout(self, Cache cache not None):
         """What a transfer needs of a live cache of this engine's current initialization:
         (cache_id, tensor addresses, tensor bytes, batch, placement, registered, regions to
         register with a transfer engine). ValueError for any other cache."""
-        cdef uint64_t nbytes
-        cdef llmdd_u64_slot* slot
-        cdef uint32_t i
         if cache.live_engine() is not self:
             raise ValueError(f"cache {cache._cache_id} belongs to another engine")
-        slot = llmdd_u64_find(&self._caches, <uint64_t>cache._cache_id)
+        return self.layout_of(cache, llmdd_u64_find(&self._caches, <uint64_t>cache._cache_id))
+
+    cdef tuple layout_of(self, Cache cache, llmdd_u64_slot* slot):
+        cdef uint64_t nbytes
+        cdef uint32_t i
         registered = (slot.second & SOURCE_BITS) == FROM_CALLER
         tensor_bytes(&cache._desc_fields, &nbytes)
         addrs = tuple([cache.tensor_address(i) for i in range(cache._addr_count)])
@@ -767,13 +794,14 @@ cdef class LlmDataDist:
 
     def LinkLlmClusters(self, clusters, rets, timeout_in_millis=1000):
         """Link to each ClusterInfo's remote cluster (at most 16 a call); `rets` (a list) is
-        filled with a status per cluster: LLM_ALREADY_LINK, LLM_LINK_FAILED, LLM_TIMEOUT. This
-        side owns the links and may pull and push on them. LLM_SUCCESS when every one linked."""
+        filled with a status per cluster: LLM_ALREADY_LINK, LLM_LINK_FAILED, LLM_TIMEOUT. A link
+        serves both sides: either may pull, push and unlink. LLM_SUCCESS when every one linked."""
         return self.transfer_call("link", (clusters, rets, timeout_in_millis))
 
     def UnlinkLlmClusters(self, clusters, rets, timeout_in_millis=1000, force_flag=False):
-        """Unlink clusters this side linked; `rets` gets a status per cluster (LLM_UNLINK_FAILED
-        when the peer cannot be told; force_flag tears down this side only)."""
+        """End the links with clusters (made by either side); `rets` gets a status per cluster
+        (LLM_UNLINK_FAILED when the peer cannot be told; force_flag tears down this side only;
+        a cluster not linked is LLM_SUCCESS). Transfers on a link end before it does."""
         return self.transfer_call("unlink", (clusters, rets, timeout_in_millis, force_flag))
 
     def PullKvCache(self, src_cache_index, Cache dst_cache not None, batch_index=0, size=-1, ext_param=None):
@@ -796,10 +824,18 @@ cdef class LlmDataDist:
         return self.transfer_call("push_blocks", (src_cache, dst_cache_index, src_blocks, dst_blocks, ext_param))
 
     cdef object transfer_call(self, str call, tuple arguments):
+        """Convert the arguments (their Python code may run, even re-enter this engine), then
+        look at the engine's state, then act with this initialization's transfer service."""
+        from .transfer._engine import CALLS
+        act = CALLS[call](*arguments)
         self._last_acl_error = ACL_SUCCESS
-        if not self._initialized:
+        if not self._initialized or self._stopping_transfers:
             return _status(LLM_FAILED)
-        return getattr(self.transfer_service(), call)(*arguments)
+        try:
+            service = self.transfer_service()
+        except LLMException as error:
+            return _status_member(error.status_code)
+        return act(service)
 
     cdef uint32_t deallocate(self, int64_t cache_id, bint registered):
         cdef llmdd_u64_slot* slot
@@ -916,7 +952,15 @@ cdef class LlmDataDist:
         calls answer LLM_FAILED until the next Initialize. Memory still exported to views,
         arrays or tensors (or pinned by a transfer) is freed, and the device released, when the
         last of them is gone."""
-        self.stop_transfers()
+        self.finalize_with_transfers()
+
+    cdef void finalize_with_transfers(self):
+        # Transfer calls answer LLM_FAILED from here on: none makes a new service meanwhile.
+        self._stopping_transfers = True
+        try:
+            self.stop_transfers()
+        finally:
+            self._stopping_transfers = False
         self.finalize()
 
     cdef void finalize(self):
@@ -967,7 +1011,14 @@ cdef class LlmDataDist:
         self._teardown_pending = False
         self._abandoned = True
         self._served = None
-        self._transfers = None   # its threads are the parent's
+        if self._transfers is not None:
+            # Its threads, sockets and Mooncake engine are the parent's: this child must never
+            # close them (a shutdown would end the parent's links) nor destroy the engine
+            # (Mooncake's destructor waits for threads this process does not have), so the
+            # service is kept alive to the end of the process.
+            self._transfers.abandon()
+            Py_INCREF(self._transfers)
+            self._transfers = None
 
     cdef void teardown(self):
         """Release the pools, the context and the device, once no exported memory is left.
@@ -990,8 +1041,7 @@ cdef class LlmDataDist:
         return self
 
     def __exit__(self, *exc_info):
-        self.stop_transfers()
-        self.finalize()
+        self.finalize_with_transfers()
         return False
 
     # The Pythonic layer: same engine, exceptions instead of status codes.

@@ -126,6 +126,8 @@ def parse_ip_port(text, key):
     if not colon or len(parts) != 4:
         raise OptionError(f"{key}={text!r} is not 'ip:port'")
     for part in parts:
+        if len(part) > 1 and part.startswith("0"):
+            raise OptionError(f"{key}={text!r}: an address part has a leading zero")
         parse_decimal(part, key, 0, 255)
     return host, parse_decimal(port, key, 0, 65535)
 

@@ -498,9 +498,8 @@ class LLMDataDist:
         for key in ("ge.exec.deviceId", "llm.DeviceId"):
             if ";" in options.get(key, ""):
                 options[key] = options[key].split(";")[0]
-        engine_options = options
-        if self._cache_manager_mode:   # the cache manager's transfer agent listens, not the engine
-            engine_options = {key: value for key, value in options.items() if key != _ENGINE_LISTEN_IP_INFO}
+        # The drop-in's transfer agent listens (cache-manager mode; v1 mode transfers nothing), not the engine.
+        engine_options = {key: value for key, value in options.items() if key != _ENGINE_LISTEN_IP_INFO}
         try:
             self._engine.initialize(engine_options)
         except LLMException as error:

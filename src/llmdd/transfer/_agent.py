@@ -18,7 +18,7 @@ from .._datadist import LLMException
 from .._desc import LLMStatusCode
 from . import _plan
 from . import _protocol as wire
-from ._channel import Channel, LinkFailure
+from ._channel import DRAIN_SECONDS, Channel, LinkFailure
 from ._listener import ControlListener
 from ._mooncake import Engine, engine_module
 from ._server import CacheServer
@@ -146,7 +146,7 @@ class TransferAgent:
             host, port = _parse_listen_ip_info(listen_ip_info)
             try:
                 self._listener = ControlListener(host, port, cluster_id, self._engine_for_host, self._accept_link,
-                                                 self._sync_timeout_s)
+                                                 self._activate, self._sync_timeout_s)
             except OSError as error:
                 # An address this host does not have is a bad option; a port in use is not.
                 status = (LLMStatusCode.LLM_PARAM_INVALID if error.errno == errno.EADDRNOTAVAIL
@@ -162,6 +162,8 @@ class TransferAgent:
         """This agent's Mooncake engine, started on `host` the first time one is needed (the
         address peers reach us at, so it is the right interface in a multi-homed host)."""
         with self._lock:
+            if self._closed:
+                raise LLMException("the transfer agent is closed", LLMStatusCode.LLM_FAILED)
             if self._engine is None:
                 if host is None:
                     raise LLMException("no engine yet", LLMStatusCode.LLM_FAILED)
@@ -169,7 +171,9 @@ class TransferAgent:
             return self._engine
 
     def close(self):
-        """Ends every link and the listener without waiting on peers (bounded, also when they died)."""
+        """Ends every link and the listener without telling peers. Transfers under way end first,
+        and peers get DRAIN_SECONDS to unpin what they move: bounded, and at once for a peer
+        that died."""
         if self._listener is not None:
             self._listener.close()
         with self._lock:
@@ -178,24 +182,40 @@ class TransferAgent:
             self._links, self._accepted = {}, {}
             engine, self._engine = self._engine, None
         for channel in channels:
-            channel.close()
+            with channel.transfer_lock:   # a transfer that takes it after this sees the agent closed
+                pass
+        deadline = time.monotonic() + DRAIN_SECONDS
+        for channel in channels:
+            channel.drain(max(0.0, deadline - time.monotonic()))
+            channel.shutdown()
+        for channel in channels:
+            channel.join()
         if engine is not None:
             engine.close()
 
     def _accept_link(self, connection, body):
-        """The Channel of a link `body`'s cluster is making to this one (the listener answers and
-        starts it), or None when this agent is closing or has too many."""
-        remote_cluster_id = body["cluster_id"]
+        """A Channel for the link `body`'s cluster is making to this one, or None when this agent
+        is closing or has too many links. The listener answers the link, then _activate()s it."""
         with self._lock:
             if self._closed or len(self._accepted) >= MAX_ACCEPTED_LINKS:
                 return None
-            channel = Channel(connection, remote_cluster_id, body["engine"], self._server, self._sync_timeout_s,
-                              self._link_ended)
-            previous = self._accepted.get(remote_cluster_id)   # the peer linked again: the old link is over
-            self._accepted[remote_cluster_id] = channel
+        return Channel(connection, body["cluster_id"], body["engine"], self._server, self._sync_timeout_s,
+                       self._link_ended)
+
+    def _activate(self, channel):
+        """An accepted link, answered: usable from now on (a transfer could otherwise send its
+        request before the peer had the answer to its LINK)."""
+        remote_cluster_id = channel.remote_cluster_id
+        with self._lock:
+            previous = None
+            if self._closed:
+                channel.shutdown()   # its reader ends at once
+            else:
+                previous = self._accepted.get(remote_cluster_id)   # the peer linked again: the old link is over
+                self._accepted[remote_cluster_id] = channel
+        channel.start()
         if previous is not None:
             previous.close()
-        return channel
 
     def _link_ended(self, channel, unlinked):
         """A channel's reader stopped. A link the peer made, or one it unlinked, is gone; a link
@@ -219,6 +239,8 @@ class TransferAgent:
         """(status, [status per cluster]): SUCCESS only when every cluster linked."""
         _check_timeout(timeout_ms)
         clusters = list(clusters)
+        if self._closed:
+            return LLMStatusCode.LLM_FAILED, [LLMStatusCode.LLM_FAILED] * len(clusters)
         if len(clusters) > MAX_CLUSTERS_PER_CALL:
             return LLMStatusCode.LLM_CLUSTER_NUM_EXCEED_LIMIT, [LLMStatusCode.LLM_CLUSTER_NUM_EXCEED_LIMIT] * len(clusters)
         targets = [self._link_target(cluster) for cluster in clusters]
@@ -284,11 +306,15 @@ class TransferAgent:
                 return LLMStatusCode.LLM_LINK_FAILED
             channel = Channel(connection, remote_cluster_id, reply["engine"], self._server, self._sync_timeout_s,
                               self._link_ended)
-            with self._lock:
-                self._links[remote_cluster_id] = channel
             connection = None
+            with self._lock:
+                closed = self._closed
+                if not closed:
+                    self._links[remote_cluster_id] = channel
+            if closed:   # closed while we linked: the link goes with the agent
+                channel.shutdown()
             channel.start()
-            return SUCCESS
+            return LLMStatusCode.LLM_FAILED if closed else SUCCESS
         except socket.timeout:
             return LLMStatusCode.LLM_TIMEOUT
         except LLMException as error:
@@ -332,15 +358,19 @@ class TransferAgent:
             channel = links.get(remote_cluster_id)
         if channel is None:
             return SUCCESS
-        if not force:
-            try:
-                channel.request(wire.MessageType.UNLINK, {"cluster_id": self.cluster_id}, timeout_ms / 1000)
-            except LinkFailure:
-                return LLMStatusCode.LLM_UNLINK_FAILED
-        with self._lock:
-            if links.get(remote_cluster_id) is channel:
-                del links[remote_cluster_id]
-        channel.close()
+        # This side's transfer on the link ends first, then the peer's on the pins it holds here.
+        with channel.transfer_lock:
+            channel.drain()
+            if not force:
+                try:
+                    channel.request(wire.MessageType.UNLINK, {"cluster_id": self.cluster_id}, timeout_ms / 1000)
+                except LinkFailure:
+                    if not channel.unlinked_by_peer:   # both sides unlinking at once both succeed
+                        return LLMStatusCode.LLM_UNLINK_FAILED
+            with self._lock:
+                if links.get(remote_cluster_id) is channel:
+                    del links[remote_cluster_id]
+            channel.close()
         return SUCCESS
 
     def linked_clusters(self):
@@ -443,11 +473,15 @@ class TransferAgent:
         """RESOLVE (the peer pins its cache and describes it), plan, one batch read or write,
         UNPIN (and release the key). Everything is checked before a byte moves."""
         with self._lock:
-            link = self._links.get(remote_cluster_id) or self._accepted.get(remote_cluster_id)
-            engine = self._engine
+            made, accepted = self._links.get(remote_cluster_id), self._accepted.get(remote_cluster_id)
+            link = made if made is not None and not made.broken else accepted or made
         if link is None:
             return LLMStatusCode.LLM_NOT_YET_LINK
-        with contextlib.ExitStack() as hold:
+        with link.transfer_lock, contextlib.ExitStack() as hold:
+            with self._lock:
+                engine = self._engine
+            if engine is None:   # the agent closed since the link was looked up
+                return LLMStatusCode.LLM_LINK_FAILED
             status = self._pin_local(local_entry, hold)
             if status != SUCCESS:
                 return status
@@ -492,14 +526,13 @@ class TransferAgent:
             move, local_addrs, remote_addrs = engine.read, segments.dst_addrs, segments.src_addrs
         step = engine.max_segments_per_call
         result = 0
-        # One transfer at a time per peer, so that the batches of two never overflow Mooncake's
-        # per-peer queue together (see _mooncake.TCP_QUEUE_VARIABLE).
-        with link.transfer_lock:
-            for start in range(0, len(local_addrs), step):
-                result = move(link.peer_engine, local_addrs[start:start + step], remote_addrs[start:start + step],
-                              segments.lengths[start:start + step])
-                if result != 0:
-                    break
+        # The caller holds link.transfer_lock: one transfer at a time per link, so that the batches
+        # of two never overflow Mooncake's per-peer queue together (_mooncake.TCP_QUEUE_VARIABLE).
+        for start in range(0, len(local_addrs), step):
+            result = move(link.peer_engine, local_addrs[start:start + step], remote_addrs[start:start + step],
+                          segments.lengths[start:start + step])
+            if result != 0:
+                break
         if result != 0:
             log.warning("Mooncake %s of %d bytes with cluster %d at %s answered %d", "write" if write else "read",
                         segments.nbytes, link.remote_cluster_id, link.peer_engine, result)

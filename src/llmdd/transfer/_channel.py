@@ -19,6 +19,9 @@ log = logging.getLogger("llmdd.transfer")
 
 # How often the reader, waiting for a frame, looks up to see whether the channel is closing.
 _POLL_SECONDS = 0.2
+# How long ending a link waits for the peer to unpin what it is moving (Mooncake's own give-up
+# time with 0.3.13 was 60 s); a peer that dies unpins at once.
+DRAIN_SECONDS = 60.0
 _REPLIES = frozenset(wire.REPLY_TO.values())
 
 
@@ -49,8 +52,11 @@ class Channel:
     def __init__(self, connection, remote_cluster_id, peer_engine, server, message_timeout_s, on_end):
         self.remote_cluster_id = remote_cluster_id
         self.peer_engine = peer_engine
-        self.transfer_lock = threading.Lock()   # one batch of bytes at a time
+        # Held by a transfer from RESOLVE to UNPIN, and by whoever ends the link: the peer's pins
+        # must outlive the bytes moving under them.
+        self.transfer_lock = threading.Lock()
         self.broken = False
+        self.unlinked_by_peer = False
         self._reader = connection
         # The sender's own socket object over the same connection: each keeps its own timeout.
         self._sender = connection.dup()
@@ -63,6 +69,7 @@ class Channel:
         self._request_ids = itertools.count(1)
         self._waiter = None
         self._closing = threading.Event()
+        self._draining = False
         self._thread = threading.Thread(target=self._read_loop, daemon=True,
                                         name=f"llmdd-link-{remote_cluster_id}")
 
@@ -76,12 +83,13 @@ class Channel:
                 raise LinkFailure(LLMStatusCode.LLM_LINK_FAILED)
             waiter = _Waiter(next(self._request_ids) & wire.UINT32_MAX, wire.REPLY_TO[message_type])
             self._waiter = waiter
+            deadline = time.monotonic() + timeout_s
             try:
                 # The reader sets `broken` before it wakes the waiter it finds: one of us sees the other.
                 if self.broken:
                     raise LinkFailure(LLMStatusCode.LLM_LINK_FAILED)
-                self._send(message_type, waiter.request_id, body, time.monotonic() + timeout_s)
-                if not waiter.event.wait(timeout_s):
+                self._send(message_type, waiter.request_id, body, deadline)
+                if not waiter.event.wait(max(0.0, deadline - time.monotonic())):
                     self._break(f"no answer to {message_type.name} in {timeout_s * 1000:.0f} ms")
                     raise LinkFailure(LLMStatusCode.LLM_TIMEOUT)
             except socket.timeout:
@@ -96,10 +104,24 @@ class Channel:
                 raise LinkFailure(LLMStatusCode.LLM_LINK_FAILED)
             return waiter.reply
 
+    def drain(self, timeout_s=DRAIN_SECONDS):
+        """Refuses the peer new pins and waits (at most timeout_s) until it has unpinned the ones
+        it holds: ending the link releases them, and the peer may still be moving their bytes."""
+        self._draining = True
+        deadline = time.monotonic() + timeout_s
+        while self._pins and not self.broken and time.monotonic() < deadline:
+            time.sleep(0.005)
+
     def close(self):
         """Ends the channel without telling the peer (bounded: joins the reader for a moment)."""
+        self.shutdown()
+        self.join()
+
+    def shutdown(self):
         self._closing.set()
         self._shutdown()
+
+    def join(self):
         if threading.current_thread() is not self._thread and self._thread.is_alive():
             self._thread.join(2 * _POLL_SECONDS + self._message_timeout_s)
 
@@ -143,14 +165,16 @@ class Channel:
                     waiter.reply = body
                     waiter.event.set()
                 elif message_type == wire.MessageType.RESOLVE:
-                    self._send(wire.MessageType.RESOLVE_REPLY, request_id, self._server.resolve(body, self._pins),
-                               deadline)
+                    reply = (self._server.resolve(body, self._pins) if not self._draining
+                             else self._server.refused(LLMStatusCode.LLM_NOT_YET_LINK))   # the link is ending
+                    self._send(wire.MessageType.RESOLVE_REPLY, request_id, reply, deadline)
                 elif message_type == wire.MessageType.UNPIN:
                     self._send(wire.MessageType.UNPIN_REPLY, request_id, self._server.unpin(body, self._pins),
                                deadline)
                 elif message_type == wire.MessageType.UNLINK:
                     # Gone from this side before the peer hears so: its next call here finds no link.
                     self.broken = True
+                    self.unlinked_by_peer = True
                     self._on_end(self, True)
                     self._send(wire.MessageType.UNLINK_REPLY, request_id, {"status": int(LLMStatusCode.LLM_SUCCESS)},
                                deadline)
@@ -172,5 +196,6 @@ class Channel:
                 waiter.event.set()   # with no reply: LLM_LINK_FAILED
             self._shutdown()
             self._reader.close()
-            self._sender.close()
+            with self._send_lock:   # not under a sendall of this side's
+                self._sender.close()
             self._on_end(self, unlinked)

@@ -1,8 +1,9 @@
 """The C++ API's transfer calls of llmdd.LlmDataDist (LinkLlmClusters, PullKvCache, ...).
 
-The engine hands each call here; this module converts its arguments (C++ types: an argument
-that is not one raises TypeError or ValueError before anything happens), checks the call's
-rules (spec section 1: a broken rule is a status) and drives a TransferAgent over the engine's
+The engine hands each call here (CALLS): its arguments are converted first (C++ types: an
+argument that is not one raises TypeError or ValueError before anything happens), then the
+engine hands over its transfer service (EngineTransfers) and the call checks its rules (spec
+section 1: a broken rule is a status) and drives the service's TransferAgent over the engine's
 own caches, which it names by id only. A listening engine (llm.ListenIpInfo) serves its caches
 to the clusters that link to it from Initialize on.
 """
@@ -55,8 +56,8 @@ def _ip_infos(name, ip_infos):
     converted = []
     for ip_info in _items(name, ip_infos):
         _instance(f"an item of {name}", ip_info, IpInfo)
-        ip = _instance(f"{name}' ip", ip_info.ip, str)
-        converted.append((ip, _integer(f"{name}' port", ip_info.port, 0, UINT16_MAX)))
+        ip = _instance(f"an ip of {name}", ip_info.ip, str)
+        converted.append((ip, _integer(f"a port of {name}", ip_info.port, 0, UINT16_MAX)))
     return converted
 
 
@@ -88,19 +89,22 @@ def _layer_range(name, pair):
     return range(first, last + 1), 0 <= first <= last
 
 
-class _Call:
-    """The converted arguments of one transfer call; `valid` False when a rule is broken."""
+class _Layers:
+    """A KvCacheExtParam as the agent takes it; `valid` False when a range names no layers."""
 
     def __init__(self, ext_param):
         ext_param = _DEFAULT_EXT_PARAM if ext_param is None else _instance("ext_param", ext_param, KvCacheExtParam)
-        if len(_items("src_layer_range", ext_param.src_layer_range)) != 2 or \
-                len(_items("dst_layer_range", ext_param.dst_layer_range)) != 2:
+        src_pair, dst_pair = _items("src_layer_range", ext_param.src_layer_range), \
+            _items("dst_layer_range", ext_param.dst_layer_range)
+        if len(src_pair) != 2 or len(dst_pair) != 2:
             raise ValueError("a layer range is a (first, last) pair")
-        src_range, src_valid = _layer_range("src_layer_range", ext_param.src_layer_range)
-        dst_range, dst_valid = _layer_range("dst_layer_range", ext_param.dst_layer_range)
-        self.layers = {"src_layer_range": src_range, "dst_layer_range": dst_range,
-                       "tensor_num_per_layer": _integer("tensor_num_per_layer", ext_param.tensor_num_per_layer, 0,
-                                                        UINT8_MAX)}
+        src_range, src_valid = _layer_range("src_layer_range", src_pair)
+        dst_range, dst_valid = _layer_range("dst_layer_range", dst_pair)
+        per_layer = _integer("tensor_num_per_layer", ext_param.tensor_num_per_layer, 0, UINT8_MAX)
+        if src_range is None and dst_range is None:
+            per_layer = 1   # no layers named: every tensor to its own (CANN checks the count only with ranges)
+        self.arguments = {"src_layer_range": src_range, "dst_layer_range": dst_range,
+                          "tensor_num_per_layer": per_layer}
         self.valid = src_valid and dst_valid
 
 
@@ -125,12 +129,12 @@ class EngineCaches:
         return CacheEntry(self._live_engine()._layout(cache), False, self._remote_accessible)
 
     def entry(self, cache_id):
-        """The entry of a cache the listening engine serves, or None."""
+        """The entry of a cache the engine serves to its peers, or None."""
         try:
-            twin = self._live_engine()._served_cache(cache_id)
-            return None if twin is None else self.entry_of(twin)
+            layout = self._live_engine()._served_layout(cache_id)
         except ValueError:
             return None
+        return None if layout is None else CacheEntry(layout, False, self._remote_accessible)
 
     def find(self, key):
         return None
@@ -148,93 +152,115 @@ class EngineCaches:
 
 
 class EngineTransfers:
-    """The transfer calls of one initialization of an engine."""
+    """The transfer service of one initialization of an engine: its agent, closed with the
+    engine (Finalize, or the engine dropped)."""
 
     def __init__(self, engine, options):
-        self._caches = EngineCaches(engine, options["remote_cache_accessible"])
-        self._agent = TransferAgent(self._caches, engine.cluster_id, listen_ip_info=options["listen_ip_info"],
-                                    protocol=options["protocol"], device_name=options["device_name"],
-                                    sync_timeout_ms=options["sync_timeout_ms"], blocks_caches=False)
-        # Links and the listener end with the engine, Finalized or dropped.
-        self._closer = weakref.finalize(engine, self._agent.close)
+        self.initialization = engine._initialization
+        self.caches = EngineCaches(engine, options["remote_cache_accessible"])
+        self.agent = TransferAgent(self.caches, engine.cluster_id, listen_ip_info=options["listen_ip_info"],
+                                   protocol=options["protocol"], device_name=options["device_name"],
+                                   sync_timeout_ms=options["sync_timeout_ms"], blocks_caches=False)
+        self._closer = weakref.finalize(engine, self.agent.close)
 
     def close(self):
         self._closer()
 
-    @staticmethod
-    def _status(call):
-        """A call of the agent: its status, LLMException's status for a bad value."""
-        try:
-            return LLMStatusCode(call())
-        except LLMException as error:
-            return LLMStatusCode(error.status_code)
+    def abandon(self):
+        """In a forked child: the links, threads and Mooncake engine are the parent's; never close them."""
+        self._closer.detach()
 
-    def link(self, clusters, rets, timeout_ms):
-        targets = [_LinkTarget(cluster) for cluster in _items("clusters", clusters)]
-        _instance("rets", rets, list)
-        timeout_ms = _integer("timeout_in_millis", timeout_ms, INT32_MIN, INT32_MAX)
-        return self._linked(rets, lambda: self._agent.link(targets, timeout_ms), targets)
 
-    def unlink(self, clusters, rets, timeout_ms, force_flag):
-        targets = [_LinkTarget(cluster) for cluster in _items("clusters", clusters)]
-        _instance("rets", rets, list)
-        timeout_ms = _integer("timeout_in_millis", timeout_ms, INT32_MIN, INT32_MAX)
-        _instance("force_flag", force_flag, bool)
-        return self._linked(rets, lambda: self._agent.unlink(targets, timeout_ms, force_flag), targets)
+# Each call converts its arguments (TypeError or ValueError for what is not of its C++ type; any
+# Python code of theirs runs here, before the engine reads anything) and answers act(service):
+# the engine's transfer service in, the call's status out.
 
-    @staticmethod
-    def _linked(rets, call, clusters):
-        if not clusters:   # CANN's link managers: "clusters size must > 0"
-            rets[:] = []
-            return PARAM_INVALID
-        try:
-            status, statuses = call()
-        except LLMException as error:   # a rule of the whole call (timeout, addresses)
-            status, statuses = LLMStatusCode(error.status_code), []
+def _status(call):
+    try:
+        return LLMStatusCode(call())
+    except LLMException as error:   # a rule the agent checks by raising (timeouts, addresses)
+        return LLMStatusCode(error.status_code)
+
+
+def _link_call(clusters, rets, timeout_ms, move):
+    targets = [_LinkTarget(cluster) for cluster in _items("clusters", clusters)]
+    _instance("rets", rets, list)
+    timeout_ms = _integer("timeout_in_millis", timeout_ms, INT32_MIN, INT32_MAX)
+
+    def act(service):
+        if not targets:   # CANN's link managers: "clusters size must > 0"
+            status, statuses = PARAM_INVALID, []
+        else:
+            try:
+                status, statuses = move(service.agent, targets, timeout_ms)
+            except LLMException as error:
+                status, statuses = LLMStatusCode(error.status_code), []
         rets[:] = statuses
         return status
+    return act
 
-    def _moved(self, local_cache, valid, move, push=False):
-        """A transfer's status: PARAM_INVALID for a broken rule, KV_CACHE_NOT_EXIST for a local
-        cache this engine does not hold (a push's must be a device cache), else move(entry)'s."""
+
+def link(clusters, rets, timeout_ms):
+    return _link_call(clusters, rets, timeout_ms, lambda agent, targets, timeout: agent.link(targets, timeout))
+
+
+def unlink(clusters, rets, timeout_ms, force_flag):
+    _instance("force_flag", force_flag, bool)
+    return _link_call(clusters, rets, timeout_ms,
+                      lambda agent, targets, timeout: agent.unlink(targets, timeout, force_flag))
+
+
+def _transfer_call(local_cache, valid, move, push=False):
+    """act(service): PARAM_INVALID for a broken rule, KV_CACHE_NOT_EXIST for a local cache the
+    engine does not hold (a push's must be a device cache), else move(agent, entry)'s status."""
+    def act(service):
         if not valid:
             return PARAM_INVALID
         try:
-            entry = self._caches.entry_of(local_cache)
+            entry = service.caches.entry_of(local_cache)
         except ValueError:
             return LLMStatusCode.LLM_KV_CACHE_NOT_EXIST
         if push and entry.placement != Placement.kDevice:
             return PARAM_INVALID
-        return self._status(lambda: move(entry))
+        return _status(lambda: move(service.agent, entry))
+    return act
 
-    def pull_cache(self, index, dst_cache, batch_index, size, ext_param):
-        key = _cache_index("src_cache_index", index)
-        batch_index = _integer("batch_index", batch_index, 0, UINT32_MAX)
-        size = _integer("size", size, INT64_MIN, INT64_MAX)
-        call = _Call(ext_param)
-        return self._moved(dst_cache, call.valid and (size == -1 or size > 0), lambda entry: self._agent.pull_cache(
-            key["cluster_id"], key, entry, batch_index, size, **call.layers))
 
-    def pull_blocks(self, index, dst_cache, src_blocks, dst_blocks, ext_param):
-        key = _cache_index("src_cache_index", index)
-        src_blocks, dst_blocks = _blocks("src_blocks", src_blocks), _blocks("dst_blocks", dst_blocks)
-        call = _Call(ext_param)
-        valid = call.valid and key["batch_index"] == 0 and src_blocks and len(src_blocks) == len(dst_blocks)
-        return self._moved(dst_cache, valid, lambda entry: self._agent.pull_blocks(
-            key["cluster_id"], key, entry, src_blocks, dst_blocks, **call.layers))
+def pull_cache(index, dst_cache, batch_index, size, ext_param):
+    key = _cache_index("src_cache_index", index)
+    batch_index = _integer("batch_index", batch_index, 0, UINT32_MAX)
+    size = _integer("size", size, INT64_MIN, INT64_MAX)
+    layers = _Layers(ext_param)
+    return _transfer_call(dst_cache, layers.valid and (size == -1 or size > 0), lambda agent, entry: agent.pull_cache(
+        key["cluster_id"], key, entry, batch_index, size, **layers.arguments))
 
-    def push_cache(self, src_cache, index, src_batch_index, size, ext_param):
-        key = _cache_index("dst_cache_index", index)
-        src_batch_index = _integer("src_batch_index", src_batch_index, 0, UINT32_MAX)
-        size = _integer("size", size, INT64_MIN, INT64_MAX)
-        call = _Call(ext_param)
-        return self._moved(src_cache, call.valid and size == -1, lambda entry: self._agent.push_cache(
-            key["cluster_id"], key, entry, src_batch_index, size, **call.layers), push=True)
 
-    def push_blocks(self, src_cache, index, src_blocks, dst_blocks, ext_param):
-        key = _cache_index("dst_cache_index", index)
-        src_blocks, dst_blocks = _blocks("src_blocks", src_blocks), _blocks("dst_blocks", dst_blocks)
-        call = _Call(ext_param)
-        valid = call.valid and key["batch_index"] == 0 and dst_blocks and len(src_blocks) == len(dst_blocks)
-        return self._moved(src_cache, valid, lambda entry: self._agent.push_blocks(
-            key["cluster_id"], key, entry, src_blocks, dst_blocks, **call.layers), push=True)
+def pull_blocks(index, dst_cache, src_blocks, dst_blocks, ext_param):
+    key = _cache_index("src_cache_index", index)
+    src_blocks, dst_blocks = _blocks("src_blocks", src_blocks), _blocks("dst_blocks", dst_blocks)
+    layers = _Layers(ext_param)
+    valid = layers.valid and key["batch_index"] == 0 and bool(src_blocks) and len(src_blocks) == len(dst_blocks)
+    return _transfer_call(dst_cache, valid, lambda agent, entry: agent.pull_blocks(
+        key["cluster_id"], key, entry, src_blocks, dst_blocks, **layers.arguments))
+
+
+def push_cache(src_cache, index, src_batch_index, size, ext_param):
+    key = _cache_index("dst_cache_index", index)
+    src_batch_index = _integer("src_batch_index", src_batch_index, 0, UINT32_MAX)
+    size = _integer("size", size, INT64_MIN, INT64_MAX)
+    layers = _Layers(ext_param)
+    return _transfer_call(src_cache, layers.valid and size == -1, lambda agent, entry: agent.push_cache(
+        key["cluster_id"], key, entry, src_batch_index, size, **layers.arguments), push=True)
+
+
+def push_blocks(src_cache, index, src_blocks, dst_blocks, ext_param):
+    key = _cache_index("dst_cache_index", index)
+    src_blocks, dst_blocks = _blocks("src_blocks", src_blocks), _blocks("dst_blocks", dst_blocks)
+    layers = _Layers(ext_param)
+    valid = layers.valid and key["batch_index"] == 0 and bool(dst_blocks) and len(src_blocks) == len(dst_blocks)
+    return _transfer_call(src_cache, valid, lambda agent, entry: agent.push_blocks(
+        key["cluster_id"], key, entry, src_blocks, dst_blocks, **layers.arguments), push=True)
+
+
+CALLS = {"link": link, "unlink": unlink, "pull_cache": pull_cache, "pull_blocks": pull_blocks,
+         "push_cache": push_cache, "push_blocks": push_blocks}

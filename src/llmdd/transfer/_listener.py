@@ -24,14 +24,15 @@ _SUCCESS = int(LLMStatusCode.LLM_SUCCESS)
 
 
 class ControlListener:
-    """on_link(connection, link body): the agent's Channel for a link about to be answered (started
-    here once the answer is out), or None to refuse it. engine_for_host(host) starts this side's
-    Mooncake engine."""
+    """on_link(connection, link body): the agent's Channel for a link about to be answered, or
+    None to refuse it; on_linked(channel) once the answer went out (or failed to). engine_for_host(host)
+    starts this side's Mooncake engine."""
 
-    def __init__(self, host, port, cluster_id, engine_for_host, on_link, message_timeout_s):
+    def __init__(self, host, port, cluster_id, engine_for_host, on_link, on_linked, message_timeout_s):
         self._cluster_id = cluster_id
         self._engine_for_host = engine_for_host
         self._on_link = on_link
+        self._on_linked = on_linked
         self._message_timeout_s = message_timeout_s
         self._closing = threading.Event()
         self._lock = threading.Lock()
@@ -66,7 +67,10 @@ class ControlListener:
             except OSError:
                 return
             with self._lock:
-                if len(self._handshakes) >= MAX_CONNECTIONS or self._closing.is_set():
+                if self._closing.is_set():
+                    connection.close()
+                    continue
+                if len(self._handshakes) >= MAX_CONNECTIONS:
                     log.warning("control connection from %s refused: %d links under way", peer, MAX_CONNECTIONS)
                     connection.close()
                     continue
@@ -100,7 +104,7 @@ class ControlListener:
             with self._lock:
                 self._handshakes.pop(connection, None)
             if channel is not None:
-                channel.start()   # a reply that did not go out ends it at once, and the agent forgets it
+                self._on_linked(channel)   # a reply that did not go out ends it at once, and the agent forgets it
             else:
                 connection.close()
 

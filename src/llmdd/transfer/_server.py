@@ -36,8 +36,12 @@ class CacheServer:
         self._pin_ids = itertools.count(1)
         self._lock = threading.Lock()
 
+    @staticmethod
+    def refused(status):
+        return {"status": int(status), "pin": 0, "layout": None}
+
     def resolve(self, body, pins):
-        not_found = {"status": int(LLMStatusCode.LLM_KV_CACHE_NOT_EXIST), "pin": 0, "layout": None}
+        not_found = self.refused(LLMStatusCode.LLM_KV_CACHE_NOT_EXIST)
         fields = body["key"]
         key = None   # a key by id names no key to find or release
         if fields["kind"] == "id":
@@ -58,7 +62,11 @@ class CacheServer:
             hold.enter_context(self._registry.pin(entry.cache_id))
         except (LLMException, LookupError, ValueError):
             return not_found   # deallocated between the lookup and the pin
-        if not self._engine_for_host(None).register(entry.regions):
+        try:
+            registered = self._engine_for_host(None).register(entry.regions)
+        except LLMException:   # the agent is closing: its engine is gone
+            registered = False
+        if not registered:
             hold.close()
             return dict(not_found, status=int(LLMStatusCode.LLM_FAILED))
         with self._lock:
