@@ -3,7 +3,10 @@ decoder) and a prompt process, beside memcpy of the same bytes measured in the s
 
 - pull_cache of one 64 MiB cache (16 tensors x 4 MiB, one slab);
 - pull_blocks of 64 tensors x 256 blocks of 64 KiB (1 GiB) with a scattered block table (both
-  block lists are permutations, so no two blocks coalesce: 16,384 segments in one batch call);
+  block lists are permutations, so no two blocks coalesce: 16,384 segments);
+- beside each, bare Mooncake moving the same bytes the way a plain caller would: one engine of its
+  own, batch_transfer_sync_read from the peer's first engine, 4,096 segments a call at most (the
+  per-peer queue's half);
 - link time (a link and unlink round trip on a started engine; the first link, which starts the
   engine, is reported apart);
 - registration of a 16 GiB region (reserved, never touched) with a Mooncake engine.
@@ -96,23 +99,48 @@ def test_pull_cache_64_mib(benchmark, session):
     report(benchmark, CACHE_TENSORS * CACHE_TENSOR_BYTES, "pull_cache")
 
 
-@pytest.mark.benchmark(group="transfer-64MiB")
-def test_mooncake_read_64_mib(benchmark, session):
-    """Mooncake's own ceiling: one batch_transfer_sync_read of the same 64 MiB, no llmdd on the way."""
+@pytest.fixture(scope="module")
+def bare_engine(session):
+    """A Mooncake TransferEngine of its own (no llmdd on the way) with both destinations registered."""
+    from llmdd.transfer._mooncake import engine_module
+    engine = engine_module().TransferEngine()
+    assert engine.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "") == 0
+    for region in (*session["cache_dst"].regions, *session["blocks_dst"].regions):
+        assert engine.register_memory(*region) == 0
+    yield engine
+    for region in (*session["cache_dst"].regions, *session["blocks_dst"].regions):
+        engine.unregister_memory(region[0])
+
+
+def bare_read(session, bare_engine, key, local_addrs, remote_addrs_of, lengths):
+    """batch_transfer_sync_read calls of at most 4,096 segments from the peer's first engine;
+    remote_addrs_of(layout) gives the remote addresses once the peer has resolved `key`."""
     from llmdd.transfer import _protocol as wire
-    agent, dst = session["agent"], session["cache_dst"]
-    link, engine = agent._links[PROMPT], agent._engine
-    key = {"kind": "id", "cluster_id": PROMPT, "cache_id": session["cache_key"].cache_id, "batch_index": 0}
+    link = session["agent"]._links[PROMPT]
+    peer = link.peer_engine.split(",")[0]
     reply = link.request(wire.MessageType.RESOLVE, {"key": key, "write": False}, 5.0)
+    remote_addrs = remote_addrs_of(reply["layout"])
+
+    def read():
+        for start in range(0, len(lengths), 4096):
+            assert bare_engine.batch_transfer_sync_read(peer, local_addrs[start:start + 4096],
+                                                        remote_addrs[start:start + 4096],
+                                                        lengths[start:start + 4096]) == 0
+    return read, lambda: link.request(wire.MessageType.UNPIN, {"pin": reply["pin"], "release_key": False}, 5.0)
+
+
+@pytest.mark.benchmark(group="transfer-64MiB")
+def test_mooncake_read_64_mib(benchmark, session, bare_engine):
+    """Bare Mooncake: one batch_transfer_sync_read of the same 64 MiB (one segment)."""
     nbytes = CACHE_TENSORS * CACHE_TENSOR_BYTES
+    key = {"kind": "id", "cluster_id": PROMPT, "cache_id": session["cache_key"].cache_id, "batch_index": 0}
+    read, unpin = bare_read(session, bare_engine, key, [session["cache_dst"].tensor_addrs[0]],
+                            lambda layout: [layout["tensor_addrs"][0]], [nbytes])
     try:
-        def read():
-            assert engine.read(link.peer_engine, [dst.tensor_addrs[0]], [reply["layout"]["tensor_addrs"][0]],
-                               [nbytes]) == 0
         benchmark.pedantic(read, rounds=ROUNDS * 4, iterations=1, warmup_rounds=1)
     finally:
-        link.request(wire.MessageType.UNPIN, {"pin": reply["pin"], "release_key": False}, 5.0)
-    report(benchmark, nbytes, "Mooncake read, one segment")
+        unpin()
+    report(benchmark, nbytes, "bare Mooncake, one sync read of one segment")
 
 
 @pytest.mark.benchmark(group="transfer-blocks-1GiB")
@@ -123,12 +151,15 @@ def test_memcpy_1_gib(benchmark):
     report(benchmark, nbytes, "memcpy")
 
 
+def scattered_block_lists():
+    rng = numpy.random.default_rng(1)
+    return [int(b) for b in rng.permutation(BLOCKS)], [int(b) for b in rng.permutation(BLOCKS)]
+
+
 @pytest.mark.benchmark(group="transfer-blocks-1GiB")
 def test_pull_blocks_scattered_64_tensors_x_256_blocks(benchmark, session):
     agent, dst = session["agent"], session["blocks_dst"]
-    rng = numpy.random.default_rng(1)
-    src_blocks = [int(b) for b in rng.permutation(BLOCKS)]
-    dst_blocks = [int(b) for b in rng.permutation(BLOCKS)]
+    src_blocks, dst_blocks = scattered_block_lists()
 
     def pull():
         status = agent.pull_blocks(PROMPT, session["blocks_key"], dst, src_blocks, dst_blocks,
@@ -136,6 +167,24 @@ def test_pull_blocks_scattered_64_tensors_x_256_blocks(benchmark, session):
         assert status == LLMStatusCode.LLM_SUCCESS
     benchmark.pedantic(pull, rounds=ROUNDS, iterations=1, warmup_rounds=1)
     report(benchmark, TENSORS * BLOCKS * BLOCK_BYTES, "pull_blocks, scattered")
+
+
+@pytest.mark.benchmark(group="transfer-blocks-1GiB")
+def test_mooncake_read_scattered_blocks(benchmark, session, bare_engine):
+    """Bare Mooncake: the same 16,384 segments in 4 batch_transfer_sync_read calls."""
+    dst = session["blocks_dst"]
+    src_blocks, dst_blocks = scattered_block_lists()
+    local_addrs = [dst.tensor_addrs[t] + b * BLOCK_BYTES for t in range(TENSORS) for b in dst_blocks]
+    key = {"kind": "blocks", "cluster_id": PROMPT, "model_id": 0}
+    read, unpin = bare_read(session, bare_engine, key, local_addrs,
+                            lambda layout: [layout["tensor_addrs"][t] + b * BLOCK_BYTES
+                                            for t in range(TENSORS) for b in src_blocks],
+                            [BLOCK_BYTES] * len(local_addrs))
+    try:
+        benchmark.pedantic(read, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    finally:
+        unpin()
+    report(benchmark, TENSORS * BLOCKS * BLOCK_BYTES, "bare Mooncake, sync reads of the scattered blocks")
 
 
 @pytest.mark.benchmark(group="transfer-link")

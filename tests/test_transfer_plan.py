@@ -1,6 +1,10 @@
 """What a transfer moves: segments of one batch call, runs of blocks coalesced, every rule
 checked before a byte moves (pure arithmetic, no processes)."""
+import itertools
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from llmdd.transfer._plan import (
     Layout,
@@ -10,6 +14,7 @@ from llmdd.transfer._plan import (
     cache_segments,
     coalesce,
     entry_to_blocks_segments,
+    shares,
     tensor_pairs,
 )
 
@@ -107,3 +112,27 @@ def test_segments_join_across_tensors_only_inside_one_region_a_side():
     assert coalesce(segments, (), ()).lengths == [100, 100]   # unknown regions: nothing joins
     gap = Segments([1000, 1150], [5000, 5100], [100, 50])
     assert coalesce(gap, ((1000, 200),), ((5000, 200),)).lengths == [100, 50]
+
+
+@given(st.lists(st.integers(0, 1 << 20), max_size=40), st.integers(1, 5), st.sampled_from([1, 4096, 1 << 18]))
+def test_shares_cover_every_byte_once_in_order_and_balance_bytes(lengths, parts, min_bytes):
+    local = list(itertools.accumulate([1 << 40] + lengths))[:-1]
+    remote = [address + (1 << 41) for address in local]
+    runs = shares(local, remote, lengths, parts, min_bytes)
+    pieces = [piece for run in runs for piece in zip(*run)]
+    joined = coalesce(Segments([r for _, r, _ in pieces], [l for l, _, _ in pieces], [n for _, _, n in pieces]),
+                      [(1 << 41, 1 << 42)], [(1 << 40, 1 << 41)])
+    whole = coalesce(Segments(remote, local, list(lengths)), [(1 << 41, 1 << 42)], [(1 << 40, 1 << 41)])
+    assert (joined.src_addrs, joined.dst_addrs, joined.lengths) == (whole.src_addrs, whole.dst_addrs, whole.lengths)
+    total = sum(lengths)
+    if not lengths:
+        assert runs == []
+    assert len(runs) <= max(1, min(parts, total // min_bytes))
+    for _, _, run_lengths in runs:
+        assert abs(sum(run_lengths) - total / len(runs)) <= 1
+
+
+def test_one_large_segment_is_split_between_runs():
+    runs = shares([1000], [5000], [64 << 20], 2, 256 << 10)
+    assert runs == [([1000], [5000], [32 << 20]), ([1000 + (32 << 20)], [5000 + (32 << 20)], [32 << 20])]
+    assert shares([1000], [5000], [4096], 2, 256 << 10) == [([1000], [5000], [4096])]

@@ -3,13 +3,16 @@
 `import llmdd` and `import llmdd.transfer` never import Mooncake: it loads libibverbs and starts
 nothing until a link needs an engine.
 """
+import collections
 import ctypes
 import logging
 import os
 import threading
+import time
 
 from .._datadist import LLMException
 from .._desc import LLMStatusCode
+from ._plan import shares
 
 log = logging.getLogger("llmdd.transfer")
 
@@ -29,6 +32,34 @@ _GLOG_MINLOGLEVEL_SYMBOL = "_ZN3fLI17FLAGS_minloglevelE"
 TCP_QUEUE_VARIABLE = "MC_TCP_MAX_QUEUED_TRANSFERS_PER_PEER"
 TCP_QUEUE_DEFAULT = 8192
 
+# Mooncake's TCP transport drives all of an engine's connections from one asio thread, and one
+# loopback TCP stream moved about 1.2 GB/s on the 2-core development machine however it was
+# chunked (MC_TCP_SLICE_SIZE) or spread over lanes (MC_TCP_LANES_PER_PEER); two streams, each
+# with a thread on either side, moved about twice that (bench/RESULTS.md). So an Engine over tcp
+# runs this many Mooncake engines, pairs each with one of the peer's, and shares every transfer
+# between the pairs by bytes.
+# Each pair's requests go over MC_TCP_LANES_PER_PEER connections, one request at a time each;
+# 8 (Mooncake's default is 4) made the scattered 1 GiB pull about a quarter faster here, within
+# the noise of a shared machine (bench/RESULTS.md). The user's setting wins.
+TCP_LANES_VARIABLE = "MC_TCP_LANES_PER_PEER"
+TCP_LANES_DEFAULT = 8
+ENGINES_VARIABLE = "LLMDD_MOONCAKE_ENGINES"
+TCP_ENGINES_DEFAULT = 2
+# A transfer below this many bytes a pair goes through fewer pairs.
+MIN_SHARE_BYTES = 256 << 10
+# batch_transfer_sync_* and get_batch_transfer_status wait for a batch by polling it without a
+# pause, which takes a whole core from the transport's threads on a small host. llmdd submits
+# one-request batches instead (transfer_check_status looks at a batch's first request only),
+# keeps at most IN_FLIGHT_PER_PAIR of them in flight a pair, checks the oldest, and sleeps
+# between checks: from FIRST_PAUSE_S, doubling while nothing completes, up to LAST_PAUSE_S.
+IN_FLIGHT_PER_PAIR = 128
+MAX_SEGMENTS_PER_CALL = 1 << 24
+FIRST_PAUSE_S = 20e-6
+LAST_PAUSE_S = 500e-6
+# As Mooncake's own sync calls: a transfer fails after 30 s (MC_TRANSFER_TIMEOUT) plus 1 s a GB.
+TRANSFER_TIMEOUT_VARIABLE = "MC_TRANSFER_TIMEOUT"
+TRANSFER_TIMEOUT_DEFAULT_S = 30
+
 _module_lock = threading.Lock()
 _module = None
 _import_error = None
@@ -41,6 +72,7 @@ def engine_module():
     with _module_lock:
         if _module is None and _import_error is None:
             os.environ.setdefault(TCP_QUEUE_VARIABLE, str(TCP_QUEUE_DEFAULT))
+            os.environ.setdefault(TCP_LANES_VARIABLE, str(TCP_LANES_DEFAULT))
             try:
                 import mooncake.engine as module
             except ImportError as error:
@@ -62,22 +94,47 @@ def _quiet_glog(library_path):
         log.debug("could not set glog's level in %s; Mooncake logs on stderr", library_path)
 
 
+def _engine_count(protocol):
+    if protocol != "tcp":
+        return 1
+    count = os.environ.get(ENGINES_VARIABLE, "")
+    return max(1, int(count)) if count.isdigit() else TCP_ENGINES_DEFAULT
+
+
+def _transfer_timeout_s(nbytes):
+    seconds = os.environ.get(TRANSFER_TIMEOUT_VARIABLE, "")
+    return (max(5, int(seconds)) if seconds.isdigit() else TRANSFER_TIMEOUT_DEFAULT_S) + nbytes / 1e9
+
+
 class Engine:
-    """One Mooncake TransferEngine (P2P handshake, no metadata server) and the regions it has registered."""
+    """Mooncake TransferEngines (P2P handshake, no metadata server; several over tcp, see
+    TCP_ENGINES_DEFAULT) and the regions they have registered.
+
+    `address` is what a peer passes back as `peer` to read and write: each engine's host:port
+    (where Mooncake's P2P handshake listens), comma-separated."""
 
     def __init__(self, host, protocol, device_name):
         module = engine_module()
-        self._engine = module.TransferEngine()
-        status = self._engine.initialize(host, "P2PHANDSHAKE", protocol, device_name)
-        if status != 0:
-            raise LLMException(f"Mooncake's TransferEngine.initialize({host!r}, 'P2PHANDSHAKE', {protocol!r}, "
-                               f"{device_name!r}) answered {status}", LLMStatusCode.LLM_LINK_FAILED)
-        # What a peer passes as target: Mooncake's P2P handshake listens on host:rpc_port.
-        self.address = f"{host}:{self._engine.get_rpc_port()}"
+        self._engines = []
+        for _ in range(_engine_count(protocol)):
+            engine = module.TransferEngine()
+            status = engine.initialize(host, "P2PHANDSHAKE", protocol, device_name)
+            if status != 0:
+                self._engines.clear()
+                raise LLMException(f"Mooncake's TransferEngine.initialize({host!r}, 'P2PHANDSHAKE', {protocol!r}, "
+                                   f"{device_name!r}) answered {status}", LLMStatusCode.LLM_LINK_FAILED)
+            self._engines.append(engine)
+        self.address = ",".join(f"{host}:{engine.get_rpc_port()}" for engine in self._engines)
         self._lock = threading.Lock()
         self._regions = {}   # start address -> nbytes, never overlapping
+        # A call keeps at most _in_flight segments in flight a pair, never more than half the
+        # peer's queue (see TCP_QUEUE_VARIABLE), so it may take any number of segments: one call
+        # for a whole transfer drains the pairs once, where a call per 4,096 segments (what the
+        # queue allowed sync batches) cost about 15% of a scattered 1 GiB pull.
         queue = os.environ.get(TCP_QUEUE_VARIABLE, "")
-        self.max_segments_per_call = max(1, int(queue) // 2) if queue.isdigit() else TCP_QUEUE_DEFAULT // 2
+        queue = max(1, int(queue)) if queue.isdigit() else TCP_QUEUE_DEFAULT
+        self._in_flight = max(1, min(IN_FLIGHT_PER_PAIR, queue // 2))
+        self.max_segments_per_call = MAX_SEGMENTS_PER_CALL
 
     def register(self, regions):
         """Registers each (addr, nbytes) not already inside a registered region; True on success.
@@ -90,30 +147,86 @@ class Engine:
                 if any(start <= address and address + nbytes <= start + size for start, size in self._regions.items()):
                     continue
                 for start in [s for s, size in self._regions.items() if s < address + nbytes and address < s + size]:
-                    self._engine.unregister_memory(start)
+                    self._unregister(start)
                     del self._regions[start]
-                status = self._engine.register_memory(address, nbytes)
-                if status != 0:
-                    log.warning("Mooncake refused to register %d bytes at %#x: %d", nbytes, address, status)
-                    return False
+                for index, engine in enumerate(self._engines):
+                    status = engine.register_memory(address, nbytes)
+                    if status != 0:
+                        log.warning("Mooncake refused to register %d bytes at %#x: %d", nbytes, address, status)
+                        for registered in self._engines[:index]:
+                            registered.unregister_memory(address)
+                        return False
                 self._regions[address] = nbytes
             return True
 
+    def _unregister(self, start):
+        for engine in self._engines:
+            engine.unregister_memory(start)
+
     def read(self, peer, local_addrs, remote_addrs, lengths):
-        """One batch of reads from peer's memory into ours; Mooncake's status (0 is success)."""
-        return self._engine.batch_transfer_sync_read(peer, local_addrs, remote_addrs, lengths)
+        """Reads from peer's memory into ours; 0 on success, as Mooncake's status."""
+        return self._transfer(False, peer, local_addrs, remote_addrs, lengths)
 
     def write(self, peer, local_addrs, remote_addrs, lengths):
-        return self._engine.batch_transfer_sync_write(peer, local_addrs, remote_addrs, lengths)
+        return self._transfer(True, peer, local_addrs, remote_addrs, lengths)
+
+    def _transfer(self, write, peer, local_addrs, remote_addrs, lengths):
+        # The hot path of every pull and push: each segment is one Mooncake batch.
+        peers = peer.split(",")
+        pairs = [(engine, peers[index % len(peers)]) for index, engine in enumerate(self._engines)]
+        runs = shares(local_addrs, remote_addrs, lengths, len(pairs), MIN_SHARE_BYTES)
+        if len(runs) == 1 and len(runs[0][2]) <= self._in_flight:
+            # Too small to share: Mooncake's own polling is as short as the transfer, and waits
+            # less than our pauses (a 4 KiB read took 73 us so, 190 us through the loop below).
+            engine, peer_engine = pairs[0]
+            move = engine.batch_transfer_sync_write if write else engine.batch_transfer_sync_read
+            return move(peer_engine, *runs[0])
+        deadline = time.monotonic() + _transfer_timeout_s(sum(lengths))
+        lanes = []      # [engine, peer engine, submit, run, next segment, batches in flight]
+        for (engine, peer_engine), run in zip(pairs, runs):
+            submit = engine.batch_transfer_async_write if write else engine.batch_transfer_async_read
+            lanes.append([engine, peer_engine, submit, run, 0, collections.deque()])
+        failed = False
+        pause = FIRST_PAUSE_S
+        while True:
+            progressed = busy = False
+            for lane in lanes:
+                engine, peer_engine, submit, (run_local, run_remote, run_lengths), position, in_flight = lane
+                while in_flight:
+                    state = engine.transfer_check_status(in_flight[0])
+                    if state == 0:
+                        break
+                    # 1 completed, -1 failed (Mooncake freed the batch), -2 timed out (left to Mooncake).
+                    in_flight.popleft()
+                    progressed = True
+                    failed = failed or state != 1
+                while not failed and position < len(run_lengths) and len(in_flight) < self._in_flight:
+                    batch = submit(peer_engine, [run_local[position]], [run_remote[position]], [run_lengths[position]])
+                    if batch == 0:
+                        failed = True
+                        break
+                    in_flight.append(batch)
+                    position += 1
+                lane[4] = position
+                busy = busy or bool(in_flight)
+            if not busy:
+                return -1 if failed else 0
+            if time.monotonic() > deadline:
+                log.warning("Mooncake %s to %s timed out with %d batches in flight", "write" if write else "read",
+                            peer, sum(len(lane[5]) for lane in lanes))
+                return -1
+            pause = FIRST_PAUSE_S if progressed else min(2 * pause, LAST_PAUSE_S)
+            time.sleep(pause)
 
     def close_regions(self):
-        """Unregisters every region (the engine stays up)."""
+        """Unregisters every region (the engines stay up)."""
         with self._lock:
             for start in list(self._regions):
-                self._engine.unregister_memory(start)
+                self._unregister(start)
             self._regions.clear()
 
     def close(self):
-        """Unregisters every region and stops the engine (Mooncake takes about 1 s to stop its threads)."""
+        """Unregisters every region and stops the engines (Mooncake takes about 1 s to stop one's
+        threads, holding the GIL, so the two of a tcp Engine take 2 s)."""
         self.close_regions()
-        self._engine = None
+        self._engines = []

@@ -4,6 +4,8 @@ Pure arithmetic on two layouts, so every rule is checked (and a rejected call re
 byte moves. Runs of consecutive blocks become one segment per tensor: a transfer of many blocks
 is one batch call with few segments, never a call per block per tensor.
 """
+import bisect
+import itertools
 from dataclasses import dataclass
 
 
@@ -144,6 +146,33 @@ def blocks_segments(src, dst, src_blocks, dst_blocks, pairs):
             segments.dst_addrs.append(dst_base + dst_block * block_bytes)
             segments.lengths.append(count * block_bytes)
     return segments
+
+
+def shares(local_addrs, remote_addrs, lengths, parts, min_bytes):
+    """The segments cut into at most `parts` runs of about equal bytes, in order, a segment split
+    where a run ends: a list of (local_addrs, remote_addrs, lengths) lists, one a run. No run is
+    made under `min_bytes` (a small transfer takes fewer runs), and none for no segments."""
+    ends = list(itertools.accumulate(lengths))
+    if not ends:
+        return []
+    total = ends[-1]
+    parts = max(1, min(parts, total // min_bytes))
+    runs = []
+    first, offset = 0, 0    # the next run starts `offset` bytes into segment `first`
+    for part in range(1, parts + 1):
+        end = total * part // parts
+        last = len(lengths) - 1 if part == parts else bisect.bisect_left(ends, end)   # the segment it ends in
+        inside = end - (ends[last] - lengths[last])     # bytes of that segment before the run's end
+        run_local = list(local_addrs[first:last + 1])
+        run_remote = list(remote_addrs[first:last + 1])
+        run_lengths = list(lengths[first:last + 1])
+        run_local[0] += offset
+        run_remote[0] += offset
+        run_lengths[0] -= offset
+        run_lengths[-1] -= lengths[last] - inside
+        runs.append((run_local, run_remote, run_lengths))
+        first, offset = (last + 1, 0) if inside == lengths[last] else (last, inside)
+    return runs
 
 
 def entry_to_blocks_segments(src, dst, src_batch_index, dst_blocks, pairs):
