@@ -7,22 +7,14 @@ answers one JSON command per line.
 """
 import ctypes
 import json
-import socket
 import sys
 
 import numpy
-from transfer_support import pattern
+from transfer_support import free_port, pattern
 
 import llmdd
 
 LISTEN_ATTEMPTS = 20
-
-
-def free_port(ip):
-    """A port nobody listens on now (the engine binds it right after; a race retries)."""
-    with socket.socket() as probe:
-        probe.bind((ip, 0))
-        return probe.getsockname()[1]
 
 
 def tensor(cache, index):

@@ -3,14 +3,13 @@ make them: a prompt process registers and allocates KV caches under keys; this p
 decoder) links, pulls blocks, layers and caches by key through llmdd.llm_datadist, and unlinks."""
 import json
 import selectors
-import socket
 import subprocess
 import sys
 import textwrap
 
 import numpy
 import pytest
-from transfer_support import mooncake_missing
+from transfer_support import free_port, mooncake_missing
 
 from llmdd.llm_datadist import (
     BlocksCacheKey,
@@ -66,12 +65,6 @@ PROMPT = textwrap.dedent("""
 def expected_pool():
     pool = numpy.arange(2 * LAYERS * BLOCKS * BLOCK_BYTES, dtype=numpy.uint32).astype(numpy.uint8)
     return pool.reshape(2 * LAYERS, BLOCKS, BLOCK_BYTES) ^ numpy.arange(2 * LAYERS, dtype=numpy.uint8)[:, None, None]
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Prompt:

@@ -7,11 +7,10 @@ peer process (engine_peer.py) listening on llm.ListenIpInfo.
 """
 import ctypes
 import gc
-import socket
 
 import numpy
 import pytest
-from transfer_support import Peer, mooncake_missing, pattern
+from transfer_support import Peer, free_port, listening, mooncake_missing, pattern
 
 import llmdd
 from llmdd import CacheIndex, ClusterInfo, IpInfo, KvCacheExtParam
@@ -373,17 +372,6 @@ def test_calls_before_initialize_answer_failed():
     rets = []
     assert dd.LinkLlmClusters([ClusterInfo(1, 0, [], [IpInfo("127.0.0.1", 1)])], rets) == S.LLM_FAILED
     assert dd.PullKvCache(CacheIndex(1, 1, 0), llmdd.Cache()) == S.LLM_FAILED
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def listening(port):
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_finalize_and_dropping_an_engine_stop_its_listener():

@@ -3,14 +3,13 @@ agents closed under a link or a transfer, engines finalized or dropped, forks. T
 engines) in this process over 127.0.0.1; Mooncake moves the bytes."""
 import gc
 import os
-import socket
 import threading
 import time
 import types
 
 import numpy
 import pytest
-from transfer_support import LocalRegistry, mooncake_missing
+from transfer_support import LocalRegistry, free_port, listening, mooncake_missing
 
 import llmdd
 from llmdd import CacheIndex, ClusterInfo, IpInfo
@@ -157,17 +156,6 @@ def test_the_side_that_listened_pushes_on_the_link_and_unlinks_it(prompt, decode
 
 
 # The engine: finalized or dropped with links, and forked.
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def listening(port):
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0
-
 
 class FinalizingIndex:
     def __init__(self, engine):

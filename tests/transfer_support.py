@@ -10,6 +10,7 @@ import ctypes
 import json
 import os
 import selectors
+import socket
 import subprocess
 import sys
 import threading
@@ -131,6 +132,18 @@ class LocalRegistry:
             if found is not None:
                 self._free_if_unheld(found[0])
         return 0
+
+
+def free_port(ip="127.0.0.1"):
+    """A port nobody listens on now (what binds it next may race another process: rare)."""
+    with socket.socket() as probe:
+        probe.bind((ip, 0))
+        return probe.getsockname()[1]
+
+
+def listening(port, ip="127.0.0.1"):
+    with socket.socket() as probe:
+        return probe.connect_ex((ip, port)) == 0
 
 
 def mooncake_missing():
