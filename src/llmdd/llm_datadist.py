@@ -642,8 +642,8 @@ class LLMDataDist:
             check_int("remote_cluster_id", cluster.remote_cluster_id, UINT64)
 
     def link_clusters(self, clusters, timeout=3000):
-        """Link to clusters (LLMClusterInfo), returning (status, [status per cluster]); this side
-        owns the links and pulls or pushes on them."""
+        """Link to clusters (LLMClusterInfo), returning (status, [status per cluster]); a link
+        serves both sides, which may each pull, push and unlink on it."""
         self._check_clusters(clusters, timeout)
         if self._cache_manager_mode and not self._options.get(_LOCAL_COMM_RES):
             for cluster in clusters:
