@@ -6,7 +6,8 @@ CopyKvBlocks, Finalize) return status codes; the Pythonic ones (initialize, allo
 deallocate_cache, copy_cache, copy_blocks) raise LLMException. Typed cdef methods do the
 work for both. Rules: shared/spec/llm-datadist.md sections 4 and 5. The engine keeps its
 caches in a C hash table, carves them from memory pools (page_pool.c) when configured, and
-keeps exported memory alive for its views (_CacheMemory). Copies: _copy.pxi.
+keeps exported memory alive for its views (_CacheMemory). Copies: _copy.pxi. The transfer calls
+(LinkLlmClusters, PullKvCache, ...) run in llmdd.transfer._engine, imported on first use.
 """
 cimport cython
 from cpython.ref cimport Py_INCREF, Py_REFCNT, PyObject

@@ -16,6 +16,7 @@ import time
 
 from .._datadist import LLMException
 from .._desc import LLMStatusCode
+from .._options import OptionError, parse_ip_port
 from . import _plan
 from . import _protocol as wire
 from ._channel import DRAIN_SECONDS, Channel, LinkFailure
@@ -59,13 +60,13 @@ def _parse_port(port, what):
 
 
 def _parse_listen_ip_info(listen_ip_info):
-    """'ip:port' (llm.ListenIpInfo) -> (ip, port); port 0 lets the system pick one."""
-    if not isinstance(listen_ip_info, str) or listen_ip_info.count(":") != 1:
-        raise LLMException(f"listen_ip_info {listen_ip_info!r} is not 'ip:port'", LLMStatusCode.LLM_PARAM_INVALID)
-    ip, port = listen_ip_info.split(":")
-    if not port.isdigit():
-        raise LLMException(f"listen_ip_info {listen_ip_info!r} has no port", LLMStatusCode.LLM_PARAM_INVALID)
-    return _parse_ip(ip, "listen_ip_info"), _parse_port(int(port), "listen_ip_info")
+    """'ip:port' (llm.ListenIpInfo, by Initialize's rule) -> (ip, port); port 0 lets the system pick one."""
+    try:
+        if not isinstance(listen_ip_info, str):
+            raise OptionError(f"listen_ip_info {listen_ip_info!r} is not 'ip:port'")
+        return parse_ip_port(listen_ip_info, "listen_ip_info")
+    except OptionError as error:
+        raise LLMException(str(error), LLMStatusCode.LLM_PARAM_INVALID) from None
 
 
 def _check_int(name, value, low, high):
@@ -520,19 +521,12 @@ class TransferAgent:
             segments = _plan.coalesce(segments, remote.regions, local_regions)
         if not engine.register(local_entry.regions):
             return LLMStatusCode.LLM_FAILED
-        if write:
-            move, local_addrs, remote_addrs = engine.write, segments.src_addrs, segments.dst_addrs
-        else:
-            move, local_addrs, remote_addrs = engine.read, segments.dst_addrs, segments.src_addrs
-        step = engine.max_segments_per_call
-        result = 0
         # The caller holds link.transfer_lock: one transfer at a time per link, so that the batches
         # of two never overflow Mooncake's per-peer queue together (_mooncake.TCP_QUEUE_VARIABLE).
-        for start in range(0, len(local_addrs), step):
-            result = move(link.peer_engine, local_addrs[start:start + step], remote_addrs[start:start + step],
-                          segments.lengths[start:start + step])
-            if result != 0:
-                break
+        if write:
+            result = engine.write(link.peer_engine, segments.src_addrs, segments.dst_addrs, segments.lengths)
+        else:
+            result = engine.read(link.peer_engine, segments.dst_addrs, segments.src_addrs, segments.lengths)
         if result != 0:
             log.warning("Mooncake %s of %d bytes with cluster %d at %s answered %d", "write" if write else "read",
                         segments.nbytes, link.remote_cluster_id, link.peer_engine, result)

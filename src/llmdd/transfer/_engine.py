@@ -16,14 +16,14 @@ from .._desc import LLMStatusCode, Placement
 from .._registry import CacheEntry
 from .._transfer_types import CacheIndex, ClusterInfo, IpInfo, KvCacheExtParam
 from ._agent import TransferAgent
+from ._protocol import INT64_MAX, INT64_MIN, UINT32_MAX, UINT64_MAX
 
 SUCCESS = LLMStatusCode.LLM_SUCCESS
 PARAM_INVALID = LLMStatusCode.LLM_PARAM_INVALID
 _DEFAULT_EXT_PARAM = KvCacheExtParam()
 
-UINT8_MAX, UINT16_MAX, UINT32_MAX, UINT64_MAX = (1 << 8) - 1, (1 << 16) - 1, (1 << 32) - 1, (1 << 64) - 1
+UINT8_MAX, UINT16_MAX = (1 << 8) - 1, (1 << 16) - 1
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
-INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
 def _integer(name, value, low, high):
@@ -81,9 +81,9 @@ def _cache_index(name, index):
 
 
 def _layer_range(name, pair):
-    """An inclusive (first, last) pair of int32 as a range; (-1, -1) is every layer (None).
-    PARAM_INVALID (returned as None, False) for a pair that names no layers."""
-    first, last = (_integer(f"{name}[{i}]", value, INT32_MIN, INT32_MAX) for i, value in enumerate(_items(name, pair)))
+    """(range, True) for an inclusive (first, last) pair of int32, (None, True) for (-1, -1)
+    (every layer), and (range, False) for a pair that names no layers (LLM_PARAM_INVALID)."""
+    first, last = (_integer(f"{name}[{i}]", value, INT32_MIN, INT32_MAX) for i, value in enumerate(pair))
     if (first, last) == (-1, -1):
         return None, True
     return range(first, last + 1), 0 <= first <= last
@@ -235,11 +235,19 @@ def pull_cache(index, dst_cache, batch_index, size, ext_param):
         key["cluster_id"], key, entry, batch_index, size, **layers.arguments))
 
 
-def pull_blocks(index, dst_cache, src_blocks, dst_blocks, ext_param):
-    key = _cache_index("src_cache_index", index)
+def _blocks_arguments(index_name, index, src_blocks, dst_blocks, ext_param):
+    """(key, src_blocks, dst_blocks, layers, valid) of a blocks transfer; its rules: the remote
+    batch index is 0, the block lists are non-empty and equally long."""
+    key = _cache_index(index_name, index)
     src_blocks, dst_blocks = _blocks("src_blocks", src_blocks), _blocks("dst_blocks", dst_blocks)
     layers = _Layers(ext_param)
     valid = layers.valid and key["batch_index"] == 0 and bool(src_blocks) and len(src_blocks) == len(dst_blocks)
+    return key, src_blocks, dst_blocks, layers, valid
+
+
+def pull_blocks(index, dst_cache, src_blocks, dst_blocks, ext_param):
+    key, src_blocks, dst_blocks, layers, valid = _blocks_arguments("src_cache_index", index, src_blocks, dst_blocks,
+                                                                   ext_param)
     return _transfer_call(dst_cache, valid, lambda agent, entry: agent.pull_blocks(
         key["cluster_id"], key, entry, src_blocks, dst_blocks, **layers.arguments))
 
@@ -254,10 +262,8 @@ def push_cache(src_cache, index, src_batch_index, size, ext_param):
 
 
 def push_blocks(src_cache, index, src_blocks, dst_blocks, ext_param):
-    key = _cache_index("dst_cache_index", index)
-    src_blocks, dst_blocks = _blocks("src_blocks", src_blocks), _blocks("dst_blocks", dst_blocks)
-    layers = _Layers(ext_param)
-    valid = layers.valid and key["batch_index"] == 0 and bool(dst_blocks) and len(src_blocks) == len(dst_blocks)
+    key, src_blocks, dst_blocks, layers, valid = _blocks_arguments("dst_cache_index", index, src_blocks, dst_blocks,
+                                                                   ext_param)
     return _transfer_call(src_cache, valid, lambda agent, entry: agent.push_blocks(
         key["cluster_id"], key, entry, src_blocks, dst_blocks, **layers.arguments), push=True)
 

@@ -28,7 +28,7 @@ _GLOG_MINLOGLEVEL_SYMBOL = "_ZN3fLI17FLAGS_minloglevelE"
 # Mooncake's TCP transport queues at most MC_TCP_MAX_QUEUED_TRANSFERS_PER_PEER requests per peer;
 # a batch beyond it is refused part-way ("queue-full rejection") and, measured here with 0.3.13,
 # later batches to that peer keep failing. llmdd raises the default queue (unless the user set
-# it) and never puts more than half of it in one batch call.
+# it) and never has more than half of it in flight.
 TCP_QUEUE_VARIABLE = "MC_TCP_MAX_QUEUED_TRANSFERS_PER_PEER"
 TCP_QUEUE_DEFAULT = 8192
 
@@ -53,7 +53,6 @@ MIN_SHARE_BYTES = 256 << 10
 # keeps at most IN_FLIGHT_PER_PAIR of them in flight a pair, checks the oldest, and sleeps
 # between checks: from FIRST_PAUSE_S, doubling while nothing completes, up to LAST_PAUSE_S.
 IN_FLIGHT_PER_PAIR = 128
-MAX_SEGMENTS_PER_CALL = 1 << 24
 FIRST_PAUSE_S = 20e-6
 LAST_PAUSE_S = 500e-6
 # As Mooncake's own sync calls: a transfer fails after 30 s (MC_TRANSFER_TIMEOUT) plus 1 s a GB.
@@ -134,7 +133,6 @@ class Engine:
         queue = os.environ.get(TCP_QUEUE_VARIABLE, "")
         queue = max(1, int(queue)) if queue.isdigit() else TCP_QUEUE_DEFAULT
         self._in_flight = max(1, min(IN_FLIGHT_PER_PAIR, queue // 2))
-        self.max_segments_per_call = MAX_SEGMENTS_PER_CALL
 
     def register(self, regions):
         """Registers each (addr, nbytes) not already inside a registered region; True on success.

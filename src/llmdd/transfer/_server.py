@@ -6,7 +6,6 @@ linked and the one that listened.
 import contextlib
 import itertools
 import logging
-import threading
 
 from .._datadist import LLMException
 from .._desc import LLMStatusCode
@@ -33,8 +32,7 @@ class CacheServer:
     def __init__(self, registry, engine_for_host):
         self._registry = registry
         self._engine_for_host = engine_for_host
-        self._pin_ids = itertools.count(1)
-        self._lock = threading.Lock()
+        self._pin_ids = itertools.count(1)   # next() of a count is atomic: readers share it
 
     @staticmethod
     def refused(status):
@@ -69,8 +67,7 @@ class CacheServer:
         if not registered:
             hold.close()
             return dict(not_found, status=int(LLMStatusCode.LLM_FAILED))
-        with self._lock:
-            pin_id = next(self._pin_ids)
+        pin_id = next(self._pin_ids)
         pins[pin_id] = Pin(hold, key if fields["kind"] == "cache" else None)
         layout = {"cache_id": entry.cache_id, "tensor_addrs": list(entry.tensor_addrs),
                   "tensor_bytes": entry.tensor_bytes, "batch": entry.batch, "block_bytes": entry.block_bytes,
