@@ -106,6 +106,21 @@ def reraised(error):
     return LLMException(str(error), status_of(error.status_code))
 
 
+class _Reraising:
+    """`with reraising:` raises an engine LLMException of the block again as reraised() does."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if isinstance(error, LLMException):
+            raise reraised(error) from None
+        return False
+
+
+reraising = _Reraising()
+
+
 def require(condition, message, status=PARAM_INVALID):
     if not condition:
         raise LLMException(message, status)

@@ -22,8 +22,8 @@ from ._desc import enum_values
 INVALID_ID = 2**64 - 1
 # Plain values (the engine's statuses compare equal to them): building LLMStatusCode at import
 # would cost the drop-in's import more than the rest of the registry.
-_SUCCESS = enum_values("LLMStatusCode")["LLM_SUCCESS"]
-_PARAM_INVALID = enum_values("LLMStatusCode")["LLM_PARAM_INVALID"]
+_STATUSES = enum_values("LLMStatusCode")
+_SUCCESS, _PARAM_INVALID = _STATUSES["LLM_SUCCESS"], _STATUSES["LLM_PARAM_INVALID"]
 
 
 def local_name(key):

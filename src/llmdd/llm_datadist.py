@@ -38,6 +38,7 @@ from ._dropin_names import (
     not_enabled,
     status_of,
     reraised,
+    reraising,
     require,
 )
 from ._dropin_types import (
@@ -71,6 +72,7 @@ _LOCAL_COMM_RES = "llm.LocalCommRes"
 _TRANSFER_BACKEND = "llm.TransferBackend"
 _LISTEN_IP_INFO = "llm.listenIpInfo"
 _ENGINE_LISTEN_IP_INFO = "llm.ListenIpInfo"   # the C++ engine's spelling, taken too
+_ENGINE_TRANSFER_SERVING = (_ENGINE_LISTEN_IP_INFO, _REMOTE_CACHE_ACCESSIBLE)
 _FLOW_GRAPH_MEM_MAX_SIZE = "ge.flowGraphMemMaxSize"
 _SYNC_KV_WAIT_TIME = "llm.SyncKvCacheWaitTime"
 _DEFAULT_SYNC_KV_WAIT_MS = 1000      # LLM-DataDist's default wait for a transfer's peer
@@ -86,12 +88,13 @@ def _check_tensor_num_per_layer(tensor_num_per_layer):
 def _check_block_map(name, mapping, target_type):
     """{block: target}: int keys, target_type values (a list of ints, or an int)."""
     check_type(name, mapping, dict)
+    key_name, value_name = f"{name} key", f"{name} value"
     for source, target in mapping.items():
-        check_int(f"{name} key", source)
+        check_int(key_name, source)
         if target_type is list:
-            check_ints(f"{name} value", target, containers=list)
+            check_ints(value_name, target, containers=list)
         else:
-            check_int(f"{name} value", target)
+            check_int(value_name, target)
     return mapping
 
 
@@ -237,10 +240,8 @@ class CacheManager:
         require(size == -1 or size > 0, f"size must be -1 or > 0, got {size}")
         if req_id is not None:
             check_int("req_id", req_id, UINT64)  # CANN logs it; nothing else uses it
-        try:
+        with reraising:
             self._engine.copy_cache(src, dst, src_batch_index, dst_batch_index, offset, size)
-        except LLMException as error:
-            raise reraised(error) from None
 
     def copy_blocks(self, cache, copy_block_info):
         """Within one blocks cache, copy each source block to its destination blocks:
@@ -249,10 +250,8 @@ class CacheManager:
         self._check_cache("cache", cache, blocks=True)
         _check_block_map("copy_block_info", copy_block_info, list)
         pairs = [(source, target) for source, targets in copy_block_info.items() for target in targets]
-        try:
+        with reraising:
             self._engine.copy_blocks(cache, cache, [source for source, _ in pairs], [[target for _, target in pairs]])
-        except LLMException as error:
-            raise reraised(error) from None
 
     def swap_blocks(self, src_cache, dst_cache, src_to_dst):
         """Copy blocks {src_block: dst_block} between a device and a host blocks cache: swap out
@@ -265,15 +264,16 @@ class CacheManager:
         require(src_desc.num_tensors == dst_desc.num_tensors, "src and dst caches must have as many tensors")
         require(src_desc.size // src_desc.batch_size == dst_desc.size // dst_desc.batch_size,
                 "src and dst caches must have blocks of the same size")
-        for source, target in src_to_dst.items():
-            require(0 <= source < src_desc.batch_size, f"src block {source} is outside [0, {src_desc.batch_size})")
-            require(0 <= target < dst_desc.batch_size, f"dst block {target} is outside [0, {dst_desc.batch_size})")
+        src_batch, dst_batch = src_desc.batch_size, dst_desc.batch_size
+        for source, target in src_to_dst.items():   # messages are made only for a block out of range
+            if not 0 <= source < src_batch:
+                require(False, f"src block {source} is outside [0, {src_batch})")
+            if not 0 <= target < dst_batch:
+                require(False, f"dst block {target} is outside [0, {dst_batch})")
         require({src_desc.placement, dst_desc.placement} == {Placement.HOST, Placement.DEVICE},
                 f"swap_blocks copies between HOST and DEVICE, not {src_desc.placement} to {dst_desc.placement}")
-        try:
+        with reraising:
             self._engine.copy_blocks(src_cache, dst_cache, list(src_to_dst), [list(src_to_dst.values())])
-        except LLMException as error:
-            raise reraised(error) from None
 
     def pull_cache(self, cache_key, cache, batch_index=0, size=-1, **kwargs):
         """Pull a remote cache's batch entry (by CacheKey, whose reference the prompt side then
@@ -367,10 +367,8 @@ class CacheManager:
                 "tensor_num_per_layer": tensor_num_per_layer}
 
     def _transferred(self, call, transfer):
-        try:
+        with reraising:
             status = transfer(self._datadist._transfer_agent(call))
-        except LLMException as error:
-            raise reraised(error) from None
         if status != LLMStatusCode.LLM_SUCCESS:
             raise LLMException(f"{call} failed: {status_of(status).name}", status_of(status))
 
@@ -498,12 +496,11 @@ class LLMDataDist:
         for key in ("ge.exec.deviceId", "llm.DeviceId"):
             if ";" in options.get(key, ""):
                 options[key] = options[key].split(";")[0]
-        # The drop-in's transfer agent listens (cache-manager mode; v1 mode transfers nothing), not the engine.
-        engine_options = {key: value for key, value in options.items() if key != _ENGINE_LISTEN_IP_INFO}
-        try:
+        # The drop-in's transfer agent serves its caches (cache-manager mode; v1 mode transfers
+        # nothing), not the engine: it neither listens nor keeps what it would serve by id.
+        engine_options = {key: value for key, value in options.items() if key not in _ENGINE_TRANSFER_SERVING}
+        with reraising:
             self._engine.initialize(engine_options)
-        except LLMException as error:
-            raise reraised(error) from None
         manager_type = CacheManager if self._cache_manager_mode else KvCacheManager
         self._manager = manager_type(self, options)
         self._options = options
@@ -526,14 +523,12 @@ class LLMDataDist:
             require(self._cache_manager_mode, f"{call}: llmdd transfers in cache-manager mode only ({_CACHE_MANAGER}=1, "
                     "LLMConfig.enable_cache_manager)", LLMStatusCode.LLM_FEATURE_NOT_ENABLED)
             from .transfer import TransferAgent   # Mooncake and the transfer layer load only when used
-            try:
+            with reraising:
                 self._agent = TransferAgent(
                     self._manager._registry, self.cluster_id, listen_ip_info=self._listen_ip_info(),
                     protocol=self._options.get(_TRANSFER_PROTOCOL, "tcp"),
                     device_name=self._options.get(_TRANSFER_DEVICE, ""),
                     sync_timeout_ms=int(self._options.get(_SYNC_KV_WAIT_TIME, _DEFAULT_SYNC_KV_WAIT_MS)))
-            except LLMException as error:
-                raise reraised(error) from None
         return self._agent
 
     def _checked_options(self, options):
@@ -558,6 +553,9 @@ class LLMDataDist:
             require(_LISTEN_IP_INFO in options, f"{_TRANSFER_BACKEND} needs {_LISTEN_IP_INFO}")
         if cache_manager_mode and _LISTEN_IP_INFO in options:
             _check_listen_ip_info(options[_LISTEN_IP_INFO])
+        # Checked here: the engine, which would check it, is not given it (init).
+        require(options.get(_REMOTE_CACHE_ACCESSIBLE, "0") in ("0", "1"),
+                f"{_REMOTE_CACHE_ACCESSIBLE} must be '0' or '1', got {options.get(_REMOTE_CACHE_ACCESSIBLE)!r}")
         self._cache_manager_mode = cache_manager_mode
         return options
 
@@ -668,10 +666,8 @@ class LLMDataDist:
             # CANN's link managers refuse an empty list with a status, not an exception
             # (llm_link_manager.cc, hixl_transfer_engine.cc: "clusters size must > 0").
             return LLMStatusCode.LLM_PARAM_INVALID, []
-        try:
+        with reraising:
             status, statuses = link(self._transfer_agent(call), [_LinkTarget(cluster) for cluster in clusters])
-        except LLMException as error:
-            raise reraised(error) from None
         return status_of(status), [status_of(each) for each in statuses]
 
     def switch_role(self, role, switch_options=None):
