@@ -118,7 +118,7 @@ cdef class LlmDataDist:
     cdef object transfer_service(self)
     cdef object transfer_call(self, str call, tuple arguments)
     cdef void finalize_with_transfers(self)
-    cdef tuple layout_of(self, Cache cache, llmdd_u64_slot* slot)
+    cdef object layout_of(self, Cache cache, llmdd_u64_slot* slot)
     cdef void teardown(self)
     cdef void abandon(self)
     cdef void release_memory(self, uint64_t record, uint64_t held)

@@ -758,8 +758,8 @@ cdef class LlmDataDist:
         """Counts this engine's initializations: a cache id names one cache only within one."""
         return self._generation
 
-    def _served_layout(self, int64_t cache_id):
-        """The layout (as _layout's) of a live cache this engine serves to its peers, or None."""
+    def _layout_by_id(self, int64_t cache_id):
+        """The CacheLayout of live cache `cache_id` of this engine's current initialization, or None."""
         if self._served is None or not self._initialized:
             return None
         twin = self._served.get(cache_id)
@@ -769,14 +769,13 @@ cdef class LlmDataDist:
         return self.layout_of(<Cache>twin, slot)
 
     def _layout(self, Cache cache not None):
-        """What a transfer needs of a live cache of this engine's current initialization:
-        (cache_id, tensor addresses, tensor bytes, batch, placement, registered, regions to
-        register with a transfer engine). ValueError for any other cache."""
+        """The CacheLayout of a live cache of this engine's current initialization; ValueError
+        for any other cache."""
         if cache.live_engine() is not self:
             raise ValueError(f"cache {cache._cache_id} belongs to another engine")
         return self.layout_of(cache, llmdd_u64_find(&self._caches, <uint64_t>cache._cache_id))
 
-    cdef tuple layout_of(self, Cache cache, llmdd_u64_slot* slot):
+    cdef object layout_of(self, Cache cache, llmdd_u64_slot* slot):
         cdef uint64_t nbytes
         cdef uint32_t i
         registered = (slot.second & SOURCE_BITS) == FROM_CALLER
@@ -786,8 +785,9 @@ cdef class LlmDataDist:
             regions = tuple([(addr, nbytes) for addr in addrs])
         else:
             regions = ((cache._first_addr, cache._addr_stride * cache._addr_count),)
-        return (cache._cache_id, addrs, nbytes, cache._desc_shape[0], cache._desc_fields.placement, registered,
-                regions)
+        from ._cache_layout import CacheLayout
+        return CacheLayout(cache._cache_id, addrs, nbytes, cache._desc_shape[0], cache._desc_fields.placement,
+                           registered, regions)
 
     # Transfers between clusters (spec section 1) run in llmdd.transfer: sockets, threads and
     # Mooncake's Transfer Engine. An argument that is not of the C++ type raises TypeError or

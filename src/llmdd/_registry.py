@@ -16,6 +16,7 @@ caller's thread changes it.
 """
 from _thread import allocate_lock  # threading's own lock, without importing threading
 
+from ._cache_layout import CacheLayout
 from ._desc import enum_values
 
 # CANN's "no id": a CacheKey's unset req_id or prefix_id; a req_id of it only holds a batch entry's place.
@@ -43,12 +44,12 @@ class CacheEntry:
                  "is_blocks_cache", "remote_accessible", "registered", "regions")
 
     def __init__(self, layout, is_blocks_cache, remote_accessible):
-        """layout: the engine's LlmDataDist._layout(cache), read when the cache was made. Its
-        regions are one a slab, and one a tensor of a registered cache (design 3b)."""
-        (self.cache_id, self.tensor_addrs, self.tensor_bytes, self.batch, self.placement, self.registered,
-         self.regions) = layout
-        self.num_tensors = len(self.tensor_addrs)
-        self.block_bytes = self.tensor_bytes // self.batch
+        """layout: the engine's CacheLayout of the cache (LlmDataDist._layout), read when the
+        cache was made."""
+        for name in CacheLayout.__slots__:
+            setattr(self, name, getattr(layout, name))
+        self.num_tensors = layout.num_tensors
+        self.block_bytes = layout.block_bytes
         self.is_blocks_cache = is_blocks_cache
         self.remote_accessible = remote_accessible
 

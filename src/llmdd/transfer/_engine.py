@@ -131,7 +131,7 @@ class EngineCaches:
     def entry(self, cache_id):
         """The entry of a cache the engine serves to its peers, or None."""
         try:
-            layout = self._live_engine()._served_layout(cache_id)
+            layout = self._live_engine()._layout_by_id(cache_id)
         except ValueError:
             return None
         return None if layout is None else CacheEntry(layout, False, self._remote_accessible)
