@@ -204,8 +204,8 @@ def test_link_and_unlink_on_loopback(benchmark, session):
 
 @pytest.mark.benchmark(group="transfer-register")
 def test_register_a_16_gib_region(benchmark):
-    from llmdd.transfer._mooncake import Engine
-    engine = Engine("127.0.0.1", "tcp", "")
+    from llmdd.transfer._mooncake import MooncakeEngines
+    engine = MooncakeEngines("127.0.0.1", "tcp", "")
     # Reserved address space, never touched: registration must not touch the memory either.
     region = mmap.mmap(-1, REGION_BYTES, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0))
     address = ctypes.addressof(ctypes.c_char.from_buffer(region))

@@ -231,3 +231,25 @@ def test_a_forked_child_leaves_the_parents_links_alone():
                 pytest.fail(f"the forked child did not exit in {CHILD_EXIT_SECONDS} s")
             time.sleep(0.05)
         assert pull() == S.LLM_SUCCESS
+
+
+def test_the_listening_side_may_pull_as_soon_as_the_linking_side_has_its_answer(monkeypatch):
+    # The listener makes an accepted link usable only after its answer went out; a transfer from the
+    # listening side in that window waits for the link instead of answering LLM_NOT_YET_LINK.
+    from llmdd.llm_datadist import BlocksCacheKey
+    activate = TransferAgent._activate
+
+    def slow_activate(agent, channel):
+        time.sleep(0.5)
+        activate(agent, channel)
+    monkeypatch.setattr(TransferAgent, "_activate", slow_activate)
+    decoder_registry = LocalRegistry()
+    source = decoder_registry.allocate(2, 8, 4096, blocks=True, keys=[BlocksCacheKey(DECODER, 0)])
+    decoder_registry.tensor(source.cache_id, 1)[:] = 7
+    with TransferAgent(LocalRegistry(), PROMPT, "127.0.0.1:0", sync_timeout_ms=3000) as listening, \
+            TransferAgent(decoder_registry, DECODER, sync_timeout_ms=3000) as linking:
+        destination = listening._registry.allocate(2, 8, 4096, blocks=True)
+        assert linking.link([cluster(PROMPT, listening.listen_address[1])], 3000) == (S.LLM_SUCCESS, [S.LLM_SUCCESS])
+        assert listening.pull_blocks(DECODER, BlocksCacheKey(DECODER, 0), destination, [0, 1], [2, 3]) == \
+            S.LLM_SUCCESS
+        assert (listening._registry.tensor(destination.cache_id, 1)[3 * 4096:4 * 4096] == 7).all()

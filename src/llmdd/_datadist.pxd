@@ -88,7 +88,7 @@ cdef class LlmDataDist:
     cdef uint64_t _generation         # counts initializations: a Cache of an earlier one is not this one's
     # Transfers between clusters (llmdd.transfer): the service, made at Initialize when the
     # engine listens (llm.ListenIpInfo) or on the first link, and the caches it serves by id.
-    cdef dict _transfer_options
+    cdef object _transfer_options
     cdef object _transfers
     cdef dict _served                 # cache_id -> a Cache twin, when it serves its caches to peers
     cdef bint _stopping_transfers     # inside Finalize's ending of the links

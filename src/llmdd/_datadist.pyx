@@ -7,7 +7,7 @@ deallocate_cache, copy_cache, copy_blocks) raise LLMException. Typed cdef method
 work for both. Rules: shared/spec/llm-datadist.md sections 4 and 5. The engine keeps its
 caches in a C hash table, carves them from memory pools (page_pool.c) when configured, and
 keeps exported memory alive for its views (_CacheMemory). Copies: _copy.pxi. The transfer calls
-(LinkLlmClusters, PullKvCache, ...) run in llmdd.transfer._engine, imported on first use.
+(LinkLlmClusters, PullKvCache, ...) run in llmdd.transfer._cpp_api, imported on first use.
 """
 cimport cython
 from cpython.ref cimport Py_INCREF, Py_REFCNT, PyObject
@@ -69,6 +69,7 @@ from ._page_pool cimport (
     llmdd_pool_release,
 )
 from ._tensor_view cimport make_view
+from ._status import LLMException, status_member as _status_member
 from ._u64_table cimport llmdd_u64_erase, llmdd_u64_find, llmdd_u64_insert, llmdd_u64_release, llmdd_u64_slot
 
 
@@ -179,31 +180,6 @@ cdef inline object _status(uint32_t code):
             _SUCCESS = enum_member(STATUS_ENUM, LLM_SUCCESS)
         return _SUCCESS
     return enum_member(STATUS_ENUM, code)
-
-
-class LLMException(RuntimeError):
-    """A call of the Pythonic layer failed; `status_code` is its LLMStatusCode.
-
-    Takes CANN's form, LLMException(*args, status_code=LLM_SUCCESS), and llmdd's
-    LLMException(message, status_code). Pickles and copies with its message and status, so
-    that an engine error raised in a worker process reaches the parent intact."""
-
-    def __init__(self, *args, status_code=None):
-        if status_code is None and len(args) == 2 and isinstance(args[1], int) and not isinstance(args[1], bool):
-            args, status_code = args[:1], args[1]
-        super().__init__(*args)
-        self.status_code = _status(LLM_SUCCESS) if status_code is None else _status_member(status_code)
-
-    def __reduce__(self):
-        return (type(self), self.args, {"status_code": self.status_code})
-
-
-cdef object _status_member(object code):
-    """The LLMStatusCode member of a plain int status; anything else (a member of the drop-in's
-    own LLMStatusCode, say) as it is."""
-    if type(code) is int and INT64_MIN <= code <= INT64_MAX:
-        return enum_member(STATUS_ENUM, code)
-    return code
 
 
 cdef object _refuse_copy(object owner):
@@ -448,11 +424,11 @@ cdef class LlmDataDist:
         self._transfer_options = parsed.transfer
         # An engine serves its caches by id to linked peers when it listens or opened them to
         # remote access; it keeps what it serves from Initialize on (bind_cache).
-        self._served = ({} if parsed.transfer["listen_ip_info"] or parsed.transfer["remote_cache_accessible"]
+        self._served = ({} if parsed.transfer.listen_ip_info or parsed.transfer.remote_cache_accessible
                         else None)
         status = self.set_up(parsed.device_id, parsed.tensor_alignment, parsed.malloc_policy, parsed.device_pool,
                              parsed.host_pool)
-        if status == LLM_SUCCESS and parsed.transfer["listen_ip_info"]:
+        if status == LLM_SUCCESS and parsed.transfer.listen_ip_info:
             status = self.start_listening()
         return _status(status)
 
@@ -480,8 +456,8 @@ cdef class LlmDataDist:
         if self._transfers is not None and self._transfers.initialization != generation:
             self.stop_transfers()   # an earlier initialization's, left by a race with its Finalize
         if self._transfers is None:
-            from .transfer._engine import EngineTransfers
-            service = EngineTransfers(self, self._transfer_options)
+            from .transfer._service import TransferService
+            service = TransferService(self, self._transfer_options)
             if (self._transfers is not None or self._generation != generation or not self._initialized
                     or self._stopping_transfers):
                 service.close()     # another thread made one, or the engine was finalized
@@ -753,6 +729,18 @@ cdef class LlmDataDist:
 
     # What llmdd.transfer reads of the engine's caches. Statuses of the transfer calls below.
 
+    def _transfer_service(self):
+        """This initialization's one TransferService (llmdd.transfer), made on first need; the
+        drop-in's calls use it as the C++ API's do. LLMException when the engine is not initialized."""
+        if not self._initialized or self._stopping_transfers:
+            raise self.exception(LLM_FAILED, "transfer")
+        return self.transfer_service()
+
+    @property
+    def _remote_cache_accessible(self):
+        """Whether peers may write into this engine's caches (llm.EnableRemoteCacheAccessible)."""
+        return self._transfer_options is not None and self._transfer_options.remote_cache_accessible
+
     @property
     def _initialization(self):
         """Counts this engine's initializations: a cache id names one cache only within one."""
@@ -827,7 +815,7 @@ cdef class LlmDataDist:
     cdef object transfer_call(self, str call, tuple arguments):
         """Convert the arguments (their Python code may run, even re-enter this engine), then
         look at the engine's state, then act with this initialization's transfer service."""
-        from .transfer._engine import CALLS
+        from .transfer._cpp_api import CALLS
         act = CALLS[call](*arguments)
         self._last_acl_error = ACL_SUCCESS
         if not self._initialized or self._stopping_transfers:

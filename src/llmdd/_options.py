@@ -1,20 +1,38 @@
 """Initialize's options: LLM-DataDist's string-to-string map, checked and turned into settings.
 
-Keys and their rules are in shared/spec/llm-datadist.md section 4. Keys this module does not
+Keys and their rules are in docs/facts.md section 4. Keys this module does not
 know are ignored, as the C++ library ignores them. A malformed value of a known key is
 LLM_PARAM_INVALID; a Python value that is not a str is a TypeError.
 """
-from ._desc import LLMStatusCode
+from . import _desc
+from ._limits import INT32
 
+# The option keys, each written once: the engine's (Initialize) and those CANN's Python package
+# emits (LLMConfig.generate_options), which the drop-in reads.
 DEVICE_ID_KEYS = ("llm.DeviceId", "ge.exec.deviceId")
+SESSION_DEVICE_ID = "ge.session_device_id"
 SYNC_KV_WAIT_TIME = "llm.SyncKvCacheWaitTime"
-LISTEN_IP_INFO = "llm.ListenIpInfo"
+# The C++ API spells it llm.ListenIpInfo, CANN's Python package llm.listenIpInfo: both are taken.
+LISTEN_IP_INFO_KEYS = ("llm.ListenIpInfo", "llm.listenIpInfo")
+LISTEN_IP_INFO, PY_LISTEN_IP_INFO = LISTEN_IP_INFO_KEYS
 ENABLE_SWITCH_ROLE = "llm.EnableSwitchRole"
 ENABLE_CACHE_MANAGER = "llm.EnableCacheManager"
 MEM_POOL_CONFIG = "llm.MemPoolConfig"
 HOST_MEM_POOL_CONFIG = "llm.HostMemPoolConfig"
 BUF_POOL_CFG = "llm.BufPoolCfg"
 ENABLE_REMOTE_CACHE_ACCESSIBLE = "llm.EnableRemoteCacheAccessible"
+LOCAL_COMM_RES = "llm.LocalCommRes"
+TRANSFER_BACKEND = "llm.TransferBackend"
+FLOW_GRAPH_MEM_MAX_SIZE = "ge.flowGraphMemMaxSize"
+DEPLOY_RES_PATH = "llm.deployResPath"
+CLUSTER_INFO = "llm.ClusterInfo"
+LINK_TOTAL_TIME = "llm.LinkTotalTime"
+LINK_RETRY_COUNT = "llm.LinkRetryCount"
+RDMA_TRAFFIC_CLASS = "llm.RdmaTrafficClass"
+RDMA_SERVICE_LEVEL = "llm.RdmaServiceLevel"
+GLOBAL_RESOURCE_CONFIG = "llm.GlobalResourceConfig"
+OUTPUT_MAX_SIZE = "llm.OutputMaxSize"
+MEMORY_UTILIZATION = "llm.MemoryUtilization"
 # llmdd's own options live in the llmdd namespace.
 TENSOR_ALIGNMENT = "llmdd.TensorAlignment"
 MALLOC_POLICY = "llmdd.MallocPolicy"
@@ -26,13 +44,12 @@ DEFAULT_SYNC_KV_WAIT_MS = 1000                 # LLM-DataDist's default wait for
 DEFAULT_TENSOR_ALIGNMENT = 512  # LLM-DataDist v1 aligns every tensor to 512 bytes
 MIN_TENSOR_ALIGNMENT = 512
 MAX_TENSOR_ALIGNMENT = 1 << 30
-INT32_MAX = (1 << 31) - 1
-# Pool pages: 2**page_shift bytes, page_shift in [10, 31), default 16 (spec section 5).
+# Pool pages: 2**page_shift bytes, page_shift in [10, 31), default 16 (docs/facts.md section 5).
 DEFAULT_PAGE_SHIFT = 16
 MIN_PAGE_SHIFT = 10
 MAX_PAGE_SHIFT = 30
 MAX_POOL_PAGES = (1 << 32) - 1
-# aclrtMemMallocPolicy values (spec section 7), by the names llmdd.MallocPolicy takes.
+# aclrtMemMallocPolicy values (docs/facts.md section 7), by the names llmdd.MallocPolicy takes.
 MALLOC_POLICIES = {"huge_first": 0, "huge_only": 1, "normal_only": 2}
 MAX_JSON_OPTION_LENGTH = 65536
 
@@ -40,7 +57,9 @@ MAX_JSON_OPTION_LENGTH = 65536
 class OptionError(Exception):
     """A known option with a malformed value: Initialize answers LLM_PARAM_INVALID."""
 
-    status_code = LLMStatusCode.LLM_PARAM_INVALID
+    @property
+    def status_code(self):
+        return _desc.LLMStatusCode.LLM_PARAM_INVALID   # built on first use: the drop-in imports these keys
 
 
 class EngineOptions:
@@ -56,9 +75,20 @@ class EngineOptions:
         self.tensor_alignment = DEFAULT_TENSOR_ALIGNMENT
         self.malloc_policy = MALLOC_POLICIES["huge_first"]
         self.cache_manager_mode = False  # LLM-DataDist v2: cache ids count from 1 in each engine
-        # What llmdd.transfer's engine service takes (links, pulls and pushes).
-        self.transfer = {"listen_ip_info": None, "sync_timeout_ms": DEFAULT_SYNC_KV_WAIT_MS, "protocol": "tcp",
-                         "device_name": "", "remote_cache_accessible": False}
+        self.transfer = TransferOptions()
+
+
+class TransferOptions:
+    """What the engine's transfer service takes (links, pulls and pushes)."""
+
+    __slots__ = ("listen_ip_info", "sync_timeout_ms", "protocol", "device_name", "remote_cache_accessible")
+
+    def __init__(self):
+        self.listen_ip_info = None     # "ip:port" to serve linking peers on, or None
+        self.sync_timeout_ms = DEFAULT_SYNC_KV_WAIT_MS
+        self.protocol = "tcp"
+        self.device_name = ""
+        self.remote_cache_accessible = False
 
 
 class PoolConfig:
@@ -140,28 +170,31 @@ def parse_options(options):
         if not isinstance(key, str) or not isinstance(value, str):
             raise TypeError(f"options must map str to str, got {key!r}: {value!r}")
     parsed = EngineOptions()
-    device_ids = {parse_decimal(options[key], key, 0, INT32_MAX) for key in DEVICE_ID_KEYS if key in options}
+    device_ids = {parse_decimal(options[key], key, 0, INT32[1]) for key in DEVICE_ID_KEYS if key in options}
     if len(device_ids) > 1:
         raise OptionError(f"{' and '.join(DEVICE_ID_KEYS)} name different devices")
     if device_ids:
         parsed.device_id = device_ids.pop()
     if SYNC_KV_WAIT_TIME in options:
-        parsed.transfer["sync_timeout_ms"] = parse_decimal(options[SYNC_KV_WAIT_TIME], SYNC_KV_WAIT_TIME, 1, INT32_MAX)
-    if LISTEN_IP_INFO in options:
-        parse_ip_port(options[LISTEN_IP_INFO], LISTEN_IP_INFO)
-        parsed.transfer["listen_ip_info"] = options[LISTEN_IP_INFO]
+        parsed.transfer.sync_timeout_ms = parse_decimal(options[SYNC_KV_WAIT_TIME], SYNC_KV_WAIT_TIME, 1, INT32[1])
+    listen_ip_infos = {options[key] for key in LISTEN_IP_INFO_KEYS if key in options}
+    if len(listen_ip_infos) > 1:
+        raise OptionError(f"{' and '.join(LISTEN_IP_INFO_KEYS)} name different addresses")
+    if listen_ip_infos:
+        parsed.transfer.listen_ip_info = listen_ip_infos.pop()
+        parse_ip_port(parsed.transfer.listen_ip_info, LISTEN_IP_INFO)
     if TRANSFER_PROTOCOL in options:
         if options[TRANSFER_PROTOCOL] not in TRANSFER_PROTOCOLS:
             raise OptionError(f"{TRANSFER_PROTOCOL}={options[TRANSFER_PROTOCOL]!r} is not one of "
                               f"{', '.join(TRANSFER_PROTOCOLS)}")
-        parsed.transfer["protocol"] = options[TRANSFER_PROTOCOL]
+        parsed.transfer.protocol = options[TRANSFER_PROTOCOL]
     if TRANSFER_DEVICE in options:
-        parsed.transfer["device_name"] = options[TRANSFER_DEVICE]
+        parsed.transfer.device_name = options[TRANSFER_DEVICE]
     for switch in (ENABLE_SWITCH_ROLE, ENABLE_CACHE_MANAGER, ENABLE_REMOTE_CACHE_ACCESSIBLE):
         if switch in options and options[switch] not in ("0", "1"):
             raise OptionError(f"{switch}={options[switch]!r} is not '0' or '1'")
     parsed.cache_manager_mode = options.get(ENABLE_CACHE_MANAGER) == "1"
-    parsed.transfer["remote_cache_accessible"] = options.get(ENABLE_REMOTE_CACHE_ACCESSIBLE) == "1"
+    parsed.transfer.remote_cache_accessible = options.get(ENABLE_REMOTE_CACHE_ACCESSIBLE) == "1"
     if MEM_POOL_CONFIG in options:
         parsed.device_pool = parse_pool_config(options[MEM_POOL_CONFIG], MEM_POOL_CONFIG)
     if HOST_MEM_POOL_CONFIG in options:

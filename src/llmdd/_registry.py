@@ -9,47 +9,51 @@ nothing; deallocate and remove_cache_key leave them alone. As in v2, releasing w
 succeeds. Within one engine a key is known by its request (or prefix) id and model id: its
 cluster id names the prompt cluster a decoder pulls from.
 
-The drop-in's cache managers and the transfer layer share one registry per initialization; the
-engine underneath knows only ids (LlmDataDist.AllocateCache, RegisterKvCache, pin). A lock makes
-each operation whole: the transfer layer's listener thread reads the registry while the
+Every face of an engine shares one registry per initialization (registry_of): the drop-in's cache
+managers, the C++ API's transfer calls and the transfer service that serves peers. Caches made
+through the registry carry what CANN's Python package adds (keys, blocks or whole cache, remote
+access); any other live cache of the engine is known by id with the engine's own rules. The
+engine underneath knows only ids (LlmDataDist.AllocateCache, RegisterKvCache, pin, _layout_by_id).
+A lock makes each operation whole: the transfer layer's threads read the registry while the
 caller's thread changes it.
+
+Interface the transfer layer relies on: entry(cache_id), entry_of(cache), find(key), pin(cache_id)
+and release_key(key).
 """
+import weakref
 from _thread import allocate_lock  # threading's own lock, without importing threading
 
 from ._cache_layout import CacheLayout
 from ._desc import enum_values
 
-# CANN's "no id": a CacheKey's unset req_id or prefix_id; a req_id of it only holds a batch entry's place.
-INVALID_ID = 2**64 - 1
 # Plain values (the engine's statuses compare equal to them): building LLMStatusCode at import
 # would cost the drop-in's import more than the rest of the registry.
 _STATUSES = enum_values("LLMStatusCode")
 _SUCCESS, _PARAM_INVALID = _STATUSES["LLM_SUCCESS"], _STATUSES["LLM_PARAM_INVALID"]
 
-
-def local_name(key):
-    """What names a key's cache within one engine: ("prefix" | "req", id, model_id) for a
-    CacheKey, ("blocks", model_id) for a BlocksCacheKey; None for a placeholder CacheKey."""
-    if not hasattr(key, "req_id"):
-        return ("blocks", key.model_id)
-    if key.prefix_id != INVALID_ID:
-        return ("prefix", key.prefix_id, key.model_id)
-    return None if key.req_id == INVALID_ID else ("req", key.req_id, key.model_id)
+# One registry per engine, for the engine's current initialization; the engine is held weakly.
+_registries = weakref.WeakKeyDictionary()
 
 
-class CacheEntry:
-    """What a transfer needs of one cache: its layout, addresses and regions."""
+def registry_of(engine):
+    """The CacheRegistry of an initialized engine's current initialization, made on first need."""
+    registry = _registries.get(engine)
+    if registry is None or registry.initialization != engine._initialization:
+        registry = _registries[engine] = CacheRegistry(engine)
+    return registry
 
-    __slots__ = ("cache_id", "num_tensors", "tensor_addrs", "tensor_bytes", "batch", "block_bytes", "placement",
-                 "is_blocks_cache", "remote_accessible", "registered", "regions")
+
+class CacheEntry(CacheLayout):
+    """What a transfer needs of one cache: its layout, and the rules of its kind.
+
+    is_blocks_cache: True or False for a cache made by CANN's Python rules, where blocks caches and
+    whole caches are apart; None for a cache of the C++ API, where a block is a batch entry of any
+    cache. remote_accessible: whether a peer may write into it."""
+
+    __slots__ = ("is_blocks_cache", "remote_accessible")
 
     def __init__(self, layout, is_blocks_cache, remote_accessible):
-        """layout: the engine's CacheLayout of the cache (LlmDataDist._layout), read when the
-        cache was made."""
-        for name in CacheLayout.__slots__:
-            setattr(self, name, getattr(layout, name))
-        self.num_tensors = layout.num_tensors
-        self.block_bytes = layout.block_bytes
+        super().__init__(*(getattr(layout, name) for name in CacheLayout.__slots__))
         self.is_blocks_cache = is_blocks_cache
         self.remote_accessible = remote_accessible
 
@@ -83,13 +87,25 @@ class _Pin:
 
 
 class CacheRegistry:
-    """One engine's caches by id and key, with their references."""
+    """One initialization of an engine: its caches by id and key, with their references. It holds
+    the engine weakly: an engine dropped without Finalize is not kept alive by its peers' links."""
 
     def __init__(self, engine):
-        self._engine = engine
+        self._engine_ref = weakref.ref(engine)
+        self.initialization = engine._initialization
+        # Whether peers may write into the engine's caches not made through the registry.
+        self._remote_accessible = engine._remote_cache_accessible
         self._records = {}      # cache_id -> _Record
         self._names = {}        # local name -> (cache_id, batch index it names)
         self._lock = allocate_lock()
+
+    @property
+    def _engine(self):
+        """The engine, while this registry's initialization of it lasts; ValueError after."""
+        engine = self._engine_ref()
+        if engine is None or not engine.initialized or engine._initialization != self.initialization:
+            raise ValueError("the engine's initialization these caches belonged to is over")
+        return engine
 
     def allocate(self, desc, cache, keys=(), *, is_blocks_cache):
         """AllocateCache into `cache`, named by its id and by each key. A key already naming a
@@ -141,7 +157,7 @@ class CacheRegistry:
     def release_key(self, key):
         """Drop a key's reference (remove_cache_key, or a pull that read it)."""
         with self._lock:
-            name = local_name(key)
+            name = key.local_name()
             named = self._names.get(name)
             if named is None or self._records[named[0]].entry.registered:
                 return _SUCCESS
@@ -155,24 +171,39 @@ class CacheRegistry:
             return status
 
     def entry(self, cache_id):
-        """The CacheEntry of a cache the registry holds, or None."""
+        """The CacheEntry of a live cache of the engine, or None."""
         record = self._records.get(cache_id)
-        return None if record is None else record.entry
+        if record is not None:
+            return record.entry
+        try:
+            layout = self._engine._layout_by_id(cache_id)
+        except ValueError:
+            return None
+        return None if layout is None else CacheEntry(layout, None, self._remote_accessible)
+
+    def entry_of(self, cache):
+        """The CacheEntry of a Cache object of the engine's (the C++ API's calls name their local
+        cache so); ValueError for a cache the engine does not hold."""
+        layout = self._engine._layout(cache)
+        record = self._records.get(layout.cache_id)
+        return record.entry if record is not None else CacheEntry(layout, None, self._remote_accessible)
 
     def find(self, key):
         """(CacheEntry, batch index) of the cache a key names, or None."""
         with self._lock:
-            named = self._names.get(local_name(key))
+            named = self._names.get(key.local_name())
             return None if named is None else (self._records[named[0]].entry, named[1])
 
     def pin(self, cache_id):
         """`with registry.pin(cache_id) as entry:` holds the cache's memory until the block
-        ends (a deallocation meanwhile frees it after). ValueError for an unknown cache."""
+        ends (a deallocation meanwhile frees it after). ValueError for an unknown cache. A cache id
+        names one cache only within an initialization, so that is checked again once it is held."""
         holder = self._engine.pin(cache_id)
+        self._engine
         return _Pin(holder, self.entry(cache_id))
 
     def _check_new_keys(self, desc, keys):
-        names = [name for name in map(local_name, keys) if name is not None]
+        names = [name for name in (key.local_name() for key in keys) if name is not None]
         batch = desc.shape[0] if desc.shape else 0
         if len(keys) > batch or len(set(names)) != len(names):
             return _PARAM_INVALID
@@ -182,7 +213,7 @@ class CacheRegistry:
         record = _Record(entry)
         self._records[entry.cache_id] = record
         for batch_index, key in enumerate(keys):
-            name = local_name(key)
+            name = key.local_name()
             if name is not None:
                 self._names[name] = (entry.cache_id, batch_index)
                 record.names.add(name)

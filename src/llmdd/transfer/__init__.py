@@ -4,7 +4,9 @@ Imported lazily by llmdd (never by `import llmdd`); Mooncake itself is imported 
 link (llmdd[transfer] extra). TransferAgent is the whole surface; the control protocol it speaks
 with its peers is described in the README, "Transfer: the control protocol".
 """
-from ._agent import MAX_CLUSTERS_PER_CALL, PROTOCOLS, TransferAgent
+from .._limits import MAX_CLUSTERS_PER_CALL
+from .._options import TRANSFER_PROTOCOLS as PROTOCOLS
+from ._agent import TransferAgent
 from ._mooncake import INSTALL_HINT
 from ._protocol import MAX_BODY_BYTES, PROTOCOL_VERSION
 

@@ -25,12 +25,12 @@ _SUCCESS = int(LLMStatusCode.LLM_SUCCESS)
 
 class ControlListener:
     """on_link(connection, link body): the agent's Channel for a link about to be answered, or
-    None to refuse it; on_linked(channel) once the answer went out (or failed to). engine_for_host(host)
+    None to refuse it; on_linked(channel) once the answer went out (or failed to). mooncake_for_host(host)
     starts this side's Mooncake engine."""
 
-    def __init__(self, host, port, cluster_id, engine_for_host, on_link, on_linked, message_timeout_s):
+    def __init__(self, host, port, cluster_id, mooncake_for_host, on_link, on_linked, message_timeout_s):
         self._cluster_id = cluster_id
-        self._engine_for_host = engine_for_host
+        self._mooncake_for_host = mooncake_for_host
         self._on_link = on_link
         self._on_linked = on_linked
         self._message_timeout_s = message_timeout_s
@@ -115,7 +115,7 @@ class ControlListener:
             return failed
         try:
             # The engine listens on the address the caller reached us at.
-            engine = self._engine_for_host(connection.getsockname()[0])
+            engine = self._mooncake_for_host(connection.getsockname()[0])
         except LLMException as error:
             log.warning("cannot serve a link: %s", error)
             return dict(failed, status=int(error.status_code))

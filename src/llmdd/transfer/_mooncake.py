@@ -105,7 +105,7 @@ def _transfer_timeout_s(nbytes):
     return (max(5, int(seconds)) if seconds.isdigit() else TRANSFER_TIMEOUT_DEFAULT_S) + nbytes / 1e9
 
 
-class Engine:
+class MooncakeEngines:
     """Mooncake TransferEngines (P2P handshake, no metadata server; several over tcp, see
     TCP_ENGINES_DEFAULT) and the regions they have registered.
 

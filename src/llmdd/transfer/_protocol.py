@@ -23,6 +23,9 @@ import socket
 import struct
 import time
 
+from .._cache_keys import KEY_TYPES
+from .._limits import INT64, UINT32, UINT64
+
 MAGIC = b"LDDC"
 PROTOCOL_VERSION = 2   # 2: a link's connection carries requests both ways
 HEADER = struct.Struct("!4sBBHII")
@@ -31,9 +34,8 @@ HEADER = struct.Struct("!4sBBHII")
 MAX_BODY_BYTES = 1 << 20
 MAX_TENSORS = 16384
 MAX_TEXT = 256
-UINT32_MAX = (1 << 32) - 1
-UINT64_MAX = (1 << 64) - 1
-INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+UINT32_MAX, UINT64_MAX = UINT32[1], UINT64[1]
+INT64_MIN, INT64_MAX = INT64
 
 
 class ProtocolError(Exception):
@@ -218,26 +220,11 @@ def send(sock, message_type, request_id, body, deadline):
 
 
 def key_fields(key):
-    """The wire form of a drop-in key (CacheKey, BlocksCacheKey or CacheKeyByIdAndIndex)."""
-    from ..llm_datadist import BlocksCacheKey, CacheKey, CacheKeyByIdAndIndex
-    if isinstance(key, CacheKey):
-        return {"kind": "cache", "cluster_id": key.cluster_id, "req_id": key.req_id,
-                "prefix_id": key.prefix_id, "model_id": key.model_id}
-    if isinstance(key, BlocksCacheKey):
-        return {"kind": "blocks", "cluster_id": key.cluster_id, "model_id": key.model_id}
-    if isinstance(key, CacheKeyByIdAndIndex):
-        return {"kind": "id", "cluster_id": key.cluster_id, "cache_id": key.cache_id,
-                "batch_index": key.batch_index}
-    raise TypeError(f"a cache key is a CacheKey, BlocksCacheKey or CacheKeyByIdAndIndex, not {type(key).__name__}")
+    """The wire form of a cache key (an llmdd._cache_keys value): its kind and fields."""
+    return {"kind": key.KIND, **{name: getattr(key, name) for name in key.FIELDS}}
 
 
 def key_from_fields(fields):
-    """The drop-in key a validated wire key names (the serving side looks it up in its registry,
-    whose keys are the drop-in's value types, equal by their fields)."""
-    from ..llm_datadist import BlocksCacheKey, CacheKey, CacheKeyByIdAndIndex
-    if fields["kind"] == "cache":
-        return CacheKey(fields["cluster_id"], fields["req_id"], model_id=fields["model_id"],
-                        prefix_id=fields["prefix_id"])
-    if fields["kind"] == "blocks":
-        return BlocksCacheKey(fields["cluster_id"], fields["model_id"])
-    return CacheKeyByIdAndIndex(fields["cluster_id"], fields["cache_id"], fields["batch_index"])
+    """The key a validated wire key names (the serving side looks it up in its registry)."""
+    key_type = KEY_TYPES[fields["kind"]]
+    return key_type(*(fields[name] for name in key_type.FIELDS))

@@ -29,9 +29,9 @@ class CacheServer:
     """Answers RESOLVE and UNPIN from `registry`; pins live in the dict of the link they came on,
     so that a link that ends, however it ends, releases them."""
 
-    def __init__(self, registry, engine_for_host):
+    def __init__(self, registry, mooncake_for_host):
         self._registry = registry
-        self._engine_for_host = engine_for_host
+        self._mooncake_for_host = mooncake_for_host
         self._pin_ids = itertools.count(1)   # next() of a count is atomic: readers share it
 
     @staticmethod
@@ -61,7 +61,7 @@ class CacheServer:
         except (LLMException, LookupError, ValueError):
             return not_found   # deallocated between the lookup and the pin
         try:
-            registered = self._engine_for_host(None).register(entry.regions)
+            registered = self._mooncake_for_host(None).register(entry.regions)
         except LLMException:   # the agent is closing: its engine is gone
             registered = False
         if not registered:

@@ -1,17 +1,14 @@
-"""The drop-in's value types: CacheDesc, Cache/KvCache, the cache keys, MemInfo and the transfer
-configurations, with the argument checks of CANN's Python package (spec section 6)."""
+"""CANN's v2/llm_types module: Placement, CacheDesc, Cache/KvCache, the cache keys, MemInfo, the
+memory and registration enums and the transfer configurations, with the argument checks of CANN's
+Python package (docs/facts.md section 6)."""
 from abc import ABC, abstractmethod
+from enum import Enum, IntEnum
 
-from . import _datadist, _desc
-from ._dropin_names import (
-    INT32,
-    INT64,
-    INVALID_ID,
-    UINT32,
-    UINT64,
-    DataType,
-    Memtype,
-    Placement,
+from ... import _cache_keys, _datadist, _desc
+from ..._limits import INT32, INT64, INVALID_ID, UINT32, UINT64
+from ..data_type import DataType
+from ..status import qualified_name
+from ..utils.utils import (
     check_int,
     check_ints,
     check_layer_range,
@@ -21,6 +18,26 @@ from ._dropin_names import (
     checked_property,
     require,
 )
+
+_PLACEMENTS = _desc.enum_values("CachePlacement")
+
+
+class Placement(IntEnum):
+    HOST = _PLACEMENTS["HOST"]
+    DEVICE = _PLACEMENTS["DEVICE"]
+
+    __str__ = qualified_name
+
+
+class RegisterMemStatus(Enum):
+    OK = 0
+    PREPARING = 1
+    FAILED = 2
+
+
+class Memtype(Enum):
+    MEM_TYPE_DEVICE = 0
+    MEM_TYPE_HOST = 1
 
 
 class CacheDesc(_desc.CacheDesc):
@@ -128,29 +145,6 @@ class KvCache(Cache):
         return [self.tensor_addrs]
 
 
-class _Key:
-    """A cache key: a value, equal and hashable by its fields, so caches can be indexed by it."""
-
-    __slots__ = ()
-    _shown_fields = None    # the fields repr shows, in CANN's order; __slots__ order by default
-
-    def _fields(self):
-        return tuple(getattr(self, name) for name in self.__slots__)
-
-    def __setattr__(self, name, value):
-        raise AttributeError(f"{type(self).__name__} is immutable: {name} cannot be set")
-
-    def __repr__(self):
-        shown = ", ".join(f"{name}={getattr(self, name)}" for name in self._shown_fields or self.__slots__)
-        return f"{type(self).__name__}({shown})"
-
-    def __eq__(self, other):
-        return type(other) is type(self) and other._fields() == self._fields()
-
-    def __hash__(self):
-        return hash((type(self), self._fields()))
-
-
 def _key_arguments(kind, args, kwargs, positional, required):
     """CANN's key arguments: positionally in `positional` order or by keyword, `prompt_cluster_id`
     as another name of `cluster_id`; a missing, repeated or unknown one is LLM_PARAM_INVALID."""
@@ -167,49 +161,46 @@ def _key_arguments(kind, args, kwargs, positional, required):
     return given
 
 
-class CacheKey(_Key):
+class CacheKey(_cache_keys.RequestKey):
     """A cache by request (or prefix) on a cluster: CacheKey(cluster_id, req_id, model_id=0,
     prefix_id=2**64-1); cluster_id may be given as prompt_cluster_id."""
 
-    __slots__ = ("cluster_id", "req_id", "model_id", "prefix_id")
-    _shown_fields = ("cluster_id", "req_id", "prefix_id", "model_id")
+    __slots__ = ()
 
     def __init__(self, *args, **kwargs):
-        given = _key_arguments("CacheKey", args, kwargs, self.__slots__, ("cluster_id", "req_id"))
-        for name in self.__slots__:
-            default = INVALID_ID if name == "prefix_id" else 0
-            object.__setattr__(self, name, check_int(name, given.get(name, default), UINT64))
+        given = _key_arguments("CacheKey", args, kwargs, self.FIELDS, ("cluster_id", "req_id"))
+        super().__init__(*(check_int(name, given.get(name, INVALID_ID if name == "prefix_id" else 0), UINT64)
+                           for name in self.FIELDS))
 
     @property
     def prompt_cluster_id(self):
         return self.cluster_id
 
 
-class BlocksCacheKey(_Key):
+class BlocksCacheKey(_cache_keys.BlocksKey):
     """A blocks cache on a cluster: BlocksCacheKey(cluster_id, model_id=0); cluster_id may be given
     as prompt_cluster_id."""
 
-    __slots__ = ("cluster_id", "model_id")
+    __slots__ = ()
 
     def __init__(self, *args, **kwargs):
-        given = _key_arguments("BlocksCacheKey", args, kwargs, self.__slots__, ("cluster_id",))
-        object.__setattr__(self, "cluster_id", check_int("cluster_id", given["cluster_id"], UINT64))
-        object.__setattr__(self, "model_id", check_int("model_id", given.get("model_id", 0), UINT64))
+        given = _key_arguments("BlocksCacheKey", args, kwargs, self.FIELDS, ("cluster_id",))
+        super().__init__(check_int("cluster_id", given["cluster_id"], UINT64),
+                         check_int("model_id", given.get("model_id", 0), UINT64))
 
     @property
     def prompt_cluster_id(self):
         return self.cluster_id
 
 
-class CacheKeyByIdAndIndex(_Key):
+class CacheKeyByIdAndIndex(_cache_keys.IdKey):
     """A remote cache by id and batch index: CacheKeyByIdAndIndex(cluster_id, cache_id, batch_index=0)."""
 
-    __slots__ = ("cluster_id", "cache_id", "batch_index")
+    __slots__ = ()
 
     def __init__(self, cluster_id, cache_id, batch_index=0):
-        object.__setattr__(self, "cluster_id", check_int("cluster_id", cluster_id, UINT64))
-        object.__setattr__(self, "cache_id", check_int("cache_id", cache_id, INT64))
-        object.__setattr__(self, "batch_index", check_int("batch_index", batch_index, UINT32))
+        super().__init__(check_int("cluster_id", cluster_id, UINT64), check_int("cache_id", cache_id, INT64),
+                         check_int("batch_index", batch_index, UINT32))
 
 
 def is_valid_id(req_or_prefix_id):

@@ -1,21 +1,26 @@
-"""The drop-in's LLMConfig and LLMClusterInfo: CANN's settings, each checked as it is assigned.
+"""CANN's configs module: LLMRole, LLMConfig (LlmConfig) and LLMClusterInfo; CANN's settings, each
+checked as it is assigned.
 
 Every property of CANN's LlmConfig is here with its check and the option it emits. LLMConfig has
 __slots__, so a misspelled setting is an AttributeError, never kept and silently dropped.
 """
-from ._dropin_names import (
-    INT32,
-    UINT16,
-    UINT32,
-    UINT64,
-    LLMRole,
-    check_int,
-    check_ints,
-    checked_property,
-    check_str_dict,
-    check_type,
-    require,
-)
+from enum import IntEnum
+
+from .. import _desc
+from .. import _options as keys
+from .._limits import INT32, UINT16, UINT32, UINT64
+from .status import qualified_name
+from .utils.utils import check_int, check_ints, check_str_dict, check_type, checked_property, require
+
+_ROLES = _desc.enum_values("LlmRole")
+
+
+class LLMRole(IntEnum):
+    PROMPT = _ROLES["PROMPT"]
+    DECODER = _ROLES["DECODER"]
+    MIX = _ROLES["MIX"]
+
+    __str__ = qualified_name  # CANN prints LLMRole.PROMPT, not the IntEnum's "1"
 
 
 def _optional(check, *arguments):
@@ -151,36 +156,36 @@ class LLMConfig:
         options = dict(self._ge_options)
         if self._device_id is not None:
             ids = self._device_id if isinstance(self._device_id, (list, tuple)) else [self._device_id]
-            options["ge.exec.deviceId"] = ";".join(str(device) for device in ids)
-            options["ge.session_device_id"] = str(ids[0])
+            options[keys.DEVICE_ID_KEYS[1]] = ";".join(str(device) for device in ids)
+            options[keys.SESSION_DEVICE_ID] = str(ids[0])
         if self._sync_kv_timeout is not None:
-            options["llm.SyncKvCacheWaitTime"] = str(self._sync_kv_timeout)
+            options[keys.SYNC_KV_WAIT_TIME] = str(self._sync_kv_timeout)
         # Strings CANN emits only when non-empty.
-        for key, value in (("llm.deployResPath", self._deploy_res_path), ("llm.BufPoolCfg", self._buf_pool_cfg),
-                           ("llm.MemPoolConfig", self._mem_pool_cfg),
-                           ("llm.HostMemPoolConfig", self._host_mem_pool_cfg),
-                           ("llm.listenIpInfo", self._listen_ip_info), ("llm.ClusterInfo", self._cluster_info)):
+        for key, value in ((keys.DEPLOY_RES_PATH, self._deploy_res_path), (keys.BUF_POOL_CFG, self._buf_pool_cfg),
+                           (keys.MEM_POOL_CONFIG, self._mem_pool_cfg),
+                           (keys.HOST_MEM_POOL_CONFIG, self._host_mem_pool_cfg),
+                           (keys.PY_LISTEN_IP_INFO, self._listen_ip_info), (keys.CLUSTER_INFO, self._cluster_info)):
             if value:
                 options[key] = value
         # Flags CANN emits as "1"/"0" once they were set, either way.
         if self._enable_cache_manager is not None:
-            options["llm.EnableCacheManager"] = _zero_or_one(self._enable_cache_manager)
+            options[keys.ENABLE_CACHE_MANAGER] = _zero_or_one(self._enable_cache_manager)
         if self._enable_remote_cache_accessible is not None:
-            options["llm.EnableRemoteCacheAccessible"] = _zero_or_one(self._enable_remote_cache_accessible)
+            options[keys.ENABLE_REMOTE_CACHE_ACCESSIBLE] = _zero_or_one(self._enable_remote_cache_accessible)
         # Settings CANN emits once they were set, an empty string included.
-        for key, value in (("llm.LinkTotalTime", self._link_total_time),
-                           ("llm.LinkRetryCount", self._link_retry_count),
-                           ("llm.RdmaTrafficClass", self._rdma_traffic_class),
-                           ("llm.RdmaServiceLevel", self._rdma_service_level),
-                           ("llm.LocalCommRes", self._local_comm_res),
-                           ("llm.TransferBackend", self._transfer_backend),
-                           ("llm.GlobalResourceConfig", self._global_resource_config),
-                           ("llm.OutputMaxSize", self._output_max_size)):
+        for key, value in ((keys.LINK_TOTAL_TIME, self._link_total_time),
+                           (keys.LINK_RETRY_COUNT, self._link_retry_count),
+                           (keys.RDMA_TRAFFIC_CLASS, self._rdma_traffic_class),
+                           (keys.RDMA_SERVICE_LEVEL, self._rdma_service_level),
+                           (keys.LOCAL_COMM_RES, self._local_comm_res),
+                           (keys.TRANSFER_BACKEND, self._transfer_backend),
+                           (keys.GLOBAL_RESOURCE_CONFIG, self._global_resource_config),
+                           (keys.OUTPUT_MAX_SIZE, self._output_max_size)):
             if value is not None:
                 options[key] = str(value)
         if self._enable_switch_role:
-            options["llm.EnableSwitchRole"] = "1"
-        options["llm.MemoryUtilization"] = str(self._mem_utilization)
+            options[keys.ENABLE_SWITCH_ROLE] = "1"
+        options[keys.MEMORY_UTILIZATION] = str(self._mem_utilization)
         return options
 
     gen_options = generate_options

@@ -1,0 +1,1 @@
+"""CANN's utils package: the drop-in's argument checks."""

@@ -1,0 +1,246 @@
+"""CANN's v2/llm_datadist module: LLMDataDist over llmdd's engine.
+
+One LLMDataDist is one llmdd.LlmDataDist engine: init passes CANN's options to the engine as they
+are (the engine listens on llm.listenIpInfo), and the cache manager and the links act through the
+engine's one CacheRegistry and one TransferService. What llmdd does not implement yet (rank-table
+links, role switches) checks its arguments as CANN does and then raises
+LLMException(LLM_FEATURE_NOT_ENABLED): no CANN method is missing.
+"""
+from ... import _datadist
+from ... import _options as keys
+from ..._limits import INT32, UINT32, UINT64
+from ..configs import LLMClusterInfo, LLMRole
+from ..status import LLMStatusCode, not_enabled, reraising, status_of
+from ..utils.utils import check_int, check_sequence, check_str_dict, check_type, require
+from .cache_manager import CacheManager, KvCacheManager
+
+__all__ = ["LLMDataDist"]
+
+_MAX_COMM_NAME = 128
+_MAX_RANK_TABLE_NODES = 4
+
+
+def _dotted(ip):
+    """CANN's integer form of an IPv4 address (its bytes little-endian) as a dotted string."""
+    require(0 <= ip < 1 << 32, f"ip {ip} is not an IPv4 address")
+    return ".".join(str(part) for part in ip.to_bytes(4, "little"))
+
+
+class LLMDataDist:
+    """CANN's Python LLMDataDist(role, cluster_id) over llmdd's engine. One may be initialized
+    per process at a time, as in CANN."""
+
+    llm_engine_instance = None  # the initialized LLMDataDist of this process (CANN's name)
+
+    def __init__(self, role, cluster_id):
+        check_type("role", role, LLMRole)
+        check_int("cluster_id", cluster_id, UINT64)
+        self._role = role
+        self._engine = _datadist.LlmDataDist(cluster_id, role.value)
+        self._manager = None
+        self._cache_manager_mode = False
+        self._options = {}  # the options of the current initialization, after CANN's rules
+        self._has_linked = False
+
+    @property
+    def cluster_id(self):
+        return self._engine.cluster_id
+
+    @property
+    def role(self):
+        return self._role
+
+    def init(self, options):
+        """Initialize with an options dict (LLMConfig.generate_options()); LLMException on
+        failure, and when another LLMDataDist of this process is initialized. Again: a no-op.
+        A device list selects its first device: llmdd's engine allocates on one device."""
+        if self._engine.initialized:
+            return
+        require(LLMDataDist.llm_engine_instance is None, "another LLMDataDist is initialized in this process",
+                LLMStatusCode.LLM_FAILED)
+        options = dict(self._checked_options(options))
+        for key in keys.DEVICE_ID_KEYS:
+            if ";" in options.get(key, ""):
+                options[key] = options[key].split(";")[0]
+        with reraising:   # a prompt side (llm.listenIpInfo) serves its caches from here on
+            self._engine.initialize(options)
+        manager_type = CacheManager if self._cache_manager_mode else KvCacheManager
+        self._manager = manager_type(self, options)
+        self._options = options
+        self._has_linked = False
+        LLMDataDist.llm_engine_instance = self
+
+    def _transfer_agent(self, call):
+        """The TransferAgent of the engine's one transfer service."""
+        require(self._cache_manager_mode, f"{call}: llmdd transfers in cache-manager mode only "
+                f"({keys.ENABLE_CACHE_MANAGER}=1, LLMConfig.enable_cache_manager)",
+                LLMStatusCode.LLM_FEATURE_NOT_ENABLED)
+        with reraising:
+            return self._engine._transfer_service().agent
+
+    def _checked_options(self, options):
+        """CANN's option rules before the engine sees them; sets the cache-manager mode."""
+        check_str_dict("options", options)
+        pool_sizes = options.get(keys.FLOW_GRAPH_MEM_MAX_SIZE)
+        if pool_sizes is not None:
+            require("," not in pool_sizes, f"{keys.FLOW_GRAPH_MEM_MAX_SIZE} takes one pool size, got {pool_sizes!r}")
+            require(pool_sizes.isascii() and pool_sizes.isdigit(),
+                    f"{keys.FLOW_GRAPH_MEM_MAX_SIZE} must be digits, got {pool_sizes!r}")
+        options = dict(options)
+        if keys.LOCAL_COMM_RES in options:  # local communication resources imply both modes
+            options.setdefault(keys.ENABLE_CACHE_MANAGER, "1")
+            options.setdefault(keys.ENABLE_REMOTE_CACHE_ACCESSIBLE, "1")
+        cache_manager_mode = options.get(keys.ENABLE_CACHE_MANAGER) == "1"
+        require(cache_manager_mode or keys.LOCAL_COMM_RES not in options,
+                f"{keys.LOCAL_COMM_RES} needs {keys.ENABLE_CACHE_MANAGER}=1")
+        if keys.TRANSFER_BACKEND in options:
+            require(cache_manager_mode, f"{keys.TRANSFER_BACKEND} needs {keys.ENABLE_CACHE_MANAGER}=1")
+            options.setdefault(keys.ENABLE_REMOTE_CACHE_ACCESSIBLE, "1")
+            require(options[keys.ENABLE_REMOTE_CACHE_ACCESSIBLE] == "1",
+                    f"{keys.TRANSFER_BACKEND} needs {keys.ENABLE_REMOTE_CACHE_ACCESSIBLE}=1")
+            require(keys.PY_LISTEN_IP_INFO in options, f"{keys.TRANSFER_BACKEND} needs {keys.PY_LISTEN_IP_INFO}")
+        if cache_manager_mode and keys.PY_LISTEN_IP_INFO in options:
+            _check_listen_ip_info(options[keys.PY_LISTEN_IP_INFO])
+        require(options.get(keys.ENABLE_REMOTE_CACHE_ACCESSIBLE, "0") in ("0", "1"),
+                f"{keys.ENABLE_REMOTE_CACHE_ACCESSIBLE} must be '0' or '1', "
+                f"got {options.get(keys.ENABLE_REMOTE_CACHE_ACCESSIBLE)!r}")
+        self._cache_manager_mode = cache_manager_mode
+        return options
+
+    def finalize(self):
+        """Release everything; a no-op when not initialized."""
+        if not self._engine.initialized:
+            return
+        self._engine.Finalize()   # links and served pins end before the caches go
+        self._manager = None
+        if LLMDataDist.llm_engine_instance is self:
+            LLMDataDist.llm_engine_instance = None
+
+    def _owns_live_manager(self, manager):
+        """Whether `manager` belongs to this LLMDataDist's current initialization."""
+        return manager is self._manager and self._engine.initialized
+
+    def _require_initialized(self):
+        require(self._engine.initialized, "LLMDataDist is not initialized: call init first", LLMStatusCode.LLM_FAILED)
+
+    def _require_mode(self, name, cache_manager_mode):
+        self._require_initialized()
+        require(self._cache_manager_mode == cache_manager_mode,
+                f"{name} is {'only' if cache_manager_mode else 'not'} available with {keys.ENABLE_CACHE_MANAGER}=1 "
+                "(LLMConfig.enable_cache_manager)")
+
+    @property
+    def cache_manager(self):
+        """v2's CacheManager: only with enable_cache_manager."""
+        self._require_mode("cache_manager", True)
+        return self._manager
+
+    @property
+    def kv_cache_manager(self):
+        """v1's KvCacheManager: only without enable_cache_manager."""
+        self._require_mode("kv_cache_manager", False)
+        return self._manager
+
+    def link(self, comm_name, cluster_rank_info, rank_table):
+        """Link the clusters of a rank table (cache-manager mode). Not implemented by llmdd yet."""
+        self._require_mode("link", True)
+        check_type("comm_name", comm_name, str)
+        require(0 < len(comm_name) < _MAX_COMM_NAME, f"comm_name must have 1 to {_MAX_COMM_NAME - 1} characters")
+        check_type("cluster_rank_info", cluster_rank_info, dict)
+        require(len(cluster_rank_info) <= _MAX_RANK_TABLE_NODES,
+                f"cluster_rank_info has more than {_MAX_RANK_TABLE_NODES} clusters")
+        for cluster_id, rank in cluster_rank_info.items():
+            check_int("cluster_rank_info key", cluster_id, UINT64)
+            check_int("cluster_rank_info value", rank, UINT32)
+        check_type("rank_table", rank_table, str)
+        ranks = list(cluster_rank_info.values())
+        require(len(ranks) > 1, "cluster_rank_info needs at least 2 clusters")
+        require(ranks == sorted(ranks), "the ranks of cluster_rank_info must be in order")
+        raise not_enabled("link")
+
+    def unlink(self, comm_id):
+        """Undo link (cache-manager mode). Not implemented by llmdd yet."""
+        self._require_mode("unlink", True)
+        check_int("comm_id", comm_id, UINT64)
+        raise not_enabled("unlink")
+
+    def query_register_mem_status(self, comm_id):
+        """The RegisterMemStatus of a link (cache-manager mode). Not implemented by llmdd yet."""
+        self._require_mode("query_register_mem_status", True)
+        check_int("comm_id", comm_id, UINT64)
+        raise not_enabled("query_register_mem_status")
+
+    def check_link_status(self, remote_cluster_id):
+        """Whether the link to a cluster is up (v1 mode). Not implemented by llmdd yet."""
+        self._require_mode("check_link_status", False)
+        check_int("remote_cluster_id", remote_cluster_id, UINT64)
+        raise not_enabled("check_link_status")
+
+    def _check_clusters(self, clusters, timeout):
+        self._require_initialized()
+        check_int("timeout", timeout, INT32)
+        require(timeout > 0, f"timeout must be > 0, got {timeout}")
+        check_sequence("clusters", clusters, LLMClusterInfo)
+        for cluster in clusters:
+            check_int("remote_cluster_id", cluster.remote_cluster_id, UINT64)
+
+    def link_clusters(self, clusters, timeout=3000):
+        """Link to clusters (LLMClusterInfo), returning (status, [status per cluster]); a link
+        serves both sides, which may each pull, push and unlink on it."""
+        self._check_clusters(clusters, timeout)
+        if self._cache_manager_mode and not self._options.get(keys.LOCAL_COMM_RES):
+            for cluster in clusters:
+                require(bool(cluster.local_ip_info_list), "local_ip_info_list is empty: call append_local_ip_info "
+                                                          f"(or set {keys.LOCAL_COMM_RES})")
+        status, statuses = self._linked("link_clusters", clusters, lambda agent, targets: agent.link(targets, timeout))
+        self._has_linked = self._has_linked or any(each == LLMStatusCode.LLM_SUCCESS for each in statuses)
+        return status, statuses
+
+    def unlink_clusters(self, clusters, timeout=3000, force=False):
+        """Unlink clusters, returning (status, [status per cluster]); force tears down only this side."""
+        self._check_clusters(clusters, timeout)
+        check_type("force", force, bool)
+        # The hixl backend names the clusters to unlink by id alone (hixl_transfer_engine.cc).
+        by_id = keys.TRANSFER_BACKEND in self._options
+        return self._linked("unlink_clusters", clusters,
+                            lambda agent, targets: agent.unlink(targets, timeout, force, by_id=by_id))
+
+    def _linked(self, call, clusters, link):
+        """(status, [status per cluster]) of link(agent, link targets), in the drop-in's status codes."""
+        if not clusters:
+            # CANN's link managers refuse an empty list with a status, not an exception
+            # (llm_link_manager.cc, hixl_transfer_engine.cc: "clusters size must > 0").
+            return LLMStatusCode.LLM_PARAM_INVALID, []
+        with reraising:
+            agent = self._transfer_agent(call)
+            from ...transfer._agent import LinkTarget   # loaded with the agent, on the first link
+            status, statuses = link(agent, [
+                LinkTarget(cluster.remote_cluster_id, [(_dotted(ip), port) for ip, port in cluster.local_ip_info_list],
+                           [(_dotted(ip), port) for ip, port in cluster.remote_ip_info_list])
+                for cluster in clusters])
+        return status_of(status), [status_of(each) for each in statuses]
+
+    def switch_role(self, role, switch_options=None):
+        """Change this cluster's role. Not implemented by llmdd yet."""
+        self._require_initialized()
+        check_type("role", role, LLMRole)
+        if switch_options is not None:
+            check_type("switch_options", switch_options, dict)
+        options = switch_options or {}
+        if not self._cache_manager_mode:
+            require(role != self._role, f"the role is already {role.name}")
+            require(role != LLMRole.PROMPT or keys.PY_LISTEN_IP_INFO in options,
+                    f"switching to PROMPT needs {keys.PY_LISTEN_IP_INFO} in switch_options")
+        if keys.PY_LISTEN_IP_INFO in options:
+            _check_listen_ip_info(options[keys.PY_LISTEN_IP_INFO])
+        raise not_enabled("switch_role")
+
+
+def _check_listen_ip_info(listen_ip_info):
+    """'ip:port', as cache-manager mode splits it."""
+    check_type(keys.PY_LISTEN_IP_INFO, listen_ip_info, str)
+    parts = listen_ip_info.split(":")
+    require(len(parts) == 2 and parts[1].isascii() and parts[1].isdigit(),
+            f"{keys.PY_LISTEN_IP_INFO}={listen_ip_info!r} is not 'ip:port'")
+
+

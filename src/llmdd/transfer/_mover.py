@@ -1,0 +1,223 @@
+"""Mover: the pulls and pushes of a TransferAgent over its links.
+
+Each checks its arguments and the rules of its caches, asks the peer over the link what its key
+names (RESOLVE: the peer pins the cache and describes it), plans the segments (_plan), moves them
+in one Mooncake batch read or write, and lets the peer unpin (UNPIN). Statuses are llmdd's
+LLMStatusCode members; nothing moves until every rule has been checked.
+"""
+import contextlib
+import logging
+
+from .._cache_keys import _Key
+from .._checks import require
+from .._desc import LLMStatusCode
+from .._limits import INT64, TENSOR_NUM_PER_LAYER, UINT32
+from .._status import LLMException, engine_status
+from . import _plan
+from . import _protocol as wire
+from ._channel import LinkFailure
+
+log = logging.getLogger("llmdd.transfer")
+
+SUCCESS = LLMStatusCode.LLM_SUCCESS
+PARAM_INVALID = LLMStatusCode.LLM_PARAM_INVALID
+
+
+def _check_int(name, value, bounds):
+    require(type(value) is int and bounds[0] <= value <= bounds[1],
+            f"{name} {value!r} is not an int in [{bounds[0]}, {bounds[1]}]", PARAM_INVALID)
+
+
+def _check_layer_arguments(src_layer_range, dst_layer_range, tensor_num_per_layer):
+    for name, layer_range in (("src_layer_range", src_layer_range), ("dst_layer_range", dst_layer_range)):
+        require(layer_range is None or isinstance(layer_range, range),
+                f"{name} must be a range or None, not {type(layer_range).__name__}", PARAM_INVALID)
+    _check_int("tensor_num_per_layer", tensor_num_per_layer, UINT32)
+
+
+def _check_blocks(name, blocks):
+    require(isinstance(blocks, (list, tuple)) and all(type(b) is int for b in blocks),
+            f"{name} must be a list or tuple of ints", PARAM_INVALID)
+    return list(blocks)
+
+
+def _check_key(key):
+    require(isinstance(key, _Key), f"a cache key is a CacheKey, BlocksCacheKey or CacheKeyByIdAndIndex, not "
+            f"{type(key).__name__}", PARAM_INVALID)
+    return key
+
+
+def _kind_rules(entry):
+    """Whether CANN's Python rules hold for a transfer with local cache `entry`: blocks caches and
+    whole caches apart. A cache of the C++ API (is_blocks_cache None) takes blocks of any cache."""
+    return entry.is_blocks_cache is not None
+
+
+def _require_kind(layout, blocks, side):
+    if layout.is_blocks_cache != blocks:
+        raise _plan.PlanError(f"the {side} cache must {'' if blocks else 'not '}be a blocks cache")
+
+
+class Mover:
+    """Pulls and pushes over an agent's links. registry: the agent's (entry, find, pin,
+    release_key); link_for(cluster id): the link a transfer takes, or None; current_mooncake(): the
+    agent's Mooncake engine, or None once it closed; sync_timeout_s bounds each control round trip.
+    Which rules a transfer follows is its local cache's (_kind_rules)."""
+
+    def __init__(self, registry, link_for, current_mooncake, sync_timeout_s):
+        self._registry = registry
+        self._link_for = link_for
+        self._current_mooncake = current_mooncake
+        self._sync_timeout_s = sync_timeout_s
+
+    def pull_cache(self, remote_cluster_id, key, dst_entry, batch_index=0, size=-1, src_layer_range=None,
+                   dst_layer_range=None, tensor_num_per_layer=TENSOR_NUM_PER_LAYER):
+        """One batch entry of the remote cache `key` names (a CacheKey or CacheKeyByIdAndIndex)
+        into entry batch_index of dst_entry. A CacheKey's reference is dropped after a success."""
+        kind_rules = _kind_rules(dst_entry)
+        _check_key(key)
+        _check_int("batch_index", batch_index, UINT32)
+        _check_int("size", size, (-1, INT64[1]))
+        _check_layer_arguments(src_layer_range, dst_layer_range, tensor_num_per_layer)
+        if key.KIND == "blocks" or size == 0 or (kind_rules and dst_entry.is_blocks_cache):
+            return PARAM_INVALID
+        local = _plan.Layout.of_entry(dst_entry)
+
+        def plan(remote, remote_batch_index):
+            if kind_rules:
+                _require_kind(remote, False, "source")
+            pairs = _plan.tensor_pairs(remote, local, src_layer_range, dst_layer_range, tensor_num_per_layer)
+            return _plan.cache_segments(remote, local, remote_batch_index, batch_index, size, pairs)
+        return self._transfer(remote_cluster_id, key, dst_entry, plan, write=False, release_key=key.KIND == "cache")
+
+    def pull_blocks(self, remote_cluster_id, src_key, dst_entry, src_blocks=(), dst_blocks=(),
+                    src_layer_range=None, dst_layer_range=None, tensor_num_per_layer=TENSOR_NUM_PER_LAYER):
+        """Blocks src_blocks of the remote blocks cache (a BlocksCacheKey; under the C++ API's
+        rules, any key naming a cache) into dst_blocks of dst_entry; with no src_blocks the
+        remote batch entry the key names is cut into dst_blocks."""
+        kind_rules = _kind_rules(dst_entry)
+        _check_key(src_key)
+        src_blocks, dst_blocks = _check_blocks("src_blocks", src_blocks), _check_blocks("dst_blocks", dst_blocks)
+        _check_layer_arguments(src_layer_range, dst_layer_range, tensor_num_per_layer)
+        by_blocks = bool(src_blocks)
+        if not dst_blocks or (kind_rules and (not dst_entry.is_blocks_cache
+                                              or by_blocks != (src_key.KIND == "blocks"))):
+            return PARAM_INVALID
+        local = _plan.Layout.of_entry(dst_entry)
+
+        def plan(remote, remote_batch_index):
+            if kind_rules:
+                _require_kind(remote, by_blocks, "source")
+            pairs = _plan.tensor_pairs(remote, local, src_layer_range, dst_layer_range, tensor_num_per_layer)
+            if by_blocks:
+                return _plan.blocks_segments(remote, local, src_blocks, dst_blocks, pairs)
+            return _plan.entry_to_blocks_segments(remote, local, remote_batch_index, dst_blocks, pairs)
+        return self._transfer(remote_cluster_id, src_key, dst_entry, plan, write=False, release_key=False)
+
+    def push_cache(self, remote_cluster_id, dst_key, src_entry, src_batch_index=0, size=-1, src_layer_range=None,
+                   dst_layer_range=None, tensor_num_per_layer=TENSOR_NUM_PER_LAYER):
+        """Entry src_batch_index of src_entry into the remote_accessible cache dst_key names (a
+        CacheKeyByIdAndIndex); size must be -1, as in CANN."""
+        kind_rules = _kind_rules(src_entry)
+        _check_key(dst_key)
+        _check_int("src_batch_index", src_batch_index, UINT32)
+        _check_int("size", size, (-1, INT64[1]))
+        _check_layer_arguments(src_layer_range, dst_layer_range, tensor_num_per_layer)
+        if dst_key.KIND != "id" or size != -1 or (kind_rules and src_entry.is_blocks_cache):
+            return PARAM_INVALID
+        local = _plan.Layout.of_entry(src_entry)
+
+        def plan(remote, remote_batch_index):
+            if kind_rules:
+                _require_kind(remote, False, "destination")
+            pairs = _plan.tensor_pairs(local, remote, src_layer_range, dst_layer_range, tensor_num_per_layer)
+            return _plan.cache_segments(local, remote, src_batch_index, remote_batch_index, size, pairs)
+        return self._transfer(remote_cluster_id, dst_key, src_entry, plan, write=True, release_key=False)
+
+    def push_blocks(self, remote_cluster_id, dst_key, src_entry, src_blocks=(), dst_blocks=(),
+                    src_layer_range=None, dst_layer_range=None, tensor_num_per_layer=TENSOR_NUM_PER_LAYER):
+        """Blocks src_blocks of src_entry into dst_blocks of the remote_accessible blocks cache
+        dst_key (a BlocksCacheKey; under the C++ API's rules, a key by id) names."""
+        kind_rules = _kind_rules(src_entry)
+        _check_key(dst_key)
+        src_blocks, dst_blocks = _check_blocks("src_blocks", src_blocks), _check_blocks("dst_blocks", dst_blocks)
+        _check_layer_arguments(src_layer_range, dst_layer_range, tensor_num_per_layer)
+        if not dst_blocks or (kind_rules and (dst_key.KIND != "blocks" or not src_entry.is_blocks_cache)):
+            return PARAM_INVALID
+        local = _plan.Layout.of_entry(src_entry)
+
+        def plan(remote, remote_batch_index):
+            if kind_rules:
+                _require_kind(remote, True, "destination")
+            pairs = _plan.tensor_pairs(local, remote, src_layer_range, dst_layer_range, tensor_num_per_layer)
+            return _plan.blocks_segments(local, remote, src_blocks, dst_blocks, pairs)
+        return self._transfer(remote_cluster_id, dst_key, src_entry, plan, write=True, release_key=False)
+
+    def _pin_local(self, entry, hold):
+        try:
+            hold.enter_context(self._registry.pin(entry.cache_id))
+        except LLMException as error:
+            return engine_status(error.status_code)
+        except (LookupError, ValueError):   # the registry's answer for a cache it does not hold
+            return LLMStatusCode.LLM_KV_CACHE_NOT_EXIST
+        return SUCCESS
+
+    def _transfer(self, remote_cluster_id, key, local_entry, plan, write, release_key):
+        """RESOLVE (the peer pins its cache and describes it), plan, one batch read or write,
+        UNPIN (and release the key). Everything is checked before a byte moves."""
+        link = self._link_for(remote_cluster_id)
+        if link is None:
+            return LLMStatusCode.LLM_NOT_YET_LINK
+        with link.transfer_lock, contextlib.ExitStack() as hold:
+            engine = self._current_mooncake()
+            if engine is None:   # the agent closed since the link was looked up
+                return LLMStatusCode.LLM_LINK_FAILED
+            status = self._pin_local(local_entry, hold)
+            if status != SUCCESS:
+                return status
+            try:
+                reply = link.request(wire.MessageType.RESOLVE, {"key": wire.key_fields(key), "write": write},
+                                     self._sync_timeout_s)
+            except LinkFailure as failure:
+                return failure.status
+            if reply["status"] != SUCCESS or reply["layout"] is None:
+                return engine_status(reply["status"])
+            status = self._move(link, engine, reply["layout"], local_entry, plan, write)
+            try:
+                unpinned = link.request(wire.MessageType.UNPIN,
+                                        {"pin": reply["pin"], "release_key": release_key and status == SUCCESS},
+                                        self._sync_timeout_s)
+            except LinkFailure as failure:
+                # The peer drops the pin with the connection; only a key to release is lost.
+                return failure.status if status == SUCCESS and release_key else status
+            if status == SUCCESS and unpinned["status"] != SUCCESS:
+                return engine_status(unpinned["status"])
+            return status
+
+    def _move(self, link, engine, layout_fields, local_entry, plan, write):
+        remote = _plan.Layout(tuple(layout_fields["tensor_addrs"]), layout_fields["tensor_bytes"],
+                              layout_fields["batch"], layout_fields["block_bytes"], layout_fields["is_blocks_cache"],
+                              tuple(tuple(region) for region in layout_fields["regions"]))
+        try:
+            segments = plan(remote, layout_fields["batch_index"])
+        except _plan.PlanError as error:
+            log.warning("transfer with cluster %d refused: %s", link.remote_cluster_id, error)
+            return PARAM_INVALID
+        local_regions = tuple(tuple(region) for region in local_entry.regions)
+        if write:
+            segments = _plan.coalesce(segments, local_regions, remote.regions)
+        else:
+            segments = _plan.coalesce(segments, remote.regions, local_regions)
+        if not engine.register(local_entry.regions):
+            return LLMStatusCode.LLM_FAILED
+        # The caller holds link.transfer_lock: one transfer at a time per link, so that the batches
+        # of two never overflow Mooncake's per-peer queue together (_mooncake.TCP_QUEUE_VARIABLE).
+        if write:
+            result = engine.write(link.peer_engine, segments.src_addrs, segments.dst_addrs, segments.lengths)
+        else:
+            result = engine.read(link.peer_engine, segments.dst_addrs, segments.src_addrs, segments.lengths)
+        if result != 0:
+            log.warning("Mooncake %s of %d bytes with cluster %d at %s answered %d", "write" if write else "read",
+                        segments.nbytes, link.remote_cluster_id, link.peer_engine, result)
+            return LLMStatusCode.LLM_LINK_FAILED
+        return SUCCESS

@@ -1,0 +1,32 @@
+"""TransferService: the one transfer service of an engine's initialization.
+
+The engine makes it when it first needs one (llm.ListenIpInfo at Initialize, or the first
+transfer call) and closes it at Finalize. The C++ API's calls (_cpp_api) and the drop-in's both
+act through it: one TransferAgent over the engine's one CacheRegistry, one listener, one set of
+links.
+"""
+import weakref
+
+from .._registry import registry_of
+from ._agent import TransferAgent
+
+
+class TransferService:
+    """One initialization's agent over its registry. The agent is closed with the engine (Finalize,
+    or the engine dropped without it); the service holds the engine only weakly."""
+
+    def __init__(self, engine, options):
+        """options: the engine's parsed _options.TransferOptions."""
+        self.initialization = engine._initialization
+        self.registry = registry_of(engine)
+        self.agent = TransferAgent(self.registry, engine.cluster_id, listen_ip_info=options.listen_ip_info,
+                                   protocol=options.protocol, device_name=options.device_name,
+                                   sync_timeout_ms=options.sync_timeout_ms)
+        self._closer = weakref.finalize(engine, self.agent.close)
+
+    def close(self):
+        self._closer()
+
+    def abandon(self):
+        """In a forked child: the links, threads and Mooncake engine are the parent's; never close them."""
+        self._closer.detach()
