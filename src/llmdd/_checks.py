@@ -61,3 +61,10 @@ def check_str_dict(name, mapping):
         if not isinstance(key, str) or not isinstance(value, str):
             raise TypeError(f"{name} only supports str to str, got {key!r}: {value!r}")
     return mapping
+
+
+def require_int(name, value, bounds, status):
+    """A Python int within bounds, else LLMException(status): for a layer whose callers converted
+    their arguments already, so that a bad one is a broken rule, not a Python error."""
+    require(type(value) is int and bounds[0] <= value <= bounds[1],
+            f"{name} {value!r} is not an int in [{bounds[0]}, {bounds[1]}]", status)

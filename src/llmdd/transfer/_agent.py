@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 
-from .._checks import require
+from .._checks import require, require_int
 from .._desc import LLMStatusCode
 from .._limits import MAX_CLUSTERS_PER_CALL, UINT64
 from .._options import TRANSFER_PROTOCOLS, OptionError, parse_ip_port
@@ -65,8 +65,7 @@ def _parse_listen_ip_info(listen_ip_info):
 # arguments first; these checks refuse, with LLM_PARAM_INVALID, what no caller should pass.
 
 def _check_int(name, value, bounds):
-    require(type(value) is int and bounds[0] <= value <= bounds[1],
-            f"{name} {value!r} is not an int in [{bounds[0]}, {bounds[1]}]", PARAM_INVALID)
+    require_int(name, value, bounds, PARAM_INVALID)
 
 
 def _check_timeout(timeout_ms):

@@ -9,7 +9,7 @@ import contextlib
 import logging
 
 from .._cache_keys import _Key
-from .._checks import require
+from .._checks import require, require_int
 from .._desc import LLMStatusCode
 from .._limits import INT64, TENSOR_NUM_PER_LAYER, UINT32
 from .._status import LLMException, engine_status
@@ -24,8 +24,7 @@ PARAM_INVALID = LLMStatusCode.LLM_PARAM_INVALID
 
 
 def _check_int(name, value, bounds):
-    require(type(value) is int and bounds[0] <= value <= bounds[1],
-            f"{name} {value!r} is not an int in [{bounds[0]}, {bounds[1]}]", PARAM_INVALID)
+    require_int(name, value, bounds, PARAM_INVALID)
 
 
 def _check_layer_arguments(src_layer_range, dst_layer_range, tensor_num_per_layer):
