@@ -1,5 +1,5 @@
-# Cache copies (CopyKvCache, CopyKvBlocks; spec section 4), included into _datadist so that
-# they reach the same runtime. A copy goes in three steps, so that no Python code runs
+# Cache copies (CopyKvCache, CopyKvBlocks; spec section 4), included into _datadist: they read
+# Cache and engine state, and call the runtime through the engine's DeviceRuntime. A copy goes in three steps, so that no Python code runs
 # between reading a cache's addresses and using them: (1) convert and check every Python
 # argument (an item's __index__ may run any code, even DeallocateCache); (2) pin the engine's
 # caches like exports, so that a DeallocateCache from another thread while the GIL is released
@@ -15,9 +15,11 @@ from ._acl cimport (
     ACL_MEMCPY_DEVICE_TO_HOST,
     ACL_MEMCPY_HOST_TO_DEVICE,
     ACL_MEMCPY_HOST_TO_HOST,
-    aclrtMemcpy,
+    aclrtContext,
     aclrtMemcpyKind,
 )
+from ._pool cimport MemoryPool
+from ._runtime cimport copy_memory
 
 
 # One side of a copy: where its tensors are and how they split into batch entries (blocks).
@@ -47,7 +49,7 @@ cdef uint32_t _copy_endpoint(LlmDataDist engine, Cache cache, _CacheMemory pinne
     cdef DescFields fields
     cdef bint engine_cache = cache.belongs_to(engine)
     cdef tuple shape
-    cdef llmdd_u64_slot* slot
+    cdef CacheRecord* record
     cdef Py_ssize_t i
     cdef bint caller_addresses = True   # per-tensor addresses: a host cache's or a registered cache's
     side.addrs = NULL
@@ -63,12 +65,12 @@ cdef uint32_t _copy_endpoint(LlmDataDist engine, Cache cache, _CacheMemory pinne
     else:
         return LLM_KV_CACHE_NOT_EXIST    # a default Cache: a device cache nobody allocated
     if fields.placement == LLMDD_kDevice or engine_cache:
-        slot = llmdd_u64_find(&engine._caches, <uint64_t>cache._cache_id) if engine_cache else NULL
-        if slot == NULL or (pinned is not None and slot.first != pinned.record):
+        record = engine._caches.table.find(cache._cache_id) if engine_cache else NULL
+        if record == NULL or (pinned is not None and not _same_memory(&record.memory, &pinned.memory)):
             return LLM_KV_CACHE_NOT_EXIST
         side.first_addr = cache._first_addr
         side.stride = cache._addr_stride
-        caller_addresses = (slot.second & SOURCE_BITS) == FROM_CALLER
+        caller_addresses = record.memory.source == FROM_CALLER
     elif fields.placement == LLMDD_kHost:
         # Caller-owned host memory: what can be checked is the count and that none is NULL.
         if cache._caller_addrs is None or len(cache._caller_addrs) != fields.num_tensors:
@@ -98,16 +100,18 @@ cdef uint32_t _copy_endpoint(LlmDataDist engine, Cache cache, _CacheMemory pinne
     return LLM_SUCCESS
 
 
+cdef inline bint _same_memory(const HeldMemory* a, const HeldMemory* b) noexcept:
+    return a.source == b.source and a.address == b.address and a.block == b.block
+
+
 cdef bint _within_device_pool(LlmDataDist engine, const CopyEndpoint* side) noexcept:
     """Whether every tensor of `side` lies inside the engine's device pool."""
-    cdef const MemoryPool* pool = &engine._device_pool
-    cdef uintptr_t start = pool.base
-    cdef uintptr_t end = pool.base + (pool.pages.total_pages << pool.page_shift)
+    cdef MemoryPool pool = engine._caches.device_pool
     cdef uint32_t i
-    if not pool.active or side.tensor_bytes > end - start:
+    if pool is None:
         return False
     for i in range(side.num_tensors):
-        if side.addrs[i] < start or side.addrs[i] > end - side.tensor_bytes:
+        if not pool.holds(side.addrs[i], side.tensor_bytes):
             return False
     return True
 
@@ -149,9 +153,13 @@ cdef uint32_t _copy_kv_cache(LlmDataDist engine, Cache src_cache, Cache dst_cach
     cdef aclError error = ACL_SUCCESS
     cdef aclrtContext previous = NULL
     cdef aclrtMemcpyKind kind
-    # Every argument is a C value already; pin, then read the addresses.
-    cdef _CacheMemory src_pin = _pin(engine, src_cache)
-    cdef _CacheMemory dst_pin = _pin(engine, dst_cache)
+    # Every argument is a C value already: check the engine, pin, then read the addresses.
+    cdef _CacheMemory src_pin, dst_pin
+    engine._runtime.last_error = ACL_SUCCESS
+    if not engine._initialized:
+        return LLM_FAILED
+    src_pin = _pin(engine, src_cache)
+    dst_pin = _pin(engine, dst_cache)
     src.addrs = dst.addrs = NULL
     try:
         status = _pinned_endpoints(engine, src_cache, dst_cache, src_pin, dst_pin, &src, &dst)
@@ -165,19 +173,19 @@ cdef uint32_t _copy_kv_cache(LlmDataDist engine, Cache src_cache, Cache dst_cach
         if size == 0 or size < -1 or count > src.block_bytes - offset or count > dst.block_bytes - offset:
             return LLM_PARAM_INVALID
         kind = _copy_kind(&src, &dst)
-        engine._runtime_calls_in_flight += 1
+        engine._runtime.calls_in_flight += 1
         with nogil:
-            error = engine.bind_context(&previous)
+            error = engine._runtime.bind_context(&previous)
             if error == ACL_SUCCESS:
                 for i in range(src.num_tensors):
-                    error = aclrtMemcpy(
-                        <void*>(_tensor_address(&dst, i) + dst_batch_index * dst.block_bytes + offset), count,
+                    error = copy_memory(
+                        <void*>(_tensor_address(&dst, i) + dst_batch_index * dst.block_bytes + offset),
                         <void*>(_tensor_address(&src, i) + src_batch_index * src.block_bytes + offset), count, kind)
                     if error != ACL_SUCCESS:
                         break
-                engine.restore_context(previous)
-        engine._runtime_calls_in_flight -= 1
-        return engine.runtime_failure(error) if error != ACL_SUCCESS else LLM_SUCCESS
+                engine._runtime.restore_context(previous)
+        engine._runtime.calls_in_flight -= 1
+        return engine._runtime.failure(error) if error != ACL_SUCCESS else LLM_SUCCESS
     finally:
         free(src.addrs)
         free(dst.addrs)
@@ -249,7 +257,7 @@ cdef aclError _copy_block_runs(LlmDataDist engine, const CopyEndpoint* src, cons
             while end < count and src_blocks[end] == src_blocks[end - 1] + 1 and dst_blocks[end] == dst_blocks[end - 1] + 1:
                 end += 1
             nbytes = (end - start) * src.block_bytes
-            error = aclrtMemcpy(<void*>(_tensor_address(dst, tensor) + dst_blocks[start] * dst.block_bytes), nbytes,
+            error = copy_memory(<void*>(_tensor_address(dst, tensor) + dst_blocks[start] * dst.block_bytes),
                                 <void*>(_tensor_address(src, tensor) + src_blocks[start] * src.block_bytes), nbytes,
                                 kind)
             if error != ACL_SUCCESS:
@@ -268,6 +276,9 @@ cdef uint32_t _copy_kv_blocks(LlmDataDist engine, Cache src_cache, Cache dst_cac
     cdef aclrtContext previous = NULL
     cdef aclrtMemcpyKind kind
     cdef _CacheMemory src_pin, dst_pin
+    engine._runtime.last_error = ACL_SUCCESS
+    if not engine._initialized:
+        return LLM_FAILED
     if not isinstance(src_blocks, (list, tuple)):
         raise TypeError(f"src_blocks must be a list of ints, not {type(src_blocks).__name__}")
     if not isinstance(dst_blocks_list, (list, tuple)):
@@ -315,17 +326,17 @@ cdef uint32_t _copy_kv_blocks(LlmDataDist engine, Cache src_cache, Cache dst_cac
                 or not _valid_block_table(&src, &dst, indices, count, lists, indices + (lists + 1) * count)):
             return LLM_PARAM_INVALID
         kind = _copy_kind(&src, &dst)
-        engine._runtime_calls_in_flight += 1
+        engine._runtime.calls_in_flight += 1
         with nogil:
-            error = engine.bind_context(&previous)
+            error = engine._runtime.bind_context(&previous)
             if error == ACL_SUCCESS:
                 for j in range(lists):
                     error = _copy_block_runs(engine, &src, &dst, indices, indices + (j + 1) * count, count, kind)
                     if error != ACL_SUCCESS:
                         break
-                engine.restore_context(previous)
-        engine._runtime_calls_in_flight -= 1
-        return engine.runtime_failure(error) if error != ACL_SUCCESS else LLM_SUCCESS
+                engine._runtime.restore_context(previous)
+        engine._runtime.calls_in_flight -= 1
+        return engine._runtime.failure(error) if error != ACL_SUCCESS else LLM_SUCCESS
     finally:
         free(indices)
         free(src.addrs)

@@ -4,140 +4,62 @@
 The C++-faithful methods (Initialize, AllocateCache, DeallocateCache, CopyKvCache,
 CopyKvBlocks, Finalize) return status codes; the Pythonic ones (initialize, allocate_cache,
 deallocate_cache, copy_cache, copy_blocks) raise LLMException. Typed cdef methods do the
-work for both. Rules: shared/spec/llm-datadist.md sections 4 and 5. The engine keeps its
-caches in a C hash table, carves them from memory pools (page_pool.c) when configured, and
-keeps exported memory alive for its views (_CacheMemory). Copies: _copy.pxi. The transfer calls
-(LinkLlmClusters, PullKvCache, ...) run in llmdd.transfer._cpp_api, imported on first use.
+work for both. Rules: docs/facts.md sections 4 and 5. The engine composes its
+runtime binding (_runtime.DeviceRuntime: device, context, runtime calls) and, per
+initialization, a CacheAllocator (_allocator: the cache table, pools, exports and statistics).
+Copies: _copy.pxi. The transfer calls (LinkLlmClusters, PullKvCache, ...) run in
+llmdd.transfer._cpp_api, imported on first use.
 """
 cimport cython
-from cpython.ref cimport Py_INCREF, Py_REFCNT, PyObject
-from libc.stdint cimport INT64_MAX, INT64_MIN, SIZE_MAX, UINT64_MAX
+from cpython.ref cimport Py_INCREF, PyObject
+from libc.stdint cimport INT64_MAX, INT64_MIN, UINT64_MAX
+from libc.string cimport memset
 
-from ._acl cimport (
-    ACL_ERROR_BAD_ALLOC,
-    ACL_ERROR_INVALID_DEVICE,
-    ACL_ERROR_REPEAT_INITIALIZE,
-    ACL_ERROR_RT_DEVICE_OOM,
-    ACL_ERROR_RT_INVALID_DEVICEID,
-    ACL_ERROR_RT_MEMORY_ALLOCATION,
-    ACL_HBM_MEM,
-    ACL_SUCCESS,
-    LLMDD_SIMULATED,
-    aclFinalize,
-    aclGetRecentErrMsg,
-    aclInit,
-    aclrtCreateContext,
-    aclrtDestroyContext,
-    aclrtFree,
-    aclrtFreeHost,
-    aclrtGetCurrentContext,
-    aclrtGetMemInfo,
-    aclrtGetVersion,
-    aclrtMalloc,
-    aclrtMallocHost,
-    aclrtResetDevice,
-    aclrtSetCurrentContext,
-    aclrtSetDevice,
-)
+from ._acl cimport ACL_SUCCESS, LLMDD_SIMULATED, aclError
+from ._allocator cimport MemoryStats, abandon_allocators_in_child
+from ._cache_table cimport FROM_CALLER, CacheRecord, HeldMemory
 from ._desc cimport (
     DATA_TYPE_ENUM,
     PLACEMENT_ENUM,
     ROLE_ENUM,
     STATUS_ENUM,
-    CacheDesc,
-    DescFields,
     as_integer,
     enum_class,
     enum_member,
     tensor_bytes,
 )
-from ._llm_facts cimport (
-    LLM_DEVICE_OUT_OF_MEMORY,
-    LLM_FAILED,
-    LLM_KV_CACHE_NOT_EXIST,
-    LLM_PARAM_INVALID,
-    LLM_SUCCESS,
-    LLMDD_kDevice,
-    LLMDD_kHost,
-)
-from ._page_pool cimport (
-    llmdd_pool_alloc,
-    llmdd_pool_block,
-    llmdd_pool_free,
-    llmdd_pool_free_pages,
-    llmdd_pool_init,
-    llmdd_pool_release,
-)
+from ._llm_facts cimport LLM_FAILED, LLM_KV_CACHE_NOT_EXIST, LLM_PARAM_INVALID, LLM_SUCCESS, LLMDD_kDevice, LLMDD_kHost
+from ._runtime cimport forget_users_in_child
 from ._tensor_view cimport make_view
 from ._status import LLMException, status_member as _status_member
-from ._u64_table cimport llmdd_u64_erase, llmdd_u64_find, llmdd_u64_insert, llmdd_u64_release, llmdd_u64_slot
+
+# The runtime's facts and the host runtime's test controls, where llmdd and llmdd.sim read them.
+from ._runtime import BACKEND, SIMULATED, SIM_CALLS, _sim_call_count, _sim_device_usage, _sim_inject_failure, runtime_version
 
 
 cdef extern from "<sched.h>" nogil:
     int sched_yield()
 
 
-BACKEND = "sim" if LLMDD_SIMULATED else "acl"
-SIMULATED = bool(LLMDD_SIMULATED)
-
-cdef enum:
-    RUNTIME_ALIGNMENT = 64  # aclrtMalloc promises 64-byte-aligned starts, nothing more
-
-# A cache table entry is (memory, held_bytes << 3 | EXPORTED? | CacheSource). Memory is the
-# address from aclrtMalloc or the pool block. Once a view was made of the cache, or a copy
-# holds it, the EXPORTED bit is set and the engine's _exports dict has the _CacheMemory that
-# owns the memory from then on (a dict the garbage collector sees, so an engine and its
-# exports dropped together are collected).
-cdef enum CacheSource:
-    FROM_RUNTIME = 0
-    FROM_DEVICE_POOL = 1
-    FROM_HOST_POOL = 2
-    FROM_CALLER = 3        # a registered cache: the caller's memory, never allocated or freed by llmdd
-
-cdef enum:
-    SOURCE_BITS = 3
-    EXPORTED = 4
-    HELD_SHIFT = 3
-
-# No device holds 2**60 bytes; the cap keeps held_bytes << HELD_SHIFT inside 64 bits.
-cdef uint64_t MAX_HELD_BYTES = 1ULL << 60
-
 # LLMStatusCode.LLM_SUCCESS, kept from the first status returned (LLMStatusCode is built then,
 # not at import) so that the success path costs no lookup.
 cdef object _SUCCESS = None
 
-# cache_id comes from one process-wide counter starting at 1 (spec section 4, v1); in cache-manager
-# mode (llm.EnableCacheManager=1, v2) each engine counts its own from 1, as v2's cache engine does.
-# The GIL guards both.
-cdef int64_t _next_cache_id = 1
-# Engines between Initialize and Finalize; llmdd calls aclFinalize when the last one leaves,
-# and only if llmdd's own aclInit was the one that initialized ACL.
-cdef int _initialized_engines = 0
-cdef bint _acl_initialized_by_llmdd = False
-
-# Engines between Initialize and teardown, for the fork handler below.
+# Engines initialized at least once, for the fork handler below.
 cdef object _live_engines = None
-
-
-cdef void _leave_runtime():
-    """An engine stops using the runtime: the last one out finalizes ACL if llmdd set it up."""
-    global _initialized_engines, _acl_initialized_by_llmdd
-    _initialized_engines -= 1
-    if _initialized_engines == 0 and _acl_initialized_by_llmdd:
-        aclFinalize()
-        _acl_initialized_by_llmdd = False
 
 
 def _abandon_engines_in_child():
     """After fork, in the child: the runtime state belongs to the parent. Every engine that
     was live is abandoned: it answers LLM_FAILED, and frees nothing on the device, ever, so
-    the child cannot release or corrupt the parent's memory (README, "fork")."""
-    global _initialized_engines, _acl_initialized_by_llmdd
+    the child cannot release or corrupt the parent's memory (README, "fork"). Engines first,
+    while their allocators still say whether they were live; then the allocators, some of
+    which outlive their engine; then the runtime's count of users."""
     for engine in list(_live_engines):
-        (<LlmDataDist>engine).abandon()
-    _live_engines.clear()
-    _initialized_engines = 0
-    _acl_initialized_by_llmdd = False
+        if (<LlmDataDist>engine)._initialized or (<LlmDataDist>engine).teardown_pending():
+            (<LlmDataDist>engine).abandon()
+    abandon_allocators_in_child()
+    forget_users_in_child()
 
 
 cdef void _track_live_engine(LlmDataDist engine):
@@ -148,24 +70,6 @@ cdef void _track_live_engine(LlmDataDist engine):
         _live_engines = weakref.WeakSet()
         os.register_at_fork(after_in_child=_abandon_engines_in_child)
     _live_engines.add(engine)
-
-
-cdef dict _pool_stats(MemoryPool* pool, str prefix):
-    cdef uint64_t free_pages, largest_pages
-    llmdd_pool_free_pages(&pool.pages, &free_pages, &largest_pages)
-    return {
-        f"{prefix}pool_bytes": pool.pages.total_pages << pool.page_shift,
-        f"{prefix}pool_free_bytes": free_pages << pool.page_shift,
-        f"{prefix}largest_free_block": largest_pages << pool.page_shift,
-    }
-
-
-def runtime_version():
-    """(major, minor, patch) of the ACL runtime, from aclrtGetVersion; None if it says no."""
-    cdef int32_t major = 0, minor = 0, patch = 0
-    if aclrtGetVersion(&major, &minor, &patch) != ACL_SUCCESS:
-        return None
-    return major, minor, patch
 
 
 cdef object _data_type_member(int64_t value):
@@ -186,20 +90,11 @@ cdef object _refuse_copy(object owner):
     raise TypeError(f"{type(owner).__name__} owns or points at memory: it cannot be copied or pickled")
 
 
-cdef inline bint _round_up(uint64_t value, uint64_t alignment, uint64_t* rounded) noexcept nogil:
-    """value rounded up to a power-of-two alignment; False when that overflows."""
-    if value > UINT64_MAX - (alignment - 1):
-        return False
-    rounded[0] = (value + alignment - 1) & ~(alignment - 1)
-    return True
-
-
 cdef inline void _fill_cache(Cache cache, LlmDataDist engine, int64_t cache_id, CacheDesc desc,
                              uintptr_t first_addr, uint64_t stride, tuple caller_addrs):
     cache._cache_id = cache_id
     cache._engine = engine
-    if engine is not None:
-        cache._generation = engine._generation
+    cache._generation = engine._generation
     cache._first_addr = first_addr
     cache._addr_stride = stride
     cache._addr_count = desc.fields.num_tensors
@@ -289,7 +184,7 @@ cdef class Cache:
             raise ValueError("this Cache holds no memory llmdd allocated: it was never allocated, "
                              "or its cache_id or tensor_addrs were set by hand")
         if (not self._engine._initialized or not self.belongs_to(self._engine)
-                or llmdd_u64_find(&self._engine._caches, <uint64_t>self._cache_id) == NULL):
+                or self._engine._caches.table.find(self._cache_id) == NULL):
             raise ValueError(f"cache {self._cache_id} is not allocated: it was deallocated or its engine finalized")
         return self._engine
 
@@ -307,7 +202,8 @@ cdef class Cache:
         memory = engine.export_memory(self._cache_id)
         tensor_bytes(&self._desc_fields, &nbytes)
         return make_view(memory, self.tensor_address(index), nbytes, self._desc_shape,
-                         data_type, placement, engine._device, SIMULATED or self._desc_fields.placement == LLMDD_kHost)
+                         data_type, placement, engine._runtime.device,
+                         LLMDD_SIMULATED or self._desc_fields.placement == LLMDD_kHost)
 
     def to_descs(self, *, as_numpy=False):
         """(address, nbytes, device_id) of every tensor: the rows a transfer engine such as
@@ -315,7 +211,7 @@ cdef class Cache:
         cdef LlmDataDist engine = self.live_engine()
         cdef uint64_t nbytes
         tensor_bytes(&self._desc_fields, &nbytes)
-        descs = [(self.tensor_address(i), nbytes, engine._device) for i in range(self._addr_count)]
+        descs = [(self.tensor_address(i), nbytes, engine._runtime.device) for i in range(self._addr_count)]
         if as_numpy:
             import numpy
             return numpy.array(descs, dtype=numpy.uint64).reshape(len(descs), 3)
@@ -328,7 +224,7 @@ cdef class Cache:
         cdef LlmDataDist engine = self.live_engine()
         if self._caller_addrs is not None:
             raise ValueError(f"cache {self._cache_id} is registered memory, not one slab: use to_descs()")
-        return (self._first_addr, self._addr_stride * self._addr_count, engine._device)
+        return (self._first_addr, self._addr_stride * self._addr_count, engine._runtime.device)
 
     @staticmethod
     def create_cpu_cache(CacheDesc cache_desc not None, addrs):
@@ -350,19 +246,7 @@ cdef class Cache:
         return f"Cache(cache_id={self._cache_id}, num_tensors={self._addr_count}, cache_desc={self.desc()!r})"
 
 
-@cython.no_gc_clear  # __dealloc__ needs self.engine, whatever order a collection clears things in
-@cython.auto_pickle(False)  # a copy would be a second owner: a double free
-cdef class _CacheMemory:
-    """Owns a cache's memory once it was exported (see LlmDataDist.export_memory)."""
-
-    def __reduce__(self):
-        _refuse_copy(self)
-
-    def __dealloc__(self):
-        if self.released and self.engine is not None:
-            self.engine.free_pending(self.record, self.held)
-
-
+@cython.no_gc_clear  # __dealloc__ finalizes through its runtime and allocator
 @cython.auto_pickle(False)
 cdef class LlmDataDist:
     """One LLM-DataDist engine: a cluster id, a role, a device and the caches it allocated.
@@ -374,6 +258,9 @@ cdef class LlmDataDist:
 
     def __reduce__(self):
         _refuse_copy(self)
+
+    def __cinit__(self):
+        self._runtime = DeviceRuntime.__new__(DeviceRuntime)
 
     def __init__(self, cluster_id, role):
         number = as_integer(cluster_id, "cluster_id")
@@ -393,7 +280,7 @@ cdef class LlmDataDist:
     @property
     def device_id(self):
         """The device this engine allocates on; -1 before Initialize."""
-        return self._device if self._initialized else -1
+        return self._runtime.device if self._initialized else -1
 
     def Initialize(self, options):
         """Set up the runtime on the device the options name. A second call is a no-op."""
@@ -401,83 +288,43 @@ cdef class LlmDataDist:
         if self._initialized:
             return _status(LLM_SUCCESS)
         if self._abandoned:
-            self._last_acl_error = ACL_SUCCESS
-            self._last_error_detail = "this engine was initialized before a fork; make a new one in this process"
+            self._runtime.explain("this engine was initialized before a fork; make a new one in this process")
             return _status(LLM_FAILED)
-        if self._teardown_pending:
+        if self.teardown_pending():
             return self.teardown_pending_failure()
         from ._options import OptionError, parse_options
         try:
             parsed = parse_options(options)
         except OptionError as error:
-            self._last_acl_error = ACL_SUCCESS
-            self._last_error_detail = str(error)
+            self._runtime.explain(str(error))
             return error.status_code
         # parse_options ran Python code: another thread may have begun a set-up or Finalize.
         self.wait_for_set_up()
         if self._initialized:
             return _status(LLM_SUCCESS)
-        if self._teardown_pending:
+        if self.teardown_pending():
             return self.teardown_pending_failure()
-        self._own_cache_ids = parsed.cache_manager_mode
-        self._next_own_cache_id = 1
         self._transfer_options = parsed.transfer
-        # An engine serves its caches by id to linked peers when it listens or opened them to
-        # remote access; it keeps what it serves from Initialize on (bind_cache).
-        self._served = ({} if parsed.transfer.listen_ip_info or parsed.transfer.remote_cache_accessible
-                        else None)
-        status = self.set_up(parsed.device_id, parsed.tensor_alignment, parsed.malloc_policy, parsed.device_pool,
-                             parsed.host_pool)
+        status = self.set_up(parsed)
         if status == LLM_SUCCESS and parsed.transfer.listen_ip_info:
             status = self.start_listening()
         return _status(status)
 
-    cdef uint32_t start_listening(self):
-        """Serve this engine's caches to the clusters that link to it (llm.ListenIpInfo) from
-        Initialize on; a listener that cannot start fails the Initialize, which finalizes the
-        engine again (nothing half-made stays)."""
-        cdef uint64_t generation = self._generation
-        try:
-            self.transfer_service()
-        except LLMException as error:
-            self.stop_transfers()
-            self.finalize()
-            self._last_error_detail = str(error)
-            return error.status_code
-        if self._generation != generation or not self._initialized:
-            self.stop_transfers()   # a Finalize on another thread came first
-            return LLM_FAILED
-        return LLM_SUCCESS
-
-    cdef object transfer_service(self):
-        """This initialization's llmdd.transfer service, made on first need. Making it runs
-        Python code (sockets, threads): what another thread did meanwhile is looked at after."""
-        cdef uint64_t generation = self._generation
-        if self._transfers is not None and self._transfers.initialization != generation:
-            self.stop_transfers()   # an earlier initialization's, left by a race with its Finalize
-        if self._transfers is None:
-            from .transfer._service import TransferService
-            service = TransferService(self, self._transfer_options)
-            if (self._transfers is not None or self._generation != generation or not self._initialized
-                    or self._stopping_transfers):
-                service.close()     # another thread made one, or the engine was finalized
-                if self._transfers is None:
-                    raise LLMException("the engine was finalized", status_code=_status(LLM_FAILED))
-            else:
-                self._transfers = service
-        return self._transfers
-
-    cdef void stop_transfers(self):
-        """End the links and the listener before the caches go (transfers under way end first)."""
-        transfers, self._transfers = self._transfers, None
-        if transfers is not None:
-            transfers.close()
-
-    cdef object teardown_pending_failure(self):
-        self._last_acl_error = ACL_SUCCESS
-        self._last_error_detail = (f"Finalize is running, or {self._stats.num_pending} caches of the last initialization are still "
-                                   f"exported to views, arrays or tensors")
-        return _status(LLM_FAILED)
+    cdef uint32_t set_up(self, parsed):
+        """This initialization's allocator: the runtime, then the pools, all of them or none.
+        Making the pools releases the GIL: other Initialize and Finalize calls wait meanwhile."""
+        cdef CacheAllocator caches = CacheAllocator.__new__(CacheAllocator)
+        self._setting_up = True
+        cdef uint32_t status = caches.open(self._runtime, parsed.device_id, parsed.malloc_policy,
+                                           parsed.tensor_alignment, parsed.cache_manager_mode,
+                                           parsed.device_pool, parsed.host_pool)
+        if status == LLM_SUCCESS:
+            self._caches = caches
+            self._generation += 1
+            self._initialized = True
+            _track_live_engine(self)
+        self._setting_up = False
+        return status
 
     cdef void wait_for_set_up(self):
         """Wait out another thread's set-up of this engine (it releases the GIL while it
@@ -486,92 +333,14 @@ cdef class LlmDataDist:
             with nogil:
                 sched_yield()
 
-    cdef uint32_t set_up(self, int32_t device, uint64_t alignment, int malloc_policy, device_pool, host_pool):
-        """The engine joins the runtime's users before its first call that may release the
-        GIL, so that another engine's teardown never finalizes ACL under this set-up."""
-        global _initialized_engines, _acl_initialized_by_llmdd
-        cdef aclError error
-        cdef uint32_t status
-        self._last_acl_error = ACL_SUCCESS
-        if _initialized_engines == 0:
-            error = aclInit(NULL)
-            if error != ACL_SUCCESS and error != ACL_ERROR_REPEAT_INITIALIZE:
-                return self.runtime_failure(error)
-            # REPEAT_INITIALIZE: the host process (torch_npu, say) set ACL up; it stays theirs.
-            _acl_initialized_by_llmdd = error == ACL_SUCCESS
-        _initialized_engines += 1
-        self._setting_up = True
-        status = self.open_device(device, alignment, malloc_policy, device_pool, host_pool)
-        if status == LLM_SUCCESS:
-            self._stats = MemoryStats()
-            self._generation += 1
-            self._initialized = True
-            _track_live_engine(self)
-        else:
-            _leave_runtime()
-        self._setting_up = False
-        return status
+    cdef bint teardown_pending(self):
+        """From Finalize to the teardown, which waits for the last exported memory."""
+        return self._caches is not None and self._caches.teardown_pending
 
-    cdef uint32_t open_device(self, int32_t device, uint64_t alignment, int malloc_policy, device_pool, host_pool):
-        """The device, a context of the engine's own and its pools: all of them or none."""
-        cdef aclError error
-        cdef aclrtContext previous = NULL
-        cdef aclrtContext context = NULL
-        cdef uint32_t status = LLM_SUCCESS
-        # aclrtSetDevice and aclrtCreateContext both change the thread's current context:
-        # put the caller's back afterwards.
-        if aclrtGetCurrentContext(&previous) != ACL_SUCCESS:
-            previous = NULL
-        error = aclrtSetDevice(device)
-        if error == ACL_SUCCESS:
-            error = aclrtCreateContext(&context, device)
-            if error != ACL_SUCCESS:
-                aclrtResetDevice(device)
-        if previous != NULL:
-            aclrtSetCurrentContext(previous)
-        if error != ACL_SUCCESS:
-            return self.runtime_failure(error)
-        self._device = device
-        self._context = context
-        self._alignment = alignment
-        self._malloc_policy = <aclrtMemMallocPolicy>malloc_policy
-        if device_pool is not None:
-            status = self.create_pool(&self._device_pool, False, device_pool.memory_size, device_pool.page_shift)
-        if status == LLM_SUCCESS and host_pool is not None:
-            status = self.create_pool(&self._host_pool, True, host_pool.memory_size, host_pool.page_shift)
-        if status != LLM_SUCCESS:
-            self.destroy_pool(&self._device_pool)
-            aclrtDestroyContext(context)
-            self._context = NULL
-            aclrtResetDevice(device)
-        return status
-
-    cdef uint32_t create_pool(self, MemoryPool* pool, bint on_host, uint64_t memory_size, uint64_t page_shift):
-        """One runtime allocation of the pool's whole pages, plus slack to align page 0."""
-        cdef uint64_t pages = memory_size >> page_shift
-        cdef void* memory = NULL
-        cdef uint64_t base
-        cdef aclError error = self.runtime_malloc(&memory, (pages << page_shift) + self._alignment - RUNTIME_ALIGNMENT,
-                                                  on_host)
-        if error != ACL_SUCCESS:
-            return self.runtime_failure(error)
-        if llmdd_pool_init(&pool.pages, pages) != 0:
-            self.runtime_free(memory, on_host)
-            return LLM_FAILED  # no host memory for the pool's records
-        _round_up(<uintptr_t>memory, self._alignment, &base)
-        pool.memory = memory
-        pool.base = <uintptr_t>base
-        pool.page_shift = page_shift
-        pool.on_host = on_host
-        pool.active = True
-        return LLM_SUCCESS
-
-    cdef void destroy_pool(self, MemoryPool* pool):
-        if not pool.active:
-            return
-        llmdd_pool_release(&pool.pages)
-        self.runtime_free(pool.memory, pool.on_host)
-        pool.active = False
+    cdef object teardown_pending_failure(self):
+        self._runtime.explain(f"Finalize is running, or {self._caches.stats.num_pending} caches of the last "
+                              f"initialization are still exported to views, arrays or tensors")
+        return _status(LLM_FAILED)
 
     def AllocateCache(self, CacheDesc cache_desc not None, Cache cache not None):
         """Allocate cache_desc.num_tensors tensors; fill `cache` on LLM_SUCCESS."""
@@ -580,106 +349,16 @@ cdef class LlmDataDist:
     # Hot path: typed locals only, no Python object but the ones the caller gets back.
     cdef uint32_t allocate(self, CacheDesc desc, Cache cache):
         cdef int64_t cache_id
-        cdef uint64_t nbytes, stride, slab_bytes, held_bytes, first_tensor, pages, align_pages
-        cdef void* address = NULL
-        cdef aclError error
-        cdef MemoryPool* pool = NULL
-        cdef llmdd_pool_block* block = NULL
-        cdef uint64_t record
-        cdef CacheSource source
-        self._last_acl_error = ACL_SUCCESS
+        cdef uintptr_t first_addr
+        cdef uint64_t stride
+        cdef uint32_t status
+        self._runtime.last_error = ACL_SUCCESS
         if not self._initialized:
             return LLM_FAILED
-        # Device caches, and host caches only from a host pool (LLM-DataDist v2); without
-        # one, "only support device cache" (spec section 4).
-        if desc.fields.placement == LLMDD_kDevice:
-            if self._device_pool.active:
-                pool = &self._device_pool
-        elif desc.fields.placement == LLMDD_kHost and self._host_pool.active:
-            pool = &self._host_pool
-        else:
-            return LLM_PARAM_INVALID
-        if tensor_bytes(&desc.fields, &nbytes) != LLM_SUCCESS:
-            return LLM_PARAM_INVALID
-        # One slab per cache: tensors at aligned offsets, one allocation, one region to
-        # register with a transfer engine. Its size, like a tensor's, must fit in int64.
-        if (not _round_up(nbytes, self._alignment, &stride)
-                or stride > <uint64_t>INT64_MAX // desc.fields.num_tensors):
-            return LLM_PARAM_INVALID
-        slab_bytes = stride * desc.fields.num_tensors
-        if pool != NULL:
-            # Whole pages, starting at a multiple of the alignment (pages are powers of two).
-            pages = (slab_bytes + (1ULL << pool.page_shift) - 1) >> pool.page_shift
-            align_pages = self._alignment >> pool.page_shift
-            block = llmdd_pool_alloc(&pool.pages, pages, align_pages if align_pages > 1 else 1)
-            if block == NULL:
-                self._stats.num_failed_allocs += 1
-                return LLM_DEVICE_OUT_OF_MEMORY  # CANN v2 says LLM_OUT_OF_MEMORY here
-            first_tensor = pool.base + (block.start << pool.page_shift)
-            held_bytes = pages << pool.page_shift
-            record = <uintptr_t>block
-            source = FROM_HOST_POOL if pool.on_host else FROM_DEVICE_POOL
-        else:
-            # The runtime only promises 64-byte starts: ask for slack to align the first tensor.
-            held_bytes = slab_bytes + self._alignment - RUNTIME_ALIGNMENT
-            if held_bytes > <uint64_t>SIZE_MAX:
-                return LLM_PARAM_INVALID
-            if held_bytes > MAX_HELD_BYTES:
-                self._stats.num_failed_allocs += 1
-                return LLM_DEVICE_OUT_OF_MEMORY
-            error = self.runtime_malloc(&address, held_bytes, False)
-            if error != ACL_SUCCESS:
-                self._stats.num_failed_allocs += 1
-                return self.runtime_failure(error)
-            _round_up(<uintptr_t>address, self._alignment, &first_tensor)  # within the slack
-            record = <uintptr_t>address
-            source = FROM_RUNTIME
-        cache_id = self._next_own_cache_id if self._own_cache_ids else _next_cache_id
-        if llmdd_u64_insert(&self._caches, <uint64_t>cache_id, record, held_bytes << HELD_SHIFT | source) != 0:
-            if pool != NULL:
-                llmdd_pool_free(&pool.pages, block)
-            else:
-                self.runtime_free(address, False)
-            return LLM_FAILED  # the host is out of memory for the cache table
-        self.count_allocation(pool != NULL and pool.on_host, held_bytes)
-        self.bind_cache(cache, cache_id, desc, <uintptr_t>first_tensor, stride, None)
-        return LLM_SUCCESS
-
-    cdef inline void bind_cache(self, Cache cache, int64_t cache_id, CacheDesc desc, uintptr_t first_addr,
-                                uint64_t stride, tuple caller_addrs):
-        """Fill `cache` with the id just inserted in the table (and take that id) and its tensors:
-        first_addr + i * stride, or caller_addrs as given for a registered cache."""
-        global _next_cache_id
-        cdef Cache twin
-        cdef uint64_t generation
-        if self._own_cache_ids:
-            self._next_own_cache_id = cache_id + 1
-        else:
-            _next_cache_id = cache_id + 1
-        _fill_cache(cache, self, cache_id, desc, first_addr, stride, caller_addrs)
-        if self._served is not None:
-            # An engine that serves its caches describes them to peers by id, whatever the caller
-            # does with its own Cache object: it keeps a twin nobody else sees. The twin holds no
-            # engine (no reference cycle: a dropped engine goes at once). Making it may run a
-            # collection, and so any code, even a Finalize: the dict is looked up again after.
-            generation = self._generation
-            twin = Cache.__new__(Cache)
-            _fill_cache(twin, None, cache_id, desc, first_addr, stride, caller_addrs)
-            twin._generation = generation
-            if self._served is not None and self._generation == generation:
-                self._served[cache_id] = twin
-
-    cdef inline void count_allocation(self, bint on_host, uint64_t nbytes):
-        self._stats.num_caches += 1
-        self._stats.num_allocs += 1
-        if on_host:
-            self._stats.host_bytes_in_use += nbytes
-            if self._stats.host_bytes_in_use > self._stats.peak_host_bytes_in_use:
-                self._stats.peak_host_bytes_in_use = self._stats.host_bytes_in_use
-        else:
-            self._stats.bytes_in_use += nbytes
-            if self._stats.bytes_in_use > self._stats.peak_bytes_in_use:
-                self._stats.peak_bytes_in_use = self._stats.bytes_in_use
+        status = self._caches.allocate(&desc.fields, &cache_id, &first_addr, &stride)
+        if status == LLM_SUCCESS:
+            _fill_cache(cache, self, cache_id, desc, first_addr, stride, None)
+        return status
 
     def DeallocateCache(self, int64_t cache_id):
         """Free a cache this engine allocated; LLM_KV_CACHE_NOT_EXIST for an id it does not
@@ -699,27 +378,31 @@ cdef class LlmDataDist:
         return _status(self.deallocate(cache_id, True))
 
     cdef uint32_t register(self, CacheDesc desc, object addrs, Cache cache):
-        cdef uint64_t nbytes
         cdef int64_t cache_id
-        cdef Py_ssize_t i
+        cdef uint32_t status
         # Convert the Python argument first: an address's __index__ may run any code.
         if not isinstance(addrs, (list, tuple)):
             raise TypeError(f"addrs must be a list or tuple of ints, not {type(addrs).__name__}")
         tensor_addrs = tuple([as_integer(addr, "tensor address") for addr in tuple(addrs)])
-        self._last_acl_error = ACL_SUCCESS
+        self._runtime.last_error = ACL_SUCCESS
         if not self._initialized:
             return LLM_FAILED
-        if (tensor_bytes(&desc.fields, &nbytes) != LLM_SUCCESS or len(tensor_addrs) != desc.fields.num_tensors
-                or (desc.fields.placement != LLMDD_kDevice and desc.fields.placement != LLMDD_kHost)):
-            return LLM_PARAM_INVALID
-        for i in range(len(tensor_addrs)):
-            if not 0 < tensor_addrs[i] <= <uintptr_t>UINT64_MAX:
-                return LLM_PARAM_INVALID
-        cache_id = self._next_own_cache_id if self._own_cache_ids else _next_cache_id
-        if llmdd_u64_insert(&self._caches, <uint64_t>cache_id, tensor_addrs[0], FROM_CALLER) != 0:
-            return LLM_FAILED  # the host is out of memory for the cache table
-        self.bind_cache(cache, cache_id, desc, tensor_addrs[0], 0, tensor_addrs)
-        return LLM_SUCCESS
+        status = self._caches.register(&desc.fields, tensor_addrs, &cache_id)
+        if status == LLM_SUCCESS:
+            _fill_cache(cache, self, cache_id, desc, tensor_addrs[0], 0, tensor_addrs)
+        return status
+
+    cdef uint32_t deallocate(self, int64_t cache_id, bint registered):
+        self._runtime.last_error = ACL_SUCCESS
+        if not self._initialized:
+            return LLM_FAILED
+        return self._caches.free(cache_id, registered)
+
+    cdef _CacheMemory export_memory(self, int64_t cache_id):
+        """The owner of a live cache's memory (views, copies and transfers hold it)."""
+        if self._caches is None:
+            raise ValueError(f"cache {cache_id} is not allocated: it was deallocated or its engine finalized")
+        return self._caches.export(cache_id)
 
     def pin(self, int64_t cache_id):
         """An object that holds cache `cache_id`'s memory for as long as it lives: a
@@ -747,35 +430,18 @@ cdef class LlmDataDist:
         return self._generation
 
     def _layout_by_id(self, int64_t cache_id):
-        """The CacheLayout of live cache `cache_id` of this engine's current initialization, or None."""
-        if self._served is None or not self._initialized:
+        """The CacheLayout of live cache `cache_id` (allocated or registered) of this engine's
+        current initialization, or None."""
+        if not self._initialized:
             return None
-        twin = self._served.get(cache_id)
-        slot = llmdd_u64_find(&self._caches, <uint64_t>cache_id) if cache_id > 0 else NULL
-        if twin is None or slot == NULL:
-            return None
-        return self.layout_of(<Cache>twin, slot)
+        return self._caches.table.layout(cache_id)
 
     def _layout(self, Cache cache not None):
         """The CacheLayout of a live cache of this engine's current initialization; ValueError
         for any other cache."""
         if cache.live_engine() is not self:
             raise ValueError(f"cache {cache._cache_id} belongs to another engine")
-        return self.layout_of(cache, llmdd_u64_find(&self._caches, <uint64_t>cache._cache_id))
-
-    cdef object layout_of(self, Cache cache, llmdd_u64_slot* slot):
-        cdef uint64_t nbytes
-        cdef uint32_t i
-        registered = (slot.second & SOURCE_BITS) == FROM_CALLER
-        tensor_bytes(&cache._desc_fields, &nbytes)
-        addrs = tuple([cache.tensor_address(i) for i in range(cache._addr_count)])
-        if registered:
-            regions = tuple([(addr, nbytes) for addr in addrs])
-        else:
-            regions = ((cache._first_addr, cache._addr_stride * cache._addr_count),)
-        from ._cache_layout import CacheLayout
-        return CacheLayout(cache._cache_id, addrs, nbytes, cache._desc_shape[0], cache._desc_fields.placement,
-                           registered, regions)
+        return self._caches.table.layout(cache._cache_id)
 
     # Transfers between clusters (spec section 1) run in llmdd.transfer: sockets, threads and
     # Mooncake's Transfer Engine. An argument that is not of the C++ type raises TypeError or
@@ -817,7 +483,7 @@ cdef class LlmDataDist:
         look at the engine's state, then act with this initialization's transfer service."""
         from .transfer._cpp_api import CALLS
         act = CALLS[call](*arguments)
-        self._last_acl_error = ACL_SUCCESS
+        self._runtime.last_error = ACL_SUCCESS
         if not self._initialized or self._stopping_transfers:
             return _status(LLM_FAILED)
         try:
@@ -826,115 +492,46 @@ cdef class LlmDataDist:
             return _status_member(error.status_code)
         return act(service)
 
-    cdef uint32_t deallocate(self, int64_t cache_id, bint registered):
-        cdef llmdd_u64_slot* slot
-        cdef uint64_t record, held
-        cdef _CacheMemory memory
-        cdef aclError error
-        self._last_acl_error = ACL_SUCCESS
-        if not self._initialized:
+    cdef uint32_t start_listening(self):
+        """Serve this engine's caches to the clusters that link to it (llm.ListenIpInfo) from
+        Initialize on; a listener that cannot start fails the Initialize, which finalizes the
+        engine again (nothing half-made stays)."""
+        cdef uint64_t generation = self._generation
+        try:
+            self.transfer_service()
+        except LLMException as error:
+            self.stop_transfers()
+            self.finalize()
+            self._runtime.last_detail = str(error)
+            return error.status_code
+        if self._generation != generation or not self._initialized:
+            self.stop_transfers()   # a Finalize on another thread came first
             return LLM_FAILED
-        slot = llmdd_u64_find(&self._caches, <uint64_t>cache_id) if cache_id > 0 else NULL
-        if slot == NULL:
-            return LLM_KV_CACHE_NOT_EXIST
-        if registered != ((slot.second & SOURCE_BITS) == FROM_CALLER):
-            return LLM_PARAM_INVALID   # registered caches are unregistered, allocated ones deallocated
-        if slot.second & EXPORTED:
-            memory = <_CacheMemory>self._exports[cache_id]
-            if Py_REFCNT(memory) > 2:   # more than _exports and `memory`: a live view, array, tensor or copy
-                llmdd_u64_erase(&self._caches, slot)
-                del self._exports[cache_id]
-                self.release_exported(memory)
-                self.count_free(memory.held)
-                self.stop_serving(cache_id)
-                return LLM_SUCCESS
-            # Every export is gone: free the memory now, so that the status says how that went.
-            del self._exports[cache_id]
-            slot.second &= ~(<uint64_t>EXPORTED)
-        record = slot.first
-        held = slot.second
-        llmdd_u64_erase(&self._caches, slot)
-        if (held & SOURCE_BITS) == FROM_RUNTIME:
-            error = self.runtime_free(<void*>record, False)
-            if error != ACL_SUCCESS:
-                # The runtime still holds the memory: keep the cache so a retry can free it.
-                # The erase left room, so this insert cannot fail.
-                llmdd_u64_insert(&self._caches, <uint64_t>cache_id, record, held)
-                return self.runtime_failure(error)
-        else:
-            self.release_memory(record, held)
-        self.count_free(held)
-        self.stop_serving(cache_id)
         return LLM_SUCCESS
 
-    cdef inline void stop_serving(self, int64_t cache_id):
-        if self._served is not None:
-            self._served.pop(cache_id, None)
+    cdef object transfer_service(self):
+        """This initialization's llmdd.transfer service, made on first need. Making it runs
+        Python code (sockets, threads): what another thread did meanwhile is looked at after."""
+        cdef uint64_t generation = self._generation
+        if self._transfers is not None and self._transfers.initialization != generation:
+            self.stop_transfers()   # an earlier initialization's, left by a race with its Finalize
+        if self._transfers is None:
+            from .transfer._service import TransferService
+            service = TransferService(self, self._transfer_options)
+            if (self._transfers is not None or self._generation != generation or not self._initialized
+                    or self._stopping_transfers):
+                service.close()     # another thread made one, or the engine was finalized
+                if self._transfers is None:
+                    raise LLMException("the engine was finalized", status_code=_status(LLM_FAILED))
+            else:
+                self._transfers = service
+        return self._transfers
 
-    cdef inline void count_free(self, uint64_t held):
-        if (held & SOURCE_BITS) == FROM_CALLER:
-            return   # registered memory is the caller's: memory_stats never counted it
-        self._stats.num_caches -= 1
-        self._stats.num_frees += 1
-        if (held & SOURCE_BITS) == FROM_HOST_POOL:
-            self._stats.host_bytes_in_use -= held >> HELD_SHIFT
-        else:
-            self._stats.bytes_in_use -= held >> HELD_SHIFT
-
-    cdef void release_memory(self, uint64_t record, uint64_t held):
-        """Give a cache's memory back to where it came from. A failed aclrtFree leaves the
-        memory to aclrtResetDevice, which releases what the process still holds."""
-        cdef CacheSource source = <CacheSource>(held & SOURCE_BITS)
-        if source == FROM_CALLER:
-            return
-        if source == FROM_RUNTIME:
-            self.runtime_free(<void*>record, False)
-        elif source == FROM_HOST_POOL:
-            llmdd_pool_free(&self._host_pool.pages, <llmdd_pool_block*>record)
-        else:
-            llmdd_pool_free(&self._device_pool.pages, <llmdd_pool_block*>record)
-
-    # Exported memory: the lifetime rule of views (README, "Tensor views"). Memory a view,
-    # array or tensor was made of outlives DeallocateCache and Finalize, counted as pending,
-    # until the last export is gone; so nothing ever points at freed memory.
-
-    cdef _CacheMemory export_memory(self, int64_t cache_id):
-        """The owner of a live cache's memory, made on the first export. The new object is
-        made before the table is read: making it may run a garbage collection, and so any
-        Python code, which may deallocate the cache."""
-        cdef _CacheMemory memory = _CacheMemory.__new__(_CacheMemory)
-        cdef llmdd_u64_slot* slot
-        if self._exports is None:
-            self._exports = {}
-        slot = llmdd_u64_find(&self._caches, <uint64_t>cache_id) if cache_id > 0 else NULL
-        if not self._initialized or slot == NULL:
-            raise ValueError(f"cache {cache_id} is not allocated: it was deallocated or its engine finalized")
-        if slot.second & EXPORTED:
-            return self._exports[cache_id]
-        memory.engine = self
-        memory.record = slot.first
-        memory.held = slot.second
-        slot.second |= EXPORTED
-        self._exports[cache_id] = memory   # an int key into an existing dict: no collection runs here
-        return memory
-
-    cdef void release_exported(self, _CacheMemory memory):
-        """The engine lets go of exported memory; it is freed with the last export (which
-        may be the caller's reference, dropped right after)."""
-        memory.released = True
-        self._stats.pending_bytes += memory.held >> HELD_SHIFT
-        self._stats.num_pending += 1
-
-    cdef void free_pending(self, uint64_t record, uint64_t held):
-        """The last export of released memory is gone: free it, and finish a Finalize that
-        was waiting for it."""
-        if self._abandoned:
-            return  # a forked child: the memory is the parent's
-        self.release_memory(record, held)
-        self._stats.pending_bytes -= held >> HELD_SHIFT
-        self._stats.num_pending -= 1
-        if self._stats.num_pending == 0 and self._teardown_pending and not self._finalizing:
-            self.teardown()
+    cdef void stop_transfers(self):
+        """End the links and the listener before the caches go (transfers under way end first)."""
+        transfers, self._transfers = self._transfers, None
+        if transfers is not None:
+            transfers.close()
 
     def Finalize(self):
         """End this engine's links, free every cache it holds and release the device. Later
@@ -953,53 +550,18 @@ cdef class LlmDataDist:
         self.finalize()
 
     cdef void finalize(self):
-        cdef uint64_t i
-        cdef llmdd_u64_slot* slot
-        cdef dict exports
         self.wait_for_set_up()   # an Initialize under way on another thread finishes first
         if not self._initialized:
             return
         # New calls fail from here on, and Initialize answers LLM_FAILED until the teardown.
         self._initialized = False
-        self._teardown_pending = True
-        self._finalizing = True
-        while self._runtime_calls_in_flight:
-            with nogil:
-                sched_yield()
-        exports = self._exports or {}
-        self._exports = None
-        for i in range(self._caches.capacity):
-            slot = &self._caches.slots[i]
-            if slot.key != 0:
-                if slot.second & EXPORTED and <int64_t>slot.key in exports:
-                    self.release_exported(exports[<int64_t>slot.key])
-                elif slot.second & EXPORTED or (slot.second & SOURCE_BITS) == FROM_RUNTIME:
-                    # (an export whose owner a garbage collection already took is gone too)
-                    self.release_memory(slot.first, slot.second)  # pool caches go with their pool
-                self.count_free(slot.second)
-        llmdd_u64_release(&self._caches)
-        self._served = None
-        exports.clear()     # exports nobody else holds free their memory here
-        self._finalizing = False
-        if self._stats.num_pending == 0:
-            self.teardown()
+        self._caches.close()
 
     cdef void abandon(self):
-        """Forget the runtime state without a runtime call (a forked child's copy of it)."""
-        for memory in (self._exports or {}).values():
-            (<_CacheMemory>memory).released = False
-        self._exports = None
-        llmdd_u64_release(&self._caches)
-        if self._device_pool.active:
-            llmdd_pool_release(&self._device_pool.pages)
-            self._device_pool.active = False
-        if self._host_pool.active:
-            llmdd_pool_release(&self._host_pool.pages)
-            self._host_pool.active = False
+        """Forget the runtime state without a runtime call (a forked child's copy of it); the
+        fork handler abandons the allocator on its own."""
         self._initialized = False
-        self._teardown_pending = False
         self._abandoned = True
-        self._served = None
         if self._transfers is not None:
             # Its threads, sockets and Mooncake engine are the parent's: this child must never
             # close them (a shutdown would end the parent's links) nor destroy the engine
@@ -1008,20 +570,6 @@ cdef class LlmDataDist:
             self._transfers.abandon()
             Py_INCREF(self._transfers)
             self._transfers = None
-
-    cdef void teardown(self):
-        """Release the pools, the context and the device, once no exported memory is left.
-        Freeing a pool releases the GIL: _teardown_pending stays set to the very end, so an
-        Initialize on another thread answers LLM_FAILED rather than set up under the teardown."""
-        if _live_engines is not None:
-            _live_engines.discard(self)
-        self.destroy_pool(&self._device_pool)
-        self.destroy_pool(&self._host_pool)
-        aclrtDestroyContext(self._context)
-        self._context = NULL
-        aclrtResetDevice(self._device)
-        _leave_runtime()
-        self._teardown_pending = False
 
     def __dealloc__(self):
         self.finalize()
@@ -1055,17 +603,11 @@ cdef class LlmDataDist:
         """Copy batch entry src_batch_index of every tensor of src to dst_batch_index of dst,
         from byte `offset`, `size` bytes (-1: the rest of the entry). Device to device and
         device to host only."""
-        self._last_acl_error = ACL_SUCCESS
-        if not self._initialized:
-            return _status(LLM_FAILED)
         return _status(_copy_kv_cache(self, src, dst, src_batch_index, dst_batch_index, offset, size))
 
     def CopyKvBlocks(self, Cache src not None, Cache dst not None, src_blocks, dst_blocks_list):
         """Copy block src_blocks[k] (block: shape[0] splits a tensor) of every tensor of src to
         block dst_blocks[k] of dst, for each dst_blocks in dst_blocks_list. D2D, D2H and H2D."""
-        self._last_acl_error = ACL_SUCCESS
-        if not self._initialized:
-            return _status(LLM_FAILED)
         return _status(_copy_kv_blocks(self, src, dst, src_blocks, dst_blocks_list))
 
     def copy_cache(self, Cache src not None, Cache dst not None, src_batch_index=0, dst_batch_index=0,
@@ -1097,63 +639,9 @@ cdef class LlmDataDist:
         message = f"{call} failed: {name} ({status:#010x})"
         if status == LLM_FAILED and not self._initialized:
             message += "; the engine is not initialized"
-        elif self._last_acl_error != ACL_SUCCESS:
-            message += f"; ACL error {self._last_acl_error}: {self._last_error_detail}"
+        elif self._runtime.last_error != ACL_SUCCESS:
+            message += f"; ACL error {self._runtime.last_error}: {self._runtime.last_detail}"
         return LLMException(message, status_code=status_code)
-
-    # Runtime calls. The engine's context is bound on whichever thread calls (ACL binds
-    # contexts to threads) and the caller's context is put back after. The GIL is released
-    # while the runtime works; Finalize waits for such calls to end.
-
-    cdef aclError runtime_malloc(self, void** address, uint64_t nbytes, bint on_host):
-        cdef aclError error
-        cdef aclrtContext previous = NULL
-        self._runtime_calls_in_flight += 1
-        with nogil:
-            error = self.bind_context(&previous)
-            if error == ACL_SUCCESS:
-                if on_host:
-                    error = aclrtMallocHost(address, <size_t>nbytes)
-                else:
-                    error = aclrtMalloc(address, <size_t>nbytes, self._malloc_policy)
-                self.restore_context(previous)
-        self._runtime_calls_in_flight -= 1
-        return error
-
-    cdef aclError runtime_free(self, void* address, bint on_host):
-        cdef aclError error
-        cdef aclrtContext previous = NULL
-        self._runtime_calls_in_flight += 1
-        with nogil:
-            error = self.bind_context(&previous)
-            if error == ACL_SUCCESS:
-                error = aclrtFreeHost(address) if on_host else aclrtFree(address)
-                self.restore_context(previous)
-        self._runtime_calls_in_flight -= 1
-        return error
-
-    cdef aclError bind_context(self, aclrtContext* previous) noexcept nogil:
-        if aclrtGetCurrentContext(previous) != ACL_SUCCESS:
-            previous[0] = NULL
-        if previous[0] == self._context:
-            return ACL_SUCCESS
-        return aclrtSetCurrentContext(self._context)
-
-    cdef void restore_context(self, aclrtContext previous) noexcept nogil:
-        # A thread that had no context keeps the engine's: the next call skips the switch.
-        if previous != NULL and previous != self._context:
-            aclrtSetCurrentContext(previous)
-
-    cdef uint32_t runtime_failure(self, aclError error):
-        """Record a failed runtime call for LLMException and map it to a status (issue #3)."""
-        cdef const char* message = aclGetRecentErrMsg()
-        self._last_acl_error = error
-        self._last_error_detail = message.decode("utf-8", "replace") if message != NULL else "no message"
-        if error == ACL_ERROR_RT_MEMORY_ALLOCATION or error == ACL_ERROR_BAD_ALLOC or error == ACL_ERROR_RT_DEVICE_OOM:
-            return LLM_DEVICE_OUT_OF_MEMORY
-        if error == ACL_ERROR_RT_INVALID_DEVICEID or error == ACL_ERROR_INVALID_DEVICE:
-            return LLM_PARAM_INVALID
-        return LLM_FAILED
 
     def memory_stats(self):
         """The engine's allocation statistics, exact and read without a runtime call.
@@ -1164,40 +652,31 @@ cdef class LlmDataDist:
         AllocateCache calls that found no memory or met a runtime error. With a pool also
         pool_bytes, pool_free_bytes and largest_free_block (host_ prefixed for the host pool).
         """
-        stats = dict(self._stats)
-        if self._initialized and self._device_pool.active:
-            stats.update(_pool_stats(&self._device_pool, ""))
-        if self._initialized and self._host_pool.active:
-            stats.update(_pool_stats(&self._host_pool, "host_"))
-        return stats
+        cdef MemoryStats none
+        if self._caches is None:
+            memset(&none, 0, sizeof(none))
+            return dict(none)
+        return self._caches.memory_stats(self._initialized)
 
     def reset_peak_memory_stats(self):
         """Make the peaks the current values."""
-        self._stats.peak_bytes_in_use = self._stats.bytes_in_use
-        self._stats.peak_host_bytes_in_use = self._stats.host_bytes_in_use
+        if self._caches is not None:
+            self._caches.reset_peaks()
 
     def device_memory_info(self):
         """(free, total) bytes of the engine's device, from aclrtGetMemInfo."""
         cdef size_t free_bytes = 0, total_bytes = 0
         cdef aclError error
-        cdef aclrtContext previous = NULL
         if not self._initialized:
             raise self.exception(LLM_FAILED, "device_memory_info")
-        self._runtime_calls_in_flight += 1   # so that Finalize waits for it
-        with nogil:
-            error = self.bind_context(&previous)
-            if error == ACL_SUCCESS:
-                error = aclrtGetMemInfo(ACL_HBM_MEM, &free_bytes, &total_bytes)
-                self.restore_context(previous)
-        self._runtime_calls_in_flight -= 1
+        error = self._runtime.memory_info(&free_bytes, &total_bytes)
         if error != ACL_SUCCESS:
-            raise self.exception(self.runtime_failure(error), "device_memory_info")
+            raise self.exception(self._runtime.failure(error), "device_memory_info")
         return free_bytes, total_bytes
 
     def __repr__(self):
-        state = f"device {self._device}" if self._initialized else "not initialized"
+        state = f"device {self._runtime.device}" if self._initialized else "not initialized"
         return f"LlmDataDist(cluster_id={self.cluster_id}, role={enum_class(ROLE_ENUM)(self._role)!r}, {state})"
 
 
 include "_copy.pxi"
-include "_sim_control.pxi"

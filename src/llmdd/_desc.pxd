@@ -8,6 +8,7 @@ cdef struct DescFields:
     int64_t data_type
     uint32_t placement
     Py_ssize_t ndim
+    int64_t first_dim             # shape[0] (0 for shape ()): the batch entries, or blocks, of a tensor
     bint dims_positive
     uint64_t elements             # product of the dims, when it fits
     bint elements_overflow

@@ -230,6 +230,7 @@ cdef class CacheDesc:
                     elements *= <uint64_t>dim
         self._shape = shape
         self.fields.ndim = ndim
+        self.fields.first_dim = shape[0] if ndim else 0
         self.fields.dims_positive = positive
         self.fields.elements = elements
         self.fields.elements_overflow = overflow

@@ -1,4 +1,4 @@
-# Test controls of llmdd's host runtime, included into _datadist so that they reach the
+# Test controls of llmdd's host runtime, included into _runtime so that they reach the
 # runtime linked into that extension. llmdd.sim is their public face.
 from ._sim_control cimport (
     LLMDD_SIM_CALL_COUNT,

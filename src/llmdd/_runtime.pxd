@@ -1,0 +1,41 @@
+# The runtime binding: the one module that calls ACL (as CuPy's runtime module is); the other
+# Cython modules cimport it. Built with the runtime runtime.h picks.
+from libc.stdint cimport int32_t, uint32_t, uint64_t
+
+from ._acl cimport aclError, aclrtContext, aclrtMemcpyKind, aclrtMemMallocPolicy
+
+
+cdef enum:
+    RUNTIME_ALIGNMENT = 64  # aclrtMalloc promises 64-byte-aligned starts, nothing more
+
+
+# One engine's hold on the runtime: its device, a context of its own, and the runtime calls it
+# makes, each on whichever thread calls (ACL binds contexts to threads).
+cdef class DeviceRuntime:
+    cdef int32_t device
+    cdef aclrtContext context
+    cdef aclrtMemMallocPolicy malloc_policy
+    cdef int calls_in_flight        # calls running without the GIL; Finalize waits for them
+    # What the last failed call said beyond its status, for LLMException: the runtime's error
+    # code and message, or why an option was refused.
+    cdef aclError last_error
+    cdef str last_detail
+
+    cdef uint32_t open(self, int32_t device, int malloc_policy)
+    cdef void close(self)
+    cdef void wait_for_calls(self)
+    cdef aclError malloc(self, void** address, uint64_t nbytes, bint on_host)
+    cdef aclError free(self, void* address, bint on_host)
+    cdef aclError memory_info(self, size_t* free_bytes, size_t* total_bytes)
+    cdef aclError bind_context(self, aclrtContext* previous) noexcept nogil
+    cdef void restore_context(self, aclrtContext previous) noexcept nogil
+    cdef uint32_t failure(self, aclError error)
+    cdef void explain(self, str detail)
+
+
+# aclrtMemcpy, for copies between caches (the caller binds the context and counts the call).
+cdef aclError copy_memory(void* dst, const void* src, size_t count, aclrtMemcpyKind kind) noexcept nogil
+
+
+# After fork, in the child (LlmDataDist's fork handler calls it): no engine uses the runtime.
+cdef void forget_users_in_child() noexcept

@@ -1,0 +1,214 @@
+# cython: language_level=3
+"""The runtime binding: every ACL call llmdd makes is made here (CuPy's pattern: the other
+Cython modules cimport this one, so one copy of the runtime serves them all).
+
+Which runtime: runtime.h, the one switch. What it keeps: how many engines use the runtime
+(aclInit for the first, aclFinalize after the last, and only if llmdd's aclInit set ACL up),
+and per engine (DeviceRuntime) the device, its own context, the calls in flight that Finalize
+waits for, and the last runtime error for LLMException. The host runtime's test controls are
+in _sim_control.pxi, included here because they reach the runtime this module links.
+"""
+from ._acl cimport (
+    ACL_ERROR_BAD_ALLOC,
+    ACL_ERROR_INVALID_DEVICE,
+    ACL_ERROR_REPEAT_INITIALIZE,
+    ACL_ERROR_RT_DEVICE_OOM,
+    ACL_ERROR_RT_INVALID_DEVICEID,
+    ACL_ERROR_RT_MEMORY_ALLOCATION,
+    ACL_HBM_MEM,
+    ACL_SUCCESS,
+    LLMDD_SIMULATED,
+    aclFinalize,
+    aclGetRecentErrMsg,
+    aclInit,
+    aclrtCreateContext,
+    aclrtDestroyContext,
+    aclrtFree,
+    aclrtFreeHost,
+    aclrtGetCurrentContext,
+    aclrtGetMemInfo,
+    aclrtGetVersion,
+    aclrtMalloc,
+    aclrtMallocHost,
+    aclrtMemcpy,
+    aclrtResetDevice,
+    aclrtSetCurrentContext,
+    aclrtSetDevice,
+)
+from ._llm_facts cimport LLM_DEVICE_OUT_OF_MEMORY, LLM_FAILED, LLM_PARAM_INVALID, LLM_SUCCESS
+
+
+cdef extern from "<sched.h>" nogil:
+    int sched_yield()
+
+
+BACKEND = "sim" if LLMDD_SIMULATED else "acl"
+SIMULATED = bool(LLMDD_SIMULATED)
+
+# Engines between Initialize and their teardown. The GIL guards both.
+cdef int _users = 0
+cdef bint _acl_initialized_by_llmdd = False
+
+
+cdef void forget_users_in_child() noexcept:
+    """After fork, in the child: the runtime state is the parent's, and the parent's engines
+    never call the runtime here again (they are abandoned), so nothing is left to finalize."""
+    global _users, _acl_initialized_by_llmdd
+    _users = 0
+    _acl_initialized_by_llmdd = False
+
+
+cdef aclError _join() noexcept:
+    """One more engine uses the runtime: the first sets ACL up."""
+    global _users, _acl_initialized_by_llmdd
+    cdef aclError error
+    if _users == 0:
+        error = aclInit(NULL)
+        if error != ACL_SUCCESS and error != ACL_ERROR_REPEAT_INITIALIZE:
+            return error
+        # REPEAT_INITIALIZE: the host process (torch_npu, say) set ACL up; it stays theirs.
+        _acl_initialized_by_llmdd = error == ACL_SUCCESS
+    _users += 1
+    return ACL_SUCCESS
+
+
+cdef void _leave() noexcept:
+    """An engine stops using the runtime: the last one out finalizes ACL if llmdd set it up."""
+    global _users, _acl_initialized_by_llmdd
+    _users -= 1
+    if _users == 0 and _acl_initialized_by_llmdd:
+        aclFinalize()
+        _acl_initialized_by_llmdd = False
+
+
+def runtime_version():
+    """(major, minor, patch) of the ACL runtime, from aclrtGetVersion; None if it says no."""
+    cdef int32_t major = 0, minor = 0, patch = 0
+    if aclrtGetVersion(&major, &minor, &patch) != ACL_SUCCESS:
+        return None
+    return major, minor, patch
+
+
+cdef aclError copy_memory(void* dst, const void* src, size_t count, aclrtMemcpyKind kind) noexcept nogil:
+    return aclrtMemcpy(dst, count, src, count, kind)
+
+
+cdef class DeviceRuntime:
+    """An engine's device and context, between open (Initialize) and close (its teardown).
+    The GIL is released while the runtime works; calls_in_flight counts such calls."""
+
+    cdef uint32_t open(self, int32_t device, int malloc_policy):
+        """Join the runtime's users, set the device and make a context: all or none. The
+        engine joins before its first call that may release the GIL, so that another engine's
+        teardown never finalizes ACL under this set-up."""
+        cdef aclError error
+        cdef aclrtContext previous = NULL
+        cdef aclrtContext context = NULL
+        cdef uint32_t status
+        self.last_error = ACL_SUCCESS
+        error = _join()
+        if error != ACL_SUCCESS:
+            return self.failure(error)
+        # aclrtSetDevice and aclrtCreateContext both change the thread's current context:
+        # put the caller's back afterwards.
+        if aclrtGetCurrentContext(&previous) != ACL_SUCCESS:
+            previous = NULL
+        error = aclrtSetDevice(device)
+        if error == ACL_SUCCESS:
+            error = aclrtCreateContext(&context, device)
+            if error != ACL_SUCCESS:
+                aclrtResetDevice(device)
+        if previous != NULL:
+            aclrtSetCurrentContext(previous)
+        if error != ACL_SUCCESS:
+            status = self.failure(error)   # before aclFinalize can clear the runtime's message
+            _leave()
+            return status
+        self.device = device
+        self.context = context
+        self.malloc_policy = <aclrtMemMallocPolicy>malloc_policy
+        return LLM_SUCCESS
+
+    cdef void close(self):
+        """Release the context and the device, and leave the runtime's users."""
+        aclrtDestroyContext(self.context)
+        self.context = NULL
+        aclrtResetDevice(self.device)
+        _leave()
+
+    cdef void wait_for_calls(self):
+        """Wait for the runtime calls other threads make without the GIL to end."""
+        while self.calls_in_flight:
+            with nogil:
+                sched_yield()
+
+    cdef aclError malloc(self, void** address, uint64_t nbytes, bint on_host):
+        cdef aclError error
+        cdef aclrtContext previous = NULL
+        self.calls_in_flight += 1
+        with nogil:
+            error = self.bind_context(&previous)
+            if error == ACL_SUCCESS:
+                if on_host:
+                    error = aclrtMallocHost(address, <size_t>nbytes)
+                else:
+                    error = aclrtMalloc(address, <size_t>nbytes, self.malloc_policy)
+                self.restore_context(previous)
+        self.calls_in_flight -= 1
+        return error
+
+    cdef aclError free(self, void* address, bint on_host):
+        cdef aclError error
+        cdef aclrtContext previous = NULL
+        self.calls_in_flight += 1
+        with nogil:
+            error = self.bind_context(&previous)
+            if error == ACL_SUCCESS:
+                error = aclrtFreeHost(address) if on_host else aclrtFree(address)
+                self.restore_context(previous)
+        self.calls_in_flight -= 1
+        return error
+
+    cdef aclError memory_info(self, size_t* free_bytes, size_t* total_bytes):
+        """(free, total) bytes of the device, from aclrtGetMemInfo."""
+        cdef aclError error
+        cdef aclrtContext previous = NULL
+        self.calls_in_flight += 1
+        with nogil:
+            error = self.bind_context(&previous)
+            if error == ACL_SUCCESS:
+                error = aclrtGetMemInfo(ACL_HBM_MEM, free_bytes, total_bytes)
+                self.restore_context(previous)
+        self.calls_in_flight -= 1
+        return error
+
+    cdef aclError bind_context(self, aclrtContext* previous) noexcept nogil:
+        if aclrtGetCurrentContext(previous) != ACL_SUCCESS:
+            previous[0] = NULL
+        if previous[0] == self.context:
+            return ACL_SUCCESS
+        return aclrtSetCurrentContext(self.context)
+
+    cdef void restore_context(self, aclrtContext previous) noexcept nogil:
+        # A thread that had no context keeps the engine's: the next call skips the switch.
+        if previous != NULL and previous != self.context:
+            aclrtSetCurrentContext(previous)
+
+    cdef uint32_t failure(self, aclError error):
+        """Record a failed runtime call for LLMException and map it to a status (issue #3)."""
+        cdef const char* message = aclGetRecentErrMsg()
+        self.last_error = error
+        self.last_detail = message.decode("utf-8", "replace") if message != NULL else "no message"
+        if error == ACL_ERROR_RT_MEMORY_ALLOCATION or error == ACL_ERROR_BAD_ALLOC or error == ACL_ERROR_RT_DEVICE_OOM:
+            return LLM_DEVICE_OUT_OF_MEMORY
+        if error == ACL_ERROR_RT_INVALID_DEVICEID or error == ACL_ERROR_INVALID_DEVICE:
+            return LLM_PARAM_INVALID
+        return LLM_FAILED
+
+    cdef void explain(self, str detail):
+        """A call failed for a reason of llmdd's, not the runtime's."""
+        self.last_error = ACL_SUCCESS
+        self.last_detail = detail
+
+
+include "_sim_control.pxi"
