@@ -43,9 +43,7 @@ cdef class LlmDataDist:
     cdef uint64_t _generation         # counts initializations: a Cache of an earlier one is not this one's
     # Transfers between clusters (llmdd.transfer): the service, made at Initialize when the
     # engine listens (llm.ListenIpInfo) or on the first link.
-    cdef object _transfer_options
-    cdef object _transfers
-    cdef bint _stopping_transfers     # inside Finalize's ending of the links
+    cdef object _transfers            # this initialization's _transfer_slot.TransferSlot
     cdef object __weakref__
 
     cdef uint32_t set_up(self, parsed)
@@ -60,7 +58,5 @@ cdef class LlmDataDist:
     cdef void finalize_with_transfers(self)
     cdef void abandon(self)
     cdef uint32_t start_listening(self)
-    cdef object transfer_service(self)
-    cdef void stop_transfers(self)
     cdef object transfer_call(self, str call, tuple arguments)
     cdef object exception(self, uint32_t status, str call)

@@ -11,7 +11,7 @@ Copies: _copy.pxi. The transfer calls (LinkLlmClusters, PullKvCache, ...) run in
 llmdd.transfer._cpp_api, imported on first use.
 """
 cimport cython
-from cpython.ref cimport Py_INCREF, PyObject
+from cpython.ref cimport PyObject
 from libc.stdint cimport INT64_MAX, INT64_MIN, UINT64_MAX
 from libc.string cimport memset
 
@@ -31,7 +31,7 @@ from ._desc cimport (
 from ._llm_facts cimport LLM_FAILED, LLM_KV_CACHE_NOT_EXIST, LLM_PARAM_INVALID, LLM_SUCCESS, LLMDD_kDevice, LLMDD_kHost
 from ._runtime cimport forget_users_in_child
 from ._tensor_view cimport make_view
-from ._status import LLMException, status_member as _status_member
+from ._status import LLMException
 
 # The runtime's facts and the host runtime's test controls, where llmdd and llmdd.sim read them.
 from ._runtime import BACKEND, SIMULATED, SIM_CALLS, _sim_call_count, _sim_device_usage, _sim_inject_failure, runtime_version
@@ -304,10 +304,12 @@ cdef class LlmDataDist:
             return _status(LLM_SUCCESS)
         if self.teardown_pending():
             return self.teardown_pending_failure()
-        self._transfer_options = parsed.transfer
         status = self.set_up(parsed)
-        if status == LLM_SUCCESS and parsed.transfer.listen_ip_info:
-            status = self.start_listening()
+        if status == LLM_SUCCESS:
+            from ._transfer_slot import TransferSlot
+            self._transfers = TransferSlot(self, parsed.transfer)
+            if parsed.transfer.listen_ip_info:
+                status = self.start_listening()
         return _status(status)
 
     cdef uint32_t set_up(self, parsed):
@@ -415,14 +417,14 @@ cdef class LlmDataDist:
     def _transfer_service(self):
         """This initialization's one TransferService (llmdd.transfer), made on first need; the
         drop-in's calls use it as the C++ API's do. LLMException when the engine is not initialized."""
-        if not self._initialized or self._stopping_transfers:
+        if not self._initialized:
             raise self.exception(LLM_FAILED, "transfer")
-        return self.transfer_service()
+        return self._transfers.service()
 
     @property
     def _remote_cache_accessible(self):
         """Whether peers may write into this engine's caches (llm.EnableRemoteCacheAccessible)."""
-        return self._transfer_options is not None and self._transfer_options.remote_cache_accessible
+        return self._transfers is not None and self._transfers.options.remote_cache_accessible
 
     @property
     def _initialization(self):
@@ -484,54 +486,22 @@ cdef class LlmDataDist:
         from .transfer._cpp_api import CALLS
         act = CALLS[call](*arguments)
         self._runtime.last_error = ACL_SUCCESS
-        if not self._initialized or self._stopping_transfers:
+        if not self._initialized:
             return _status(LLM_FAILED)
-        try:
-            service = self.transfer_service()
-        except LLMException as error:
-            return _status_member(error.status_code)
-        return act(service)
+        return self._transfers.act(act)
 
     cdef uint32_t start_listening(self):
         """Serve this engine's caches to the clusters that link to it (llm.ListenIpInfo) from
         Initialize on; a listener that cannot start fails the Initialize, which finalizes the
         engine again (nothing half-made stays)."""
-        cdef uint64_t generation = self._generation
         try:
-            self.transfer_service()
+            self._transfers.service()
         except LLMException as error:
-            self.stop_transfers()
+            self._transfers.stop()
             self.finalize()
             self._runtime.last_detail = str(error)
             return error.status_code
-        if self._generation != generation or not self._initialized:
-            self.stop_transfers()   # a Finalize on another thread came first
-            return LLM_FAILED
         return LLM_SUCCESS
-
-    cdef object transfer_service(self):
-        """This initialization's llmdd.transfer service, made on first need. Making it runs
-        Python code (sockets, threads): what another thread did meanwhile is looked at after."""
-        cdef uint64_t generation = self._generation
-        if self._transfers is not None and self._transfers.initialization != generation:
-            self.stop_transfers()   # an earlier initialization's, left by a race with its Finalize
-        if self._transfers is None:
-            from .transfer._service import TransferService
-            service = TransferService(self, self._transfer_options)
-            if (self._transfers is not None or self._generation != generation or not self._initialized
-                    or self._stopping_transfers):
-                service.close()     # another thread made one, or the engine was finalized
-                if self._transfers is None:
-                    raise LLMException("the engine was finalized", status_code=_status(LLM_FAILED))
-            else:
-                self._transfers = service
-        return self._transfers
-
-    cdef void stop_transfers(self):
-        """End the links and the listener before the caches go (transfers under way end first)."""
-        transfers, self._transfers = self._transfers, None
-        if transfers is not None:
-            transfers.close()
 
     def Finalize(self):
         """End this engine's links, free every cache it holds and release the device. Later
@@ -541,12 +511,8 @@ cdef class LlmDataDist:
         self.finalize_with_transfers()
 
     cdef void finalize_with_transfers(self):
-        # Transfer calls answer LLM_FAILED from here on: none makes a new service meanwhile.
-        self._stopping_transfers = True
-        try:
-            self.stop_transfers()
-        finally:
-            self._stopping_transfers = False
+        if self._transfers is not None:   # links end before the caches go; no new service is made
+            self._transfers.stop()
         self.finalize()
 
     cdef void finalize(self):
@@ -563,13 +529,7 @@ cdef class LlmDataDist:
         self._initialized = False
         self._abandoned = True
         if self._transfers is not None:
-            # Its threads, sockets and Mooncake engine are the parent's: this child must never
-            # close them (a shutdown would end the parent's links) nor destroy the engine
-            # (Mooncake's destructor waits for threads this process does not have), so the
-            # service is kept alive to the end of the process.
             self._transfers.abandon()
-            Py_INCREF(self._transfers)
-            self._transfers = None
 
     def __dealloc__(self):
         self.finalize()
@@ -634,14 +594,7 @@ cdef class LlmDataDist:
         return self.exception(status, call)
 
     cdef object exception(self, uint32_t status, str call):
-        status_code = _status(status)
-        name = status_code.name if isinstance(status_code, enum_class(STATUS_ENUM)) else "unknown status"
-        message = f"{call} failed: {name} ({status:#010x})"
-        if status == LLM_FAILED and not self._initialized:
-            message += "; the engine is not initialized"
-        elif self._runtime.last_error != ACL_SUCCESS:
-            message += f"; ACL error {self._runtime.last_error}: {self._runtime.last_detail}"
-        return LLMException(message, status_code=status_code)
+        return self._runtime.exception(status, call, self._initialized)
 
     def memory_stats(self):
         """The engine's allocation statistics, exact and read without a runtime call.

@@ -31,6 +31,7 @@ cdef class DeviceRuntime:
     cdef void restore_context(self, aclrtContext previous) noexcept nogil
     cdef uint32_t failure(self, aclError error)
     cdef void explain(self, str detail)
+    cdef object exception(self, uint32_t status, str call, bint initialized)
 
 
 # aclrtMemcpy, for copies between caches (the caller binds the context and counts the call).

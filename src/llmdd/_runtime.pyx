@@ -210,5 +210,18 @@ cdef class DeviceRuntime:
         self.last_error = ACL_SUCCESS
         self.last_detail = detail
 
+    cdef object exception(self, uint32_t status, str call, bint initialized):
+        """The LLMException of a call that answered `status` on an engine over this runtime, with
+        what the runtime said of it."""
+        from ._status import LLMException, status_member
+        status_code = status_member(status)
+        name = getattr(status_code, "name", "unknown status")
+        message = f"{call} failed: {name} ({status:#010x})"
+        if status == LLM_FAILED and not initialized:
+            message += "; the engine is not initialized"
+        elif self.last_error != ACL_SUCCESS:
+            message += f"; ACL error {self.last_error}: {self.last_detail}"
+        return LLMException(message, status_code=status_code)
+
 
 include "_sim_control.pxi"
