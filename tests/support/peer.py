@@ -119,6 +119,16 @@ class Peer:
             self.process.kill()
         self.process.wait(END_SECONDS)
 
+    def end(self):
+        """Ends the peer's input and returns at once: the peer closes what it made meanwhile
+        (seconds, for a linked engine), so its close() then waits less."""
+        if self.process.stdin is not None:
+            try:
+                self.process.stdin.close()
+            except BrokenPipeError:   # the peer is gone already
+                pass
+            self.process.stdin = None   # so communicate() in close() leaves it alone
+
     def close(self, check=False):
         """Ends the peer (end of input: it closes what it made and exits) and its pipes; a peer
         that does not end is killed. check: it must have ended by itself with exit code 0."""

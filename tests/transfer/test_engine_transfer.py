@@ -55,12 +55,25 @@ def engine():
         yield dd
 
 
+@pytest.fixture(scope="module")
+def linking_engine():
+    """One decoder engine for the tests that want it linked: finalizing an engine that linked
+    takes Mooncake ~2 s."""
+    with llmdd.LlmDataDist(DECODER, llmdd.LlmRole.kDecoder) as dd:
+        assert dd.Initialize({"llm.SyncKvCacheWaitTime": "3000"}) == S.LLM_SUCCESS
+        yield dd
+
+
 @pytest.fixture
-def linked(engine, prompt, writable_prompt):
+def linked(linking_engine, prompt, writable_prompt):
+    """The decoder engine, freshly linked to both prompts: a test may have unlinked, or linked
+    another engine as DECODER (which ends this one's link at the prompt)."""
+    clusters = [cluster_of(prompt), cluster_of(writable_prompt)]
+    assert linking_engine.UnlinkLlmClusters(clusters, [], 1000, True) == S.LLM_SUCCESS
     rets = []
-    assert engine.LinkLlmClusters([cluster_of(prompt), cluster_of(writable_prompt)], rets, 3000) == S.LLM_SUCCESS
+    assert linking_engine.LinkLlmClusters(clusters, rets, 3000) == S.LLM_SUCCESS
     assert rets == [S.LLM_SUCCESS, S.LLM_SUCCESS]
-    return engine
+    return linking_engine
 
 
 def local_cache(engine, placement=llmdd.Placement.kDevice, tensors=TENSORS, batch=BATCH, block=BLOCK):

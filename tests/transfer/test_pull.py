@@ -36,18 +36,28 @@ def prompt(request):
     peer.close()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def registry():
+    """The decoder's registry; each test allocates its own caches in it."""
     return LocalRegistry()
 
 
-@pytest.fixture
-def decoder(registry, prompt):
+@pytest.fixture(scope="module")
+def decoder_agent(registry, prompt):
+    """One decoder agent for the module: closing an agent that linked takes Mooncake ~2 s."""
     agent = TransferAgent(registry, DECODER)
-    status, statuses = agent.link([prompt.cluster()], 3000)
-    assert (status, statuses) == (S.LLM_SUCCESS, [S.LLM_SUCCESS])
     yield agent
     agent.close()
+
+
+@pytest.fixture
+def decoder(decoder_agent, prompt):
+    """The decoder, freshly linked to the prompt: a test may have unlinked it, or linked another
+    agent as DECODER (which ends this one's link at the prompt)."""
+    decoder_agent.unlink([prompt.cluster()], 1000, force=True)
+    status, statuses = decoder_agent.link([prompt.cluster()], 3000)
+    assert (status, statuses) == (S.LLM_SUCCESS, [S.LLM_SUCCESS])
+    return decoder_agent
 
 
 def tensor_of(registry, entry, index):
