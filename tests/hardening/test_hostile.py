@@ -41,6 +41,7 @@ lenient = settings(suppress_health_check=[HealthCheck.function_scoped_fixture, H
                    deadline=None, max_examples=int(os.environ.get("LLMDD_HOSTILE_EXAMPLES", "40")))
 
 
+@pytest.mark.slow   # a fuzz run: deselected by default, run by .ci/run
 @lenient
 @given(args=st.lists(hostile, max_size=4), kwargs=st.dictionaries(
     st.sampled_from(["num_tensors", "shape", "data_type", "placement"]), hostile, max_size=4))
@@ -49,6 +50,7 @@ def test_cache_desc_constructor(args, kwargs):
     assert isinstance(result, CacheDesc) or result in DOCUMENTED
 
 
+@pytest.mark.slow   # a fuzz run: deselected by default, run by .ci/run
 @lenient
 @given(field=st.sampled_from(["num_tensors", "shape", "data_type", "placement"]), value=hostile)
 def test_cache_desc_fields_are_unchanged_by_a_refused_assignment(field, value):
@@ -58,6 +60,7 @@ def test_cache_desc_fields_are_unchanged_by_a_refused_assignment(field, value):
         assert desc == seed_desc()
 
 
+@pytest.mark.slow   # a fuzz run: deselected by default, run by .ci/run
 @lenient
 @given(num_tensors=integers, shape=shapes, data_type=integers, placement=integers)
 def test_allocate_cache_answers_with_a_status(engine, num_tensors, shape, data_type, placement):
@@ -75,6 +78,7 @@ def test_allocate_cache_answers_with_a_status(engine, num_tensors, shape, data_t
     assert engine.device_memory_info()[0] == free_before
 
 
+@pytest.mark.slow   # a fuzz run: deselected by default, run by .ci/run
 @lenient
 @given(cache_id=hostile)
 def test_deallocate_cache_takes_anything(engine, cache_id):
@@ -95,6 +99,7 @@ option_values = st.one_of(st.text(max_size=30), integers.map(str), json_values.m
                           st.text(min_size=1000, max_size=5000))
 
 
+@pytest.mark.slow   # a fuzz run: deselected by default, run by .ci/run
 @lenient
 @given(options=st.one_of(st.dictionaries(option_keys, option_values, max_size=4), hostile))
 def test_initialize_answers_with_a_status(options):
@@ -108,6 +113,7 @@ def test_initialize_answers_with_a_status(options):
             assert not dd.initialized
 
 
+@pytest.mark.slow   # a fuzz run: deselected by default, run by .ci/run
 @lenient
 @given(cluster_id=hostile, role=hostile)
 def test_engine_constructor(cluster_id, role):
@@ -115,6 +121,7 @@ def test_engine_constructor(cluster_id, role):
     assert isinstance(result, LlmDataDist) or result in DOCUMENTED
 
 
+@pytest.mark.slow   # a fuzz run: deselected by default, run by .ci/run
 @lenient
 @given(arguments=st.lists(hostile, max_size=4), blocks=hostile, lists=hostile)
 def test_copies_answer_with_a_status(engine, arguments, blocks, lists):
@@ -138,6 +145,7 @@ transfer_structs = st.one_of(
 )
 
 
+@pytest.mark.slow   # a fuzz run: deselected by default, run by .ci/run
 @lenient
 @given(arguments=st.lists(transfer_structs, max_size=5))
 def test_transfer_calls_answer_with_a_status(engine, arguments):
@@ -155,6 +163,7 @@ def test_transfer_calls_answer_with_a_status(engine, arguments):
     engine.deallocate_cache(cache)
 
 
+@pytest.mark.slow   # a fuzz run: deselected by default, run by .ci/run
 @lenient
 @given(index=hostile, cache_id=hostile, addrs=hostile, desc=hostile)
 def test_cache_fields_and_views(engine, index, cache_id, addrs, desc):
@@ -187,6 +196,7 @@ def test_stale_and_foreign_caches_and_calls_after_finalize():
     first.Finalize()
 
 
+@pytest.mark.slow   # a fuzz run: deselected by default, run by .ci/run
 @lenient
 @given(args=st.lists(hostile, max_size=6))
 def test_drop_in_cache_desc(args):

@@ -128,6 +128,7 @@ def test_device_memory_info_counts_as_a_call_in_flight():
     """)
 
 
+@pytest.mark.slow   # a 3 s stress run: deselected by default, run by .ci/run
 def test_restarts_while_exports_drop_on_other_threads():
     # Stress: one thread restarts the engine while others make views and drop them, so that
     # the deferred teardown runs on their threads while this one spins on Initialize.

@@ -16,6 +16,8 @@ from llmdd import Cache, CacheDesc, LlmDataDist, LlmRole
 
 SOAK_SECONDS = float(os.environ.get("LLMDD_SOAK_SECONDS", "1.0"))
 
+pytestmark = pytest.mark.slow   # long runs: deselected by default, run by .ci/run
+
 
 def rss_bytes():
     with open("/proc/self/statm") as statm:

@@ -12,7 +12,7 @@ import sys
 import pytest
 from support.network import mooncake_missing
 
-EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples",
+EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "examples",
                        "pd_disaggregation.py")
 # Two prompts, one and a half and two and a half blocks of 16 tokens: the last block of each is partial.
 SHORT_RUN = ["--prompt-lengths", "21,40", "--max-new-tokens", "6"]
