@@ -3,6 +3,7 @@ import os
 import pytest
 
 import llmdd
+from support import peer
 
 # Hypothesis runs every property test this many times by default; CI can raise it.
 from hypothesis import settings
@@ -19,6 +20,10 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "sim_only" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_sessionfinish(session):
+    peer.reap()   # the peers closed in the background end before the run does
 
 
 def pytest_terminal_summary(terminalreporter):

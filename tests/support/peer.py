@@ -26,6 +26,7 @@ import os
 import selectors
 import subprocess
 import sys
+import threading
 import time
 
 if __name__ == "__main__":   # run as a script: make `support` importable, as pytest's pythonpath does
@@ -131,7 +132,18 @@ class Peer:
 
     def close(self, check=False):
         """Ends the peer (end of input: it closes what it made and exits) and its pipes; a peer
-        that does not end is killed. check: it must have ended by itself with exit code 0."""
+        that does not end is killed. check: it must have ended by itself with exit code 0, and
+        close() waits to see it; otherwise the peer's seconds of closing (Mooncake's, once it
+        linked) run in the background while the tests go on, and reap() waits for them."""
+        if not check:
+            self.end()
+            waiter = threading.Thread(target=self._wait_out, name=f"peer-{self.cluster_id}-close", daemon=True)
+            waiter.start()
+            _closing.append(waiter)
+            return
+        self._wait_out(check)
+
+    def _wait_out(self, check=False):
         try:
             _, stderr = self.process.communicate(timeout=END_SECONDS)
         except subprocess.TimeoutExpired:
@@ -143,6 +155,16 @@ class Peer:
             self._selector.close()
         if check:
             assert self.process.returncode == 0, stderr[-4000:]
+
+
+_closing = []   # the threads waiting out peers closed without a check
+
+
+def reap():
+    """Waits for every peer closed in the background to end (the root conftest calls it at the
+    session's end, so no peer outlives the run)."""
+    while _closing:
+        _closing.pop().join()
 
 
 # The peer process's side of it
