@@ -51,7 +51,7 @@ def test_enum_values_are_the_members_values_without_building_them():
 
 
 def test_each_enum_is_built_once():
-    # (The drop-in's enums are classes of their own with CANN's names: test_dropin_names.py.)
+    # (The drop-in's enums are classes of their own with CANN's names: tests/dropin/test_names.py.)
     code = ("import llmdd, llmdd._desc\n"
             "print(llmdd.DataType is llmdd._desc.DataType,\n"
             "      llmdd.DT_FLOAT16 is llmdd.DataType.DT_FLOAT16 is llmdd._desc.DT_FLOAT16,\n"
