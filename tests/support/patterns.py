@@ -30,8 +30,3 @@ def cache_tensor(cache, index):
 def fill_pattern(array, *seeds):
     """Writes pattern(*seeds, len) into a uint8 array (a view of cache memory)."""
     array[:] = pattern(*seeds, array.size)
-
-
-def holds(array, *seeds):
-    """Whether a uint8 array holds pattern(*seeds, len)."""
-    return numpy.array_equal(array, pattern(*seeds, array.size))
