@@ -23,7 +23,9 @@ import numpy
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-from transfer_support import LocalRegistry, Peer, mooncake_missing  # noqa: E402
+from support.network import mooncake_missing  # noqa: E402
+from support.peer import Peer  # noqa: E402
+from support.registries import LocalRegistry  # noqa: E402
 
 from llmdd import LLMStatusCode  # noqa: E402
 
@@ -41,7 +43,7 @@ memcpy_seconds = {}   # bytes -> median seconds of the memcpy row of this run
 def session():
     from llmdd.llm_datadist import BlocksCacheKey, CacheKeyByIdAndIndex
     from llmdd.transfer import TransferAgent
-    prompt = Peer(PROMPT)
+    prompt = Peer.agent(PROMPT)
     registry = LocalRegistry()
     agent = TransferAgent(registry, DECODER, sync_timeout_ms=30000)
     try:

@@ -340,7 +340,7 @@ def ip(*arguments):
 
 @contextlib.contextmanager
 def two_network_namespaces():
-    """Two namespaces joined by a veth pair, as tests/test_transfer_netns.py makes them; yields
+    """Two namespaces joined by a veth pair, as tests/transfer/test_netns.py makes them; yields
     (namespace, address) of the prefill and of the decode side and removes both afterwards."""
     if shutil.which("ip") is None or os.geteuid() != 0:
         raise SystemExit("--two-hosts needs root and iproute2's `ip`")

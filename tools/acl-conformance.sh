@@ -63,4 +63,5 @@ cd "$work"
 python -c "import llmdd; assert llmdd.BACKEND == 'acl' and not llmdd.SIMULATED, llmdd.BACKEND; print('llmdd.BACKEND =', llmdd.BACKEND)"
 python -m llmdd info
 cd "$repo"
-pytest
+# The whole suite, the slow tests too, as before they were marked.
+pytest -m "slow or not slow"

@@ -27,4 +27,5 @@ binary = pathlib.Path(llmdd._datadist.__file__).read_bytes()
 assert b"__asan_report" in binary and b"__ubsan_handle" in binary, "the extension is not instrumented"
 print("instrumented build loaded:", llmdd.BACKEND)
 PY
-LD_PRELOAD="$asan $ubsan" pytest -q -p no:cacheprovider
+# Every test, the slow ones (stress, soak, fuzz) too: they are the ones most likely to find something.
+LD_PRELOAD="$asan $ubsan" pytest -q -p no:cacheprovider -m "slow or not slow"

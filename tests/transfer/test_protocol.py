@@ -1,0 +1,240 @@
+"""The control protocol: framing and field-by-field validation, and a listener that survives
+malformed, oversized and unlinked traffic and answers nothing it should not."""
+import json
+import socket
+import struct
+import time
+
+import pytest
+from support.network import mooncake_missing
+from support.registries import LocalRegistry
+
+from llmdd import LLMException, LLMStatusCode
+from llmdd.transfer import MAX_BODY_BYTES, TransferAgent
+from llmdd.transfer import _protocol as wire
+
+S = LLMStatusCode
+needs_mooncake = pytest.mark.skipif(mooncake_missing() is not None, reason=str(mooncake_missing()))
+CLUSTER = 1
+ANSWER_SECONDS = 2.0
+
+VALID = {
+    wire.MessageType.LINK: {"cluster_id": 2, "to_cluster_id": CLUSTER, "engine": "127.0.0.1:1", "protocol": "tcp"},
+    wire.MessageType.LINK_REPLY: {"status": 0, "cluster_id": 1, "engine": "127.0.0.1:2"},
+    wire.MessageType.UNLINK: {"cluster_id": 2},
+    wire.MessageType.UNLINK_REPLY: {"status": int(S.LLM_UNLINK_FAILED)},
+    wire.MessageType.RESOLVE: {"key": {"kind": "blocks", "cluster_id": 1, "model_id": 0}, "write": False},
+    wire.MessageType.RESOLVE_REPLY: {"status": 0, "pin": 3, "layout": {
+        "cache_id": 4, "tensor_addrs": [4096, 8192], "tensor_bytes": 64, "batch": 4, "block_bytes": 16,
+        "is_blocks_cache": True, "remote_accessible": False, "batch_index": 0, "regions": [[4096, 8192]]}},
+    wire.MessageType.UNPIN: {"pin": 3, "release_key": True},
+    wire.MessageType.UNPIN_REPLY: {"status": 0},
+}
+
+
+def frame(message_type, body_bytes, magic=wire.MAGIC, version=wire.PROTOCOL_VERSION, flags=0, length=None):
+    return wire.HEADER.pack(magic, version, message_type, flags, 9,
+                            len(body_bytes) if length is None else length) + body_bytes
+
+
+def decode(data):
+    message_type, request_id, length = wire.decode_header(data[:wire.HEADER.size])
+    return message_type, request_id, wire.decode_body(message_type, data[wire.HEADER.size:wire.HEADER.size + length])
+
+
+@pytest.mark.parametrize("message_type", list(wire.MessageType))
+def test_every_message_round_trips(message_type):
+    assert decode(wire.encode(message_type, 77, VALID[message_type])) == (message_type, 77, VALID[message_type])
+
+
+def _with(body, **changes):
+    return {**body, **changes}
+
+
+LINK = VALID[wire.MessageType.LINK]
+RESOLVE = VALID[wire.MessageType.RESOLVE]
+LAYOUT = VALID[wire.MessageType.RESOLVE_REPLY]["layout"]
+
+
+@pytest.mark.parametrize("message_type, body", [
+    (wire.MessageType.LINK, _with(LINK, extra=1)),
+    (wire.MessageType.LINK, {k: v for k, v in LINK.items() if k != "engine"}),
+    (wire.MessageType.LINK, _with(LINK, cluster_id=True)),
+    (wire.MessageType.LINK, _with(LINK, cluster_id=-1)),
+    (wire.MessageType.LINK, _with(LINK, cluster_id=2**64)),
+    (wire.MessageType.LINK, _with(LINK, cluster_id=1.0)),
+    (wire.MessageType.LINK, _with(LINK, engine="")),
+    (wire.MessageType.LINK, _with(LINK, engine="x" * 257)),
+    (wire.MessageType.RESOLVE, _with(RESOLVE, key={"kind": "blocks", "cluster_id": 1})),
+    (wire.MessageType.RESOLVE, _with(RESOLVE, key={"kind": "other", "cluster_id": 1, "model_id": 0})),
+    (wire.MessageType.RESOLVE, _with(RESOLVE, key={"kind": "id", "cluster_id": 1, "cache_id": 2, "batch_index": 2**32})),
+    (wire.MessageType.RESOLVE, _with(RESOLVE, write=1)),
+    (wire.MessageType.RESOLVE_REPLY, {"status": 0, "pin": 1, "layout": _with(LAYOUT, tensor_addrs=[])}),
+    (wire.MessageType.RESOLVE_REPLY, {"status": 0, "pin": 1, "layout": _with(LAYOUT, tensor_addrs=[0])}),
+    (wire.MessageType.RESOLVE_REPLY, {"status": 0, "pin": 1, "layout": _with(LAYOUT, block_bytes=15)}),
+    (wire.MessageType.RESOLVE_REPLY, {"status": 0, "pin": 1, "layout": _with(LAYOUT, tensor_addrs=[1] * 16385)}),
+    (wire.MessageType.RESOLVE_REPLY, {"status": 0, "pin": 1, "layout": _with(LAYOUT, regions=[[4096]])}),
+    (wire.MessageType.RESOLVE_REPLY, {"status": 0, "pin": 1, "layout": _with(LAYOUT, regions=[[4096, 0]])}),
+    (wire.MessageType.UNPIN, {"pin": 3, "release_key": None}),
+], ids=lambda value: getattr(value, "name", ""))
+def test_a_body_that_breaks_a_field_rule_is_refused(message_type, body):
+    payload = json.dumps(body).encode()
+    with pytest.raises(wire.ProtocolError):
+        wire.decode_body(message_type, payload)
+    with pytest.raises(wire.ProtocolError):
+        wire.encode(message_type, 1, body)
+
+
+@pytest.mark.parametrize("payload", [
+    b"", b"not json", b"\xff\xfe", b"[]", b'"text"', b"null",
+    b'{"cluster_id": 2, "cluster_id": 3}',
+    b'{"cluster_id": NaN}', b'{"cluster_id": Infinity}',
+    b"[" * 100000 + b"]" * 100000,
+])
+def test_a_body_that_is_not_one_json_object_is_refused(payload):
+    with pytest.raises(wire.ProtocolError):
+        wire.decode_body(wire.MessageType.UNLINK, payload)
+
+
+@pytest.mark.parametrize("header", [
+    frame(1, b"", magic=b"HTTP"),
+    frame(1, b"", version=wire.PROTOCOL_VERSION - 1),   # an older version
+    frame(1, b"", version=wire.PROTOCOL_VERSION + 1),
+    frame(0, b""),
+    frame(9, b""),
+    frame(1, b"", flags=1),
+    frame(1, b"", length=MAX_BODY_BYTES + 1),
+    frame(1, b"", length=2**32 - 1),
+])
+def test_a_header_that_is_not_ours_is_refused(header):
+    with pytest.raises(wire.ProtocolError):
+        wire.decode_header(header[:wire.HEADER.size])
+
+
+@pytest.fixture
+def serving():
+    registry = LocalRegistry()
+    agent = TransferAgent(registry, CLUSTER, "127.0.0.1:0", sync_timeout_ms=500)
+    yield agent, registry
+    agent.close()
+
+
+def connect(agent):
+    connection = socket.create_connection(agent.listen_address, timeout=ANSWER_SECONDS)
+    return connection
+
+
+def answer_of(connection):
+    """Everything the listener sends until it closes the connection (or ANSWER_SECONDS pass)."""
+    connection.settimeout(ANSWER_SECONDS)
+    received = b""
+    try:
+        while chunk := connection.recv(65536):
+            received += chunk
+    except socket.timeout:
+        received += b"<still open>"
+    except ConnectionResetError:
+        pass   # closed with our unread bytes still in its buffer: a reset, and no answer
+    return received
+
+
+@pytest.mark.parametrize("sent", [
+    wire.encode(wire.MessageType.RESOLVE, 1, RESOLVE),              # a request before linking
+    wire.encode(wire.MessageType.UNLINK, 1, {"cluster_id": 2}),
+    b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",                           # not our protocol
+    frame(1, b"", length=MAX_BODY_BYTES + 1),                       # oversized: refused from the header
+    frame(1, b'{"cluster_id": 2}'),                                 # a LINK missing its fields
+    frame(1, b"{" * 10),                                            # not JSON
+], ids=["resolve-before-link", "unlink-before-link", "http", "oversized", "bad-fields", "not-json"])
+def test_the_listener_answers_nothing_to_what_is_not_a_valid_link(serving, sent):
+    agent, _ = serving
+    with connect(agent) as connection:
+        connection.sendall(sent)
+        assert answer_of(connection) == b""
+
+
+def test_a_frame_left_incomplete_is_closed_within_the_message_timeout(serving):
+    agent, _ = serving
+    with connect(agent) as connection:
+        connection.sendall(wire.encode(wire.MessageType.LINK, 1, LINK)[:20])
+        started = time.monotonic()
+        assert answer_of(connection) == b""
+        assert time.monotonic() - started < 1.5
+
+
+def test_a_link_to_another_cluster_id_is_refused(serving):
+    agent, _ = serving
+    with connect(agent) as connection:
+        connection.sendall(wire.encode(wire.MessageType.LINK, 1, _with(LINK, to_cluster_id=CLUSTER + 1)))
+        message_type, request_id, body = decode(answer_of(connection))
+    assert (message_type, request_id, body["status"]) == (wire.MessageType.LINK_REPLY, 1, S.LLM_LINK_FAILED)
+
+
+def linked(agent):
+    connection = connect(agent)
+    connection.sendall(wire.encode(wire.MessageType.LINK, 0, LINK))
+    message_type, _, body = wire.receive(connection, time.monotonic() + ANSWER_SECONDS)
+    assert message_type == wire.MessageType.LINK_REPLY and body["status"] == S.LLM_SUCCESS
+    return connection
+
+
+def round_trip(connection, message_type, body, request_id=5):
+    wire.send(connection, message_type, request_id, body, time.monotonic() + ANSWER_SECONDS)
+    reply_type, reply_id, reply = wire.receive(connection, time.monotonic() + ANSWER_SECONDS)
+    assert (reply_type, reply_id) == (wire.REPLY_TO[message_type], request_id)
+    return reply
+
+
+@needs_mooncake
+def test_a_linked_peer_gets_answers_and_a_dropped_connection_releases_its_pins(serving):
+    agent, registry = serving
+    from llmdd.llm_datadist import BlocksCacheKey
+    entry = registry.allocate(2, 4, 64, blocks=True, keys=[BlocksCacheKey(CLUSTER, 0)])
+    with linked(agent) as connection:
+        unknown = {"kind": "blocks", "cluster_id": CLUSTER, "model_id": 5}
+        assert round_trip(connection, wire.MessageType.RESOLVE, _with(RESOLVE, key=unknown))["status"] == \
+            S.LLM_KV_CACHE_NOT_EXIST
+        reply = round_trip(connection, wire.MessageType.RESOLVE, RESOLVE)
+        assert reply["status"] == S.LLM_SUCCESS
+        assert reply["layout"]["tensor_addrs"] == list(entry.tensor_addrs)
+        assert round_trip(connection, wire.MessageType.UNPIN, {"pin": reply["pin"] + 1, "release_key": False}) == \
+            {"status": S.LLM_PARAM_INVALID}
+        round_trip(connection, wire.MessageType.RESOLVE, RESOLVE)   # two pins the connection never gives back
+        registry.deallocate(entry.cache_id)
+        registry.release_key(BlocksCacheKey(CLUSTER, 0))
+        assert registry.pin_count(entry.cache_id) == 2 and not registry.is_freed(entry.cache_id)
+    # The connection is gone: its pin goes with it, and with it the deallocated cache.
+    deadline = time.monotonic() + ANSWER_SECONDS
+    while not registry.is_freed(entry.cache_id) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert registry.is_freed(entry.cache_id)
+
+
+@needs_mooncake
+def test_the_listener_survives_garbage_and_serves_the_next_link(serving):
+    agent, _ = serving
+    for garbage in (b"\x00" * 64, frame(5, b"{}"), frame(1, b"x", length=MAX_BODY_BYTES * 4)):
+        with connect(agent) as connection:
+            connection.sendall(garbage)
+            assert answer_of(connection) == b""
+    with linked(agent) as connection:
+        connection.sendall(b"\x00" * wire.HEADER.size)   # garbage after linking ends that link only
+        assert answer_of(connection) == b""
+    with linked(agent) as connection:
+        assert round_trip(connection, wire.MessageType.UNLINK, {"cluster_id": 2}) == {"status": S.LLM_SUCCESS}
+
+
+def test_agent_arguments_are_checked():
+    registry = LocalRegistry()
+    for bad in ({"cluster_id": -1}, {"protocol": "udp"}, {"sync_timeout_ms": 0}, {"listen_ip_info": "nohost"},
+                {"listen_ip_info": "1.2.3:80"}, {"listen_ip_info": "127.0.0.1:70000"}):
+        arguments = {"cluster_id": 1, **bad}
+        with pytest.raises(LLMException) as raised:
+            TransferAgent(registry, **arguments)
+        assert raised.value.status_code == S.LLM_PARAM_INVALID
+
+
+def test_the_header_is_sixteen_bytes_big_endian():
+    assert wire.HEADER.size == 16
+    assert wire.encode(wire.MessageType.UNPIN_REPLY, 0x01020304, {"status": 0})[:16] == \
+        b"LDDC" + struct.pack("!BBHII", 2, 8, 0, 0x01020304, len(b'{"status":0}'))
