@@ -62,7 +62,7 @@ def test_numpy_empty_16_gib(benchmark):
     benchmark.pedantic(lambda: numpy.empty(16 << 30, numpy.int8), rounds=50, iterations=1)
 
 
-# A serving-like churn (spec section 8): each request's cache is 2 * layers tensors of
+# A serving-like churn (docs/facts.md section 8): each request's cache is 2 * layers tensors of
 # [n_blocks, 128, 8, 128] fp16 (256 KiB per block per tensor), n_blocks long-tailed.
 CHURN = {"seed": 20261127, "layers": 4, "pool_gib": 8, "page_shift": 16, "median_blocks": 8,
          "sigma": 1.0, "max_blocks": 512, "free_probability": 0.45}

@@ -1,4 +1,4 @@
-# The ACL runtime subset llmdd calls, declared as in acl/acl.h (shared/spec section 7).
+# The ACL runtime subset llmdd calls, declared as in acl/acl.h (docs/facts.md section 7).
 # Declarations only. runtime.h decides whether CANN's runtime or llmdd's host runtime
 # provides them.
 from libc.stdint cimport int32_t, uint32_t, uint64_t

@@ -1,7 +1,7 @@
 # cython: language_level=3
 """CacheAllocator: the caches of one initialization, their memory, exports and statistics.
 
-Rules: shared/spec/llm-datadist.md sections 4 and 5. A cache is one slab (tensors at aligned
+Rules: docs/facts.md sections 4 and 5. A cache is one slab (tensors at aligned
 offsets, one allocation, one region to register with a transfer engine) from the runtime, or
 whole pages of a pool. Exported memory (_CacheMemory) is the lifetime rule of views (README,
 "Tensor views"): memory a view, array, tensor, copy or transfer holds outlives DeallocateCache
@@ -30,7 +30,7 @@ from ._runtime cimport RUNTIME_ALIGNMENT
 # No device holds 2**60 bytes: a larger cache is out of memory without asking the runtime.
 cdef uint64_t MAX_HELD_BYTES = 1ULL << 60
 
-# cache_id comes from one process-wide counter starting at 1 (spec section 4, v1); in cache-manager
+# cache_id comes from one process-wide counter starting at 1 (docs/facts.md section 4, v1); in cache-manager
 # mode (llm.EnableCacheManager=1, v2) each initialization counts its own from 1, as v2's cache
 # engine does. The GIL guards both.
 cdef int64_t _next_cache_id = 1
@@ -142,7 +142,7 @@ cdef class CacheAllocator:
         cdef CacheRecord* record
         cdef aclError error
         # Device caches, and host caches only from a host pool (LLM-DataDist v2); without
-        # one, "only support device cache" (spec section 4).
+        # one, "only support device cache" (docs/facts.md section 4).
         if fields.placement == LLMDD_kDevice:
             pool = self.device_pool
         elif fields.placement == LLMDD_kHost and self.host_pool is not None:

@@ -1,4 +1,4 @@
-# Cache copies (CopyKvCache, CopyKvBlocks; spec section 4), included into _datadist: they read
+# Cache copies (CopyKvCache, CopyKvBlocks; docs/facts.md section 4), included into _datadist: they read
 # Cache and engine state, and call the runtime through the engine's DeviceRuntime. A copy goes in three steps, so that no Python code runs
 # between reading a cache's addresses and using them: (1) convert and check every Python
 # argument (an item's __index__ may run any code, even DeallocateCache); (2) pin the engine's
@@ -165,7 +165,7 @@ cdef uint32_t _copy_kv_cache(LlmDataDist engine, Cache src_cache, Cache dst_cach
         status = _pinned_endpoints(engine, src_cache, dst_cache, src_pin, dst_pin, &src, &dst)
         if status != LLM_SUCCESS:
             return status
-        # Device to device and device to host only (spec section 4).
+        # Device to device and device to host only (docs/facts.md section 4).
         if (not src.on_device or src.num_tensors != dst.num_tensors or src_batch_index >= src.batch
                 or dst_batch_index >= dst.batch or offset >= src.block_bytes or offset >= dst.block_bytes):
             return LLM_PARAM_INVALID
@@ -320,7 +320,7 @@ cdef uint32_t _copy_kv_blocks(LlmDataDist engine, Cache src_cache, Cache dst_cac
         status = _pinned_endpoints(engine, src_cache, dst_cache, src_pin, dst_pin, &src, &dst)
         if status != LLM_SUCCESS:
             return status
-        # D2D, D2H and H2D; not H2H; equal block sizes and tensor counts (spec section 4).
+        # D2D, D2H and H2D; not H2H; equal block sizes and tensor counts (docs/facts.md section 4).
         if ((not src.on_device and not dst.on_device) or src.block_bytes != dst.block_bytes
                 or src.num_tensors != dst.num_tensors
                 or not _valid_block_table(&src, &dst, indices, count, lists, indices + (lists + 1) * count)):

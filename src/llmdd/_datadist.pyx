@@ -52,7 +52,7 @@ cdef object _live_engines = None
 def _abandon_engines_in_child():
     """After fork, in the child: the runtime state belongs to the parent. Every engine that
     was live is abandoned: it answers LLM_FAILED, and frees nothing on the device, ever, so
-    the child cannot release or corrupt the parent's memory (README, "fork"). Engines first,
+    the child cannot release or corrupt the parent's memory (docs/architecture.md, "Fork"). Engines first,
     while their allocators still say whether they were live; then the allocators, some of
     which outlive their engine; then the runtime's count of users."""
     for engine in list(_live_engines):
@@ -445,7 +445,7 @@ cdef class LlmDataDist:
             raise ValueError(f"cache {cache._cache_id} belongs to another engine")
         return self._caches.table.layout(cache._cache_id)
 
-    # Transfers between clusters (spec section 1) run in llmdd.transfer: sockets, threads and
+    # Transfers between clusters (docs/facts.md section 1) run in llmdd.transfer: sockets, threads and
     # Mooncake's Transfer Engine. An argument that is not of the C++ type raises TypeError or
     # ValueError before anything happens; each rule of the call answers its status.
 

@@ -1,6 +1,6 @@
 """Stubs for llmdd._desc: LLM-DataDist's enums, the C++ module constants and CacheDesc.
 
-The enum values repeat llm_facts.h; tests/test_facts.py checks that they agree."""
+The enum values repeat llm_facts.h; tests/core/test_facts.py checks that they agree."""
 import enum
 from typing import Final, Sequence, SupportsIndex
 

@@ -32,7 +32,7 @@ from ._llm_facts cimport (
 import _thread
 
 cdef enum:
-    MAX_DIMS = 32  # the C++ library rejects shapes of this many dims or more (spec section 4)
+    MAX_DIMS = 32  # the C++ library rejects shapes of this many dims or more (docs/facts.md section 4)
 
 
 # The enums are built on first use, not at import: building IntEnums was three quarters of
@@ -314,7 +314,7 @@ cdef str _enum_text(object value):
 
 
 cdef uint32_t tensor_bytes(const DescFields* fields, uint64_t* nbytes) noexcept nogil:
-    """LLM_SUCCESS and the bytes of one tensor, or LLM_PARAM_INVALID (spec section 4)."""
+    """LLM_SUCCESS and the bytes of one tensor, or LLM_PARAM_INVALID (docs/facts.md section 4)."""
     cdef uint64_t bits = llmdd_data_type_bits(fields.data_type)
     cdef uint64_t elements = fields.elements
     cdef uint64_t whole_bytes

@@ -126,7 +126,7 @@ def json_integer(config, field, key):
 
 def parse_pool_config(text, key):
     """{"memory_size": bytes, "page_shift": n}: page_shift optional, in [10, 31), default 16;
-    memory_size >> page_shift in [1, 2**32) (spec section 5)."""
+    memory_size >> page_shift in [1, 2**32) (docs/facts.md section 5)."""
     config = parse_json_object(text, key)
     if "memory_size" not in config:
         raise OptionError(f"{key} has no memory_size")

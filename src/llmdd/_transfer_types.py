@@ -1,4 +1,4 @@
-"""The C++ API's transfer structs (spec section 1): IpInfo, ClusterInfo, CacheIndex, KvCacheExtParam.
+"""The C++ API's transfer structs (docs/facts.md section 1): IpInfo, ClusterInfo, CacheIndex, KvCacheExtParam.
 
 Plain values with the C++ field names, defaults and order, mutable like the structs. They are
 checked where they are used (LlmDataDist's transfer calls convert every field first): a field

@@ -1,4 +1,4 @@
-/* LLM-DataDist's numeric facts, written once (shared/spec/llm-datadist.md sections 1-3).
+/* LLM-DataDist's numeric facts, written once (docs/facts.md sections 1-3).
  *
  * Every layer derives from these lists: C and Cython use the enum constants, and the
  * Python IntEnums are built, on first use, from the tables at the bottom. */
@@ -7,7 +7,7 @@
 
 #include <stdint.h>
 
-/* Status codes (spec section 2). Status is uint32; every code but SUCCESS and FAILED
+/* Status codes (docs/facts.md section 2). Status is uint32; every code but SUCCESS and FAILED
  * is 0x5010B000 | n. */
 #define LLMDD_STATUS_BASE 0x5010B000u
 #define LLMDD_FOR_EACH_STATUS(X)                                   \
@@ -48,7 +48,7 @@
     X(LLM_SUSPECT_REMOTE_ERROR, 507057)                            \
     X(LLM_UNKNOWN_ERROR, -1)
 
-/* ge::DataType values and element sizes in bits (spec section 3). 0 bits: the type has
+/* ge::DataType values and element sizes in bits (docs/facts.md section 3). 0 bits: the type has
  * no defined size, and AllocateCache answers LLM_PARAM_INVALID for it. */
 #define LLMDD_FOR_EACH_DATA_TYPE(X)     \
     X(DT_FLOAT, 0, 32)                  \

@@ -1,5 +1,5 @@
 /* A page allocator for one pre-allocated region: how LLM-DataDist's memory pools carve caches
- * out of a single runtime allocation (shared/spec section 5).
+ * out of a single runtime allocation (docs/facts.md section 5).
  *
  * Two-level segregated fit (TLSF): free blocks sit in size classes found with two bitmaps, so
  * allocation and free take constant time however many caches are live. A request first takes

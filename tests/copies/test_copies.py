@@ -1,4 +1,4 @@
-"""Host caches and cache copies: CopyKvCache and CopyKvBlocks (spec section 4), checked against
+"""Host caches and cache copies: CopyKvCache and CopyKvBlocks (docs/facts.md section 4), checked against
 numpy, and the drop-in's copy_cache, copy_blocks and swap_blocks."""
 import numpy
 import pytest

@@ -1,4 +1,4 @@
-"""AllocateCache and DeallocateCache: LLM-DataDist v1's rules and status codes (spec section 4)."""
+"""AllocateCache and DeallocateCache: LLM-DataDist v1's rules and status codes (docs/facts.md section 4)."""
 import ctypes
 
 import pytest

@@ -1,4 +1,4 @@
-"""Exact numeric values of LLM-DataDist's status codes, data types and enums (spec sections 1-3)."""
+"""Exact numeric values of LLM-DataDist's status codes, data types and enums (docs/facts.md sections 1-3)."""
 import ast
 import pathlib
 

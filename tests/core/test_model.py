@@ -9,7 +9,7 @@ from llmdd import Cache
 
 
 def expected_status(desc, free_bytes, alignment=512):
-    """The status AllocateCache owes `desc` on a device with `free_bytes` free (spec section 4)."""
+    """The status AllocateCache owes `desc` on a device with `free_bytes` free (docs/facts.md section 4)."""
     shape = desc.shape
     bits = SIZED_TYPES.get(desc.data_type, 0)
     if (desc.num_tensors == 0 or desc.placement != llmdd.CachePlacement.kDevice or not shape

@@ -1,5 +1,5 @@
 """The drop-in's LLMConfig and LLMClusterInfo: every setting checked as it is assigned, and the
-option it emits (CANN's configs.py rules, spec section 6)."""
+option it emits (CANN's configs.py rules, docs/facts.md section 6)."""
 import pytest
 
 from llmdd.llm_datadist import LLMClusterInfo, LLMConfig, LlmConfig, LLMException, LLMRole, LLMStatusCode

@@ -10,7 +10,7 @@ def seed_desc():
     return llmdd.CacheDesc(80, [1, 256], llmdd.DT_FLOAT16)
 
 
-# Data types with a defined size, and their element bits (spec section 3).
+# Data types with a defined size, and their element bits (docs/facts.md section 3).
 SIZED_TYPES = {
     llmdd.DT_FLOAT: 32, llmdd.DT_FLOAT16: 16, llmdd.DT_INT8: 8, llmdd.DT_INT32: 32, llmdd.DT_UINT8: 8,
     llmdd.DT_INT16: 16, llmdd.DT_UINT16: 16, llmdd.DT_UINT32: 32, llmdd.DT_INT64: 64, llmdd.DT_UINT64: 64,

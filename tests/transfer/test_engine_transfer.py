@@ -1,6 +1,6 @@
 """The C++ API's transfer calls of llmdd.LlmDataDist between two real processes on 127.0.0.1:
 LinkLlmClusters / UnlinkLlmClusters with ClusterInfo and IpInfo, PullKvCache / PullKvBlocks /
-PushKvCache / PushKvBlocks with CacheIndex and KvCacheExtParam (spec section 1), over Mooncake.
+PushKvCache / PushKvBlocks with CacheIndex and KvCacheExtParam (docs/facts.md section 1), over Mooncake.
 
 The test process is the decoder, an engine that does not listen; each prompt is an engine in a
 peer process (tests/support/peer.py's engine side) listening on llm.ListenIpInfo.

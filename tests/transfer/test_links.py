@@ -254,3 +254,25 @@ def test_the_listening_side_may_pull_as_soon_as_the_linking_side_has_its_answer(
         assert listening.pull_blocks(DECODER, BlocksCacheKey(DECODER, 0), destination, [0, 1], [2, 3]) == \
             S.LLM_SUCCESS
         assert (listening._registry.tensor(destination.cache_id, 1)[3 * 4096:4 * 4096] == 7).all()
+
+
+def test_a_closed_agent_hands_its_mooncake_engines_back_unregistered_and_the_next_agent_takes_them():
+    # Stopping a Mooncake engine takes about a second holding the GIL: a Finalize hands its engines
+    # back idle, with no region left for a peer to read, and the next initialization reuses them.
+    from llmdd.llm_datadist import BlocksCacheKey
+    from llmdd.transfer import _mooncake
+    with TransferAgent(LocalRegistry(), PROMPT, "127.0.0.1:0", sync_timeout_ms=3000) as first:
+        source = blocks_of(first._registry)
+        with TransferAgent(LocalRegistry(), DECODER, sync_timeout_ms=3000) as puller:
+            destination = puller._registry.allocate(2, 8, 4096, blocks=True)
+            assert puller.link([cluster(PROMPT, first.listen_address[1])], 3000)[0] == S.LLM_SUCCESS
+            assert puller.pull_blocks(PROMPT, BlocksCacheKey(PROMPT, 0), destination, [0], [1]) == S.LLM_SUCCESS
+        engines = first._current_mooncake()
+        assert engines._regions and source.regions
+    assert first._current_mooncake() is None
+    assert engines in _mooncake._idle[engines.kind] and engines._regions == {}
+    with TransferAgent(LocalRegistry(), PROMPT, "127.0.0.1:0", sync_timeout_ms=3000) as second, \
+            TransferAgent(LocalRegistry(), DECODER, sync_timeout_ms=3000) as linking:
+        assert linking.link([cluster(PROMPT, second.listen_address[1])], 3000)[0] == S.LLM_SUCCESS
+        assert engines in (second._current_mooncake(), linking._current_mooncake())
+        assert engines not in _mooncake._idle.get(engines.kind, [])

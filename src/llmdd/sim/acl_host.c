@@ -1,6 +1,6 @@
 /* llmdd's host runtime: the ACL subset llmdd calls, implemented on host memory.
  *
- * It keeps the rules of CANN's runtime that a caller can observe (shared/spec section 7):
+ * It keeps the rules of CANN's runtime that a caller can observe (docs/facts.md section 7):
  * aclInit once, devices set per thread through contexts, 64-byte-aligned starts, sizes
  * charged as round_up(size, 32) + 32, size 0 illegal, memory not zeroed, a device capacity
  * that runs out with ACL_ERROR_RT_MEMORY_ALLOCATION, and aclrtGetMemInfo telling the truth.

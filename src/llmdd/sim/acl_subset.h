@@ -1,6 +1,6 @@
 /* llmdd's own declarations of the part of CANN's ACL runtime that llmdd calls.
  *
- * Names, values and prototypes follow acl/acl.h (shared/spec/llm-datadist.md section 7);
+ * Names, values and prototypes follow acl/acl.h (docs/facts.md section 7);
  * the text is llmdd's. The host runtime beside this file implements them. When the host
  * runtime is built as a stand-alone libascendcl.so against the real headers, this file is
  * not used and the compiler checks the implementation against CANN's prototypes. */

@@ -2,7 +2,7 @@
 
 Imported lazily by llmdd (never by `import llmdd`); Mooncake itself is imported on the first
 link (llmdd[transfer] extra). TransferAgent is the whole surface; the control protocol it speaks
-with its peers is described in the README, "Transfer: the control protocol".
+with its peers is described in docs/control-protocol.md.
 """
 from .._limits import MAX_CLUSTERS_PER_CALL
 from .._options import TRANSFER_PROTOCOLS as PROTOCOLS

@@ -21,7 +21,7 @@ from .._status import LLMException, engine_status
 from . import _protocol as wire
 from ._channel import DRAIN_SECONDS, Channel, LinkFailure
 from ._listener import ControlListener
-from ._mooncake import MooncakeEngines, engine_module
+from ._mooncake import engine_module, engines_for, hand_back
 from ._mover import Mover
 from ._server import CacheServer
 
@@ -144,7 +144,7 @@ class TransferAgent:
             if self._mooncake is None:
                 if host is None:
                     raise LLMException("no engine yet", LLMStatusCode.LLM_FAILED)
-                self._mooncake = MooncakeEngines(host, self._protocol, self._device_name)
+                self._mooncake = engines_for(host, self._protocol, self._device_name)
             return self._mooncake
 
     def close(self):
@@ -168,7 +168,7 @@ class TransferAgent:
         for channel in channels:
             channel.join()
         if engine is not None:
-            engine.close()
+            hand_back(engine)
 
     def _accept_link(self, connection, body):
         """A Channel for the link `body`'s cluster is making to this one, or None when this agent

@@ -3,6 +3,7 @@
 `import llmdd` and `import llmdd.transfer` never import Mooncake: it loads libibverbs and starts
 nothing until a link needs an engine.
 """
+import atexit
 import collections
 import ctypes
 import logging
@@ -10,8 +11,8 @@ import os
 import threading
 import time
 
-from .._datadist import LLMException
 from .._desc import LLMStatusCode
+from .._status import LLMException
 from ._plan import shares
 
 log = logging.getLogger("llmdd.transfer")
@@ -62,6 +63,16 @@ TRANSFER_TIMEOUT_DEFAULT_S = 30
 _module_lock = threading.Lock()
 _module = None
 _import_error = None
+
+# Stopping a Mooncake engine takes about 1 s, holding the GIL (it joins its threads). An agent that
+# closes hands its MooncakeEngines back here, with nothing registered (no peer reads or writes a
+# byte through them), and the next agent on the same host and protocol takes them: a process
+# that finalizes and initializes again (a serving engine restarting a worker, a test suite) pays
+# the stop once, at exit, instead of at every Finalize.
+MAX_IDLE_PER_KIND = 2
+_idle_lock = threading.Lock()
+_idle = {}             # (host, protocol, device name) -> [MooncakeEngines] no agent uses
+_kept_in_child = []    # a forked child's copy of the parent's idle engines: never stopped here
 
 
 def engine_module():
@@ -124,6 +135,7 @@ class MooncakeEngines:
                                    f"{device_name!r}) answered {status}", LLMStatusCode.LLM_LINK_FAILED)
             self._engines.append(engine)
         self.address = ",".join(f"{host}:{engine.get_rpc_port()}" for engine in self._engines)
+        self.kind = (host, protocol, device_name)
         self._lock = threading.Lock()
         self._regions = {}   # start address -> nbytes, never overlapping
         # A call keeps at most _in_flight segments in flight a pair, never more than half the
@@ -225,6 +237,45 @@ class MooncakeEngines:
 
     def close(self):
         """Unregisters every region and stops the engines (Mooncake takes about 1 s to stop one's
-        threads, holding the GIL, so the two of a tcp Engine take 2 s)."""
+        threads, holding the GIL, so the two of a tcp MooncakeEngines take 2 s)."""
         self.close_regions()
         self._engines = []
+
+
+def engines_for(host, protocol, device_name):
+    """MooncakeEngines on `host`: idle ones an earlier agent handed back, or new ones."""
+    with _idle_lock:
+        idle = _idle.get((host, protocol, device_name))
+        if idle:
+            return idle.pop()
+    return MooncakeEngines(host, protocol, device_name)
+
+
+def hand_back(engines):
+    """An agent is done with `engines`: nothing stays registered, and they wait idle for the next
+    agent (up to MAX_IDLE_PER_KIND of a kind; more are stopped)."""
+    engines.close_regions()
+    with _idle_lock:
+        idle = _idle.setdefault(engines.kind, [])
+        if len(idle) < MAX_IDLE_PER_KIND:
+            idle.append(engines)
+            return
+    engines.close()
+
+
+def _stop_idle_engines():
+    with _idle_lock:
+        idle = [engines for kind in _idle.values() for engines in kind]
+        _idle.clear()
+    for engines in idle:
+        engines.close()
+
+
+def _forget_idle_engines_in_child():
+    """The idle engines' threads and sockets are the parent's: the child never stops them."""
+    _kept_in_child.extend(engines for kind in _idle.values() for engines in kind)
+    _idle.clear()
+
+
+atexit.register(_stop_idle_engines)   # before the interpreter tears down what their threads need
+os.register_at_fork(after_in_child=_forget_idle_engines_in_child)

@@ -72,7 +72,7 @@ def coalesce(segments, src_regions, dst_regions):
 
 def tensor_pairs(src, dst, src_layer_range, dst_layer_range, tensor_num_per_layer):
     """(src tensor, dst tensor) index pairs: layer i is tensors [i * n, (i + 1) * n) with
-    n = tensor_num_per_layer; a range left None is every layer of its side (spec section 1:
+    n = tensor_num_per_layer; a range left None is every layer of its side (docs/facts.md section 1:
     n is in [1, num_tensors] and divides num_tensors, the ranges have equal spans)."""
     for side, layout in (("src", src), ("dst", dst)):
         if not 1 <= tensor_num_per_layer <= layout.num_tensors or layout.num_tensors % tensor_num_per_layer:

@@ -2,7 +2,7 @@
 
 Bytes of caches never travel here (they move through Mooncake's Transfer Engine); this carries
 who linked, where each side's engine listens, which cache a key names and how it is laid out,
-pins and key releases. The format is documented in the README ("Transfer: the control protocol").
+pins and key releases. The format is documented in docs/control-protocol.md.
 
 A frame is a 16-byte header and a JSON body:
 
