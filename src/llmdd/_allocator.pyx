@@ -3,8 +3,8 @@
 
 Rules: docs/facts.md sections 4 and 5. A cache is one slab (tensors at aligned
 offsets, one allocation, one region to register with a transfer engine) from the runtime, or
-whole pages of a pool. Exported memory (_CacheMemory) is the lifetime rule of views (README,
-"Tensor views"): memory a view, array, tensor, copy or transfer holds outlives DeallocateCache
+whole pages of a pool. Exported memory (_CacheMemory) is the lifetime rule of views (docs/views.md,
+"Lifetime"): memory a view, array, tensor, copy or transfer holds outlives DeallocateCache
 and Finalize, counted as pending, until the last export is gone; so nothing ever points at freed
 memory. Every method runs with the GIL and releases it only inside a runtime call.
 """

@@ -149,3 +149,16 @@ def test_main_job_rejects_bad_arguments_with_usage():
     result = run("-m", "llmdd", "--frobnicate")
     assert result.returncode == 2
     assert result.stderr.startswith("usage: python -m llmdd")
+
+
+def test_the_transfer_layer_carries_keys_without_the_drop_in():
+    # Layers import only what is below them: the control protocol's keys are tier-2 values, so
+    # carrying a key to a peer and back loads no drop-in module.
+    code = ("import sys\n"
+            "from llmdd._cache_keys import BlocksKey, IdKey, RequestKey\n"
+            "from llmdd.transfer import _protocol as wire\n"
+            "keys = [RequestKey(1, 2, 0, 2**64 - 1), BlocksKey(1, 0), IdKey(1, 5, 0)]\n"
+            "assert [wire.key_from_fields(wire.key_fields(key)) for key in keys] == keys\n"
+            "print(sorted(name for name in sys.modules if name.startswith('llmdd.llm_datadist')))")
+    result = run("-c", code)
+    assert result.stdout.strip() == "[]", result.stderr

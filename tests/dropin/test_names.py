@@ -25,6 +25,27 @@ def test_every_name_cann_exports_is_exported():
         assert getattr(llm_datadist, name) is not None
 
 
+# CANN's modules and the names each defines (hicann/hixl src/python/llm_datadist/llm_datadist).
+CANN_MODULES = {
+    "status": ("LLMStatusCode", "LLMException", "Status"),
+    "configs": ("LLMClusterInfo", "LLMRole", "LlmConfig"),
+    "data_type": ("DataType",),
+    "v2.llm_types": ("CacheDesc", "CacheKey", "CacheKeyByIdAndIndex", "KvCache", "Cache", "BlocksCacheKey",
+                     "Placement", "RegisterMemStatus", "LayerSynchronizer", "TransferConfig", "CacheTask",
+                     "TransferWithCacheKeyConfig", "Memtype", "MemInfo"),
+    "v2.cache_manager": ("CacheManager",),
+    "v2.llm_datadist": ("LLMDataDist",),
+}
+
+
+@pytest.mark.parametrize("module", sorted(CANN_MODULES))
+def test_cann_submodules_give_their_names_as_the_package_does(module):
+    import importlib
+    submodule = importlib.import_module(f"llmdd.llm_datadist.{module}")
+    for name in CANN_MODULES[module]:
+        assert getattr(submodule, name) is getattr(llm_datadist, name)
+
+
 def test_the_exception_is_llmdds():
     assert LLMException is llmdd.LLMException and issubclass(LLMException, RuntimeError)
 
