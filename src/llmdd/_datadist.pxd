@@ -32,7 +32,8 @@ cdef class Cache:
 
 # The engine composes a DeviceRuntime (its device and context), a CacheAllocator per
 # initialization (its caches, pools and exports) and, once needed, a transfer service.
-cdef class LlmDataDist:
+# EngineCore does the typed work; LlmDataDist is its public face (the C++-style and Pythonic calls).
+cdef class EngineCore:
     cdef readonly uint64_t cluster_id
     cdef int32_t _role
     cdef bint _initialized
@@ -60,3 +61,7 @@ cdef class LlmDataDist:
     cdef uint32_t start_listening(self)
     cdef object transfer_call(self, str call, tuple arguments)
     cdef object exception(self, uint32_t status, str call)
+
+
+cdef class LlmDataDist(EngineCore):
+    pass

@@ -248,30 +248,16 @@ cdef class Cache:
 
 @cython.no_gc_clear  # __dealloc__ finalizes through its runtime and allocator
 @cython.auto_pickle(False)
-cdef class LlmDataDist:
-    """One LLM-DataDist engine: a cluster id, a role, a device and the caches it allocated.
-
-    Nothing touches the runtime before Initialize. Use it as a context manager to Finalize
-    on exit. Dropping an engine without Finalize frees what it holds. It owns memory, so it
-    is neither copied nor pickled.
-    """
+cdef class EngineCore:
+    """The typed work of an engine, which LlmDataDist's calls answer with: its lifecycle (set-up,
+    Finalize, fork), its caches (allocate, register, free, export, describe) and its one transfer
+    service. Not made on its own: every engine is an LlmDataDist."""
 
     def __reduce__(self):
         _refuse_copy(self)
 
     def __cinit__(self):
         self._runtime = DeviceRuntime.__new__(DeviceRuntime)
-
-    def __init__(self, cluster_id, role):
-        number = as_integer(cluster_id, "cluster_id")
-        if not 0 <= number <= UINT64_MAX:
-            raise ValueError(f"cluster_id must fit in uint64, got {number}")
-        self.cluster_id = number
-        self._role = enum_class(ROLE_ENUM)(as_integer(role, "role"))  # ValueError for a value that is no role
-
-    @property
-    def role(self):
-        return enum_class(ROLE_ENUM)(self._role)
 
     @property
     def initialized(self):
@@ -281,36 +267,6 @@ cdef class LlmDataDist:
     def device_id(self):
         """The device this engine allocates on; -1 before Initialize."""
         return self._runtime.device if self._initialized else -1
-
-    def Initialize(self, options):
-        """Set up the runtime on the device the options name. A second call is a no-op."""
-        self.wait_for_set_up()
-        if self._initialized:
-            return _status(LLM_SUCCESS)
-        if self._abandoned:
-            self._runtime.explain("this engine was initialized before a fork; make a new one in this process")
-            return _status(LLM_FAILED)
-        if self.teardown_pending():
-            return self.teardown_pending_failure()
-        from ._options import OptionError, parse_options
-        try:
-            parsed = parse_options(options)
-        except OptionError as error:
-            self._runtime.explain(str(error))
-            return error.status_code
-        # parse_options ran Python code: another thread may have begun a set-up or Finalize.
-        self.wait_for_set_up()
-        if self._initialized:
-            return _status(LLM_SUCCESS)
-        if self.teardown_pending():
-            return self.teardown_pending_failure()
-        status = self.set_up(parsed)
-        if status == LLM_SUCCESS:
-            from ._transfer_slot import TransferSlot
-            self._transfers = TransferSlot(self, parsed.transfer)
-            if parsed.transfer.listen_ip_info:
-                status = self.start_listening()
-        return _status(status)
 
     cdef uint32_t set_up(self, parsed):
         """This initialization's allocator: the runtime, then the pools, all of them or none.
@@ -344,10 +300,6 @@ cdef class LlmDataDist:
                               f"initialization are still exported to views, arrays or tensors")
         return _status(LLM_FAILED)
 
-    def AllocateCache(self, CacheDesc cache_desc not None, Cache cache not None):
-        """Allocate cache_desc.num_tensors tensors; fill `cache` on LLM_SUCCESS."""
-        return _status(self.allocate(cache_desc, cache))
-
     # Hot path: typed locals only, no Python object but the ones the caller gets back.
     cdef uint32_t allocate(self, CacheDesc desc, Cache cache):
         cdef int64_t cache_id
@@ -361,23 +313,6 @@ cdef class LlmDataDist:
         if status == LLM_SUCCESS:
             _fill_cache(cache, self, cache_id, desc, first_addr, stride, None)
         return status
-
-    def DeallocateCache(self, int64_t cache_id):
-        """Free a cache this engine allocated; LLM_KV_CACHE_NOT_EXIST for an id it does not
-        hold, LLM_PARAM_INVALID for a registered cache (UnregisterKvCache forgets those)."""
-        return _status(self.deallocate(cache_id, False))
-
-    def RegisterKvCache(self, CacheDesc cache_desc not None, addrs, Cache cache not None):
-        """Make memory the caller owns (one address per tensor: device memory, or on the sim
-        build any host memory the caller keeps alive) a cache this engine knows by id, for
-        copies, views and transfers. Nothing is copied, allocated or touched; fills `cache` on
-        LLM_SUCCESS. UnregisterKvCache forgets it again and never frees it (LLM-DataDist v2)."""
-        return _status(self.register(cache_desc, addrs, cache))
-
-    def UnregisterKvCache(self, int64_t cache_id):
-        """Forget a registered cache (its memory stays the caller's); LLM_KV_CACHE_NOT_EXIST for
-        an id this engine does not hold, LLM_PARAM_INVALID for an allocated cache."""
-        return _status(self.deallocate(cache_id, True))
 
     cdef uint32_t register(self, CacheDesc desc, object addrs, Cache cache):
         cdef int64_t cache_id
@@ -445,6 +380,131 @@ cdef class LlmDataDist:
             raise ValueError(f"cache {cache._cache_id} belongs to another engine")
         return self._caches.table.layout(cache._cache_id)
 
+    cdef object transfer_call(self, str call, tuple arguments):
+        """Convert the arguments (their Python code may run, even re-enter this engine), then
+        look at the engine's state, then act with this initialization's transfer service."""
+        from .transfer._cpp_api import CALLS
+        act = CALLS[call](*arguments)
+        self._runtime.last_error = ACL_SUCCESS
+        if not self._initialized:
+            return _status(LLM_FAILED)
+        return self._transfers.act(act)
+
+    cdef uint32_t start_listening(self):
+        """Serve this engine's caches to the clusters that link to it (llm.ListenIpInfo) from
+        Initialize on; a listener that cannot start fails the Initialize, which finalizes the
+        engine again (nothing half-made stays)."""
+        try:
+            self._transfers.service()
+        except LLMException as error:
+            self._transfers.stop()
+            self.finalize()
+            self._runtime.last_detail = str(error)
+            return error.status_code
+        return LLM_SUCCESS
+
+    cdef void finalize_with_transfers(self):
+        if self._transfers is not None:   # links end before the caches go; no new service is made
+            self._transfers.stop()
+        self.finalize()
+
+    cdef void finalize(self):
+        self.wait_for_set_up()   # an Initialize under way on another thread finishes first
+        if not self._initialized:
+            return
+        # New calls fail from here on, and Initialize answers LLM_FAILED until the teardown.
+        self._initialized = False
+        self._caches.close()
+
+    cdef void abandon(self):
+        """Forget the runtime state without a runtime call (a forked child's copy of it); the
+        fork handler abandons the allocator on its own."""
+        self._initialized = False
+        self._abandoned = True
+        if self._transfers is not None:
+            self._transfers.abandon()
+
+    def __dealloc__(self):
+        self.finalize()
+
+    cdef object exception(self, uint32_t status, str call):
+        return self._runtime.exception(status, call, self._initialized)
+
+
+@cython.auto_pickle(False)
+cdef class LlmDataDist(EngineCore):
+    """One LLM-DataDist engine: a cluster id, a role, a device and the caches it allocated.
+
+    Nothing touches the runtime before Initialize. Use it as a context manager to Finalize
+    on exit. Dropping an engine without Finalize frees what it holds. It owns memory, so it
+    is neither copied nor pickled.
+    """
+
+    def __reduce__(self):
+        _refuse_copy(self)
+
+    def __init__(self, cluster_id, role):
+        number = as_integer(cluster_id, "cluster_id")
+        if not 0 <= number <= UINT64_MAX:
+            raise ValueError(f"cluster_id must fit in uint64, got {number}")
+        self.cluster_id = number
+        self._role = enum_class(ROLE_ENUM)(as_integer(role, "role"))  # ValueError for a value that is no role
+
+    @property
+    def role(self):
+        return enum_class(ROLE_ENUM)(self._role)
+
+    def Initialize(self, options):
+        """Set up the runtime on the device the options name. A second call is a no-op."""
+        self.wait_for_set_up()
+        if self._initialized:
+            return _status(LLM_SUCCESS)
+        if self._abandoned:
+            self._runtime.explain("this engine was initialized before a fork; make a new one in this process")
+            return _status(LLM_FAILED)
+        if self.teardown_pending():
+            return self.teardown_pending_failure()
+        from ._options import OptionError, parse_options
+        try:
+            parsed = parse_options(options)
+        except OptionError as error:
+            self._runtime.explain(str(error))
+            return error.status_code
+        # parse_options ran Python code: another thread may have begun a set-up or Finalize.
+        self.wait_for_set_up()
+        if self._initialized:
+            return _status(LLM_SUCCESS)
+        if self.teardown_pending():
+            return self.teardown_pending_failure()
+        status = self.set_up(parsed)
+        if status == LLM_SUCCESS:
+            from ._transfer_slot import TransferSlot
+            self._transfers = TransferSlot(self, parsed.transfer)
+            if parsed.transfer.listen_ip_info:
+                status = self.start_listening()
+        return _status(status)
+
+    def AllocateCache(self, CacheDesc cache_desc not None, Cache cache not None):
+        """Allocate cache_desc.num_tensors tensors; fill `cache` on LLM_SUCCESS."""
+        return _status(self.allocate(cache_desc, cache))
+
+    def DeallocateCache(self, int64_t cache_id):
+        """Free a cache this engine allocated; LLM_KV_CACHE_NOT_EXIST for an id it does not
+        hold, LLM_PARAM_INVALID for a registered cache (UnregisterKvCache forgets those)."""
+        return _status(self.deallocate(cache_id, False))
+
+    def RegisterKvCache(self, CacheDesc cache_desc not None, addrs, Cache cache not None):
+        """Make memory the caller owns (one address per tensor: device memory, or on the sim
+        build any host memory the caller keeps alive) a cache this engine knows by id, for
+        copies, views and transfers. Nothing is copied, allocated or touched; fills `cache` on
+        LLM_SUCCESS. UnregisterKvCache forgets it again and never frees it (LLM-DataDist v2)."""
+        return _status(self.register(cache_desc, addrs, cache))
+
+    def UnregisterKvCache(self, int64_t cache_id):
+        """Forget a registered cache (its memory stays the caller's); LLM_KV_CACHE_NOT_EXIST for
+        an id this engine does not hold, LLM_PARAM_INVALID for an allocated cache."""
+        return _status(self.deallocate(cache_id, True))
+
     # Transfers between clusters (docs/facts.md section 1) run in llmdd.transfer: sockets, threads and
     # Mooncake's Transfer Engine. An argument that is not of the C++ type raises TypeError or
     # ValueError before anything happens; each rule of the call answers its status.
@@ -480,59 +540,12 @@ cdef class LlmDataDist:
         """Write blocks src_blocks of the device cache src_cache into blocks dst_blocks of the remote cache."""
         return self.transfer_call("push_blocks", (src_cache, dst_cache_index, src_blocks, dst_blocks, ext_param))
 
-    cdef object transfer_call(self, str call, tuple arguments):
-        """Convert the arguments (their Python code may run, even re-enter this engine), then
-        look at the engine's state, then act with this initialization's transfer service."""
-        from .transfer._cpp_api import CALLS
-        act = CALLS[call](*arguments)
-        self._runtime.last_error = ACL_SUCCESS
-        if not self._initialized:
-            return _status(LLM_FAILED)
-        return self._transfers.act(act)
-
-    cdef uint32_t start_listening(self):
-        """Serve this engine's caches to the clusters that link to it (llm.ListenIpInfo) from
-        Initialize on; a listener that cannot start fails the Initialize, which finalizes the
-        engine again (nothing half-made stays)."""
-        try:
-            self._transfers.service()
-        except LLMException as error:
-            self._transfers.stop()
-            self.finalize()
-            self._runtime.last_detail = str(error)
-            return error.status_code
-        return LLM_SUCCESS
-
     def Finalize(self):
         """End this engine's links, free every cache it holds and release the device. Later
         calls answer LLM_FAILED until the next Initialize. Memory still exported to views,
         arrays or tensors (or pinned by a transfer) is freed, and the device released, when the
         last of them is gone."""
         self.finalize_with_transfers()
-
-    cdef void finalize_with_transfers(self):
-        if self._transfers is not None:   # links end before the caches go; no new service is made
-            self._transfers.stop()
-        self.finalize()
-
-    cdef void finalize(self):
-        self.wait_for_set_up()   # an Initialize under way on another thread finishes first
-        if not self._initialized:
-            return
-        # New calls fail from here on, and Initialize answers LLM_FAILED until the teardown.
-        self._initialized = False
-        self._caches.close()
-
-    cdef void abandon(self):
-        """Forget the runtime state without a runtime call (a forked child's copy of it); the
-        fork handler abandons the allocator on its own."""
-        self._initialized = False
-        self._abandoned = True
-        if self._transfers is not None:
-            self._transfers.abandon()
-
-    def __dealloc__(self):
-        self.finalize()
 
     def __enter__(self):
         return self
@@ -593,9 +606,6 @@ cdef class LlmDataDist:
         """The LLMException for a status this engine just returned, with what it knows."""
         return self.exception(status, call)
 
-    cdef object exception(self, uint32_t status, str call):
-        return self._runtime.exception(status, call, self._initialized)
-
     def memory_stats(self):
         """The engine's allocation statistics, exact and read without a runtime call.
 
@@ -630,6 +640,5 @@ cdef class LlmDataDist:
     def __repr__(self):
         state = f"device {self._runtime.device}" if self._initialized else "not initialized"
         return f"LlmDataDist(cluster_id={self.cluster_id}, role={enum_class(ROLE_ENUM)(self._role)!r}, {state})"
-
 
 include "_copy.pxi"
