@@ -55,6 +55,8 @@ cdef class CacheAllocator:
     cdef uint32_t allocate(self, const DescFields* fields, int64_t* cache_id, uintptr_t* first_addr,
                            uint64_t* stride)
     cdef uint32_t register(self, const DescFields* fields, tuple addrs, int64_t* cache_id)
+    cdef CacheRecord* add_record(self, const DescFields* fields, uint64_t nbytes, const HeldMemory* memory,
+                                 uintptr_t first_addr, uint64_t stride, uintptr_t* caller_addrs, int64_t* cache_id)
     cdef uint32_t free(self, int64_t cache_id, bint registered)
     cdef _CacheMemory export(self, int64_t cache_id)
     cdef void close(self)

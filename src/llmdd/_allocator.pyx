@@ -135,11 +135,9 @@ cdef class CacheAllocator:
     cdef uint32_t allocate(self, const DescFields* fields, int64_t* cache_id, uintptr_t* first_addr,
                            uint64_t* stride):
         """A new cache for `fields`: its id, first tensor address and tensor stride."""
-        global _next_cache_id
         cdef uint64_t nbytes, slab_bytes, first_tensor
         cdef MemoryPool pool
         cdef HeldMemory memory
-        cdef CacheRecord* record
         cdef aclError error
         # Device caches, and host caches only from a host pool (LLM-DataDist v2); without
         # one, "only support device cache" (docs/facts.md section 4).
@@ -177,33 +175,18 @@ cdef class CacheAllocator:
             _round_up(<uintptr_t>memory.address, self.alignment, &first_tensor)  # within the slack
             memory.block = NULL
             memory.source = FROM_RUNTIME
-        cache_id[0] = self.next_own_cache_id if self.own_cache_ids else _next_cache_id
-        record = self.table.add(cache_id[0])
-        if record == NULL:
+        if self.add_record(fields, nbytes, &memory, <uintptr_t>first_tensor, stride[0], NULL, cache_id) == NULL:
             self.release_memory(&memory)
             return LLM_FAILED  # the host is out of memory for the cache table
-        record.memory = memory
-        record.exported = False
-        record.first_addr = <uintptr_t>first_tensor
-        record.stride = stride[0]
-        record.num_tensors = fields.num_tensors
-        record.tensor_bytes = nbytes
-        record.batch = <uint64_t>fields.first_dim
-        record.placement = fields.placement
-        if self.own_cache_ids:
-            self.next_own_cache_id += 1
-        else:
-            _next_cache_id += 1
         _count_allocation(&self.stats, pool is not None and pool.on_host, memory.nbytes)
         first_addr[0] = <uintptr_t>first_tensor
         return LLM_SUCCESS
 
     cdef uint32_t register(self, const DescFields* fields, tuple addrs, int64_t* cache_id):
         """A cache over the caller's memory, one checked address per tensor in `addrs`."""
-        global _next_cache_id
         cdef uint64_t nbytes
         cdef uintptr_t* caller_addrs
-        cdef CacheRecord* record
+        cdef HeldMemory memory
         cdef Py_ssize_t i
         if (tensor_bytes(fields, &nbytes) != LLM_SUCCESS or len(addrs) != fields.num_tensors
                 or (fields.placement != LLMDD_kDevice and fields.placement != LLMDD_kHost)):
@@ -216,18 +199,28 @@ cdef class CacheAllocator:
             return LLM_FAILED
         for i in range(fields.num_tensors):
             caller_addrs[i] = addrs[i]
-        cache_id[0] = self.next_own_cache_id if self.own_cache_ids else _next_cache_id
-        record = self.table.add(cache_id[0])
-        if record == NULL:
+        memory.source = FROM_CALLER
+        memory.address = NULL
+        memory.block = NULL
+        memory.nbytes = 0
+        if self.add_record(fields, nbytes, &memory, caller_addrs[0], 0, caller_addrs, cache_id) == NULL:
             free(caller_addrs)
             return LLM_FAILED  # the host is out of memory for the cache table
-        record.memory.source = FROM_CALLER
-        record.memory.address = NULL
-        record.memory.block = NULL
-        record.memory.nbytes = 0
+        return LLM_SUCCESS
+
+    cdef CacheRecord* add_record(self, const DescFields* fields, uint64_t nbytes, const HeldMemory* memory,
+                                 uintptr_t first_addr, uint64_t stride, uintptr_t* caller_addrs, int64_t* cache_id):
+        """The record of a new cache under the next cache id, which it takes; NULL when the host is
+        out of memory for the table (the id is not taken)."""
+        global _next_cache_id
+        cache_id[0] = self.next_own_cache_id if self.own_cache_ids else _next_cache_id
+        cdef CacheRecord* record = self.table.add(cache_id[0])
+        if record == NULL:
+            return NULL
+        record.memory = memory[0]
         record.exported = False
-        record.first_addr = caller_addrs[0]
-        record.stride = 0
+        record.first_addr = first_addr
+        record.stride = stride
         record.caller_addrs = caller_addrs
         record.num_tensors = fields.num_tensors
         record.tensor_bytes = nbytes
@@ -237,7 +230,7 @@ cdef class CacheAllocator:
             self.next_own_cache_id += 1
         else:
             _next_cache_id += 1
-        return LLM_SUCCESS
+        return record
 
     cdef uint32_t free(self, int64_t cache_id, bint registered):
         """Free (or, `registered`, forget) cache `cache_id`; exported memory goes with its last export."""
