@@ -15,8 +15,15 @@ class _Key:
     _shown_fields = None    # the fields repr shows, where CANN's order differs from FIELDS
 
     def __init__(self, *values):
+        if len(values) != len(self.FIELDS):
+            raise TypeError(f"{type(self).__name__} takes {len(self.FIELDS)} values, got {len(values)}")
         for name, value in zip(self.FIELDS, values):
             object.__setattr__(self, name, value)
+
+    def __reduce__(self):
+        # Rebuilt through _Key.__init__ (the fields are checked values already): a key pickles and
+        # copies, as CANN's do, although it cannot be assigned to.
+        return (_rebuild_key, (type(self), self._values()))
 
     def _values(self):
         return tuple(getattr(self, name) for name in self.FIELDS)
@@ -70,6 +77,12 @@ class IdKey(_Key):
 
     def local_name(self):
         return None   # an id names a cache by itself, not through the registry's names
+
+
+def _rebuild_key(key_type, values):
+    key = key_type.__new__(key_type)
+    _Key.__init__(key, *values)
+    return key
 
 
 KEY_TYPES = {key_type.KIND: key_type for key_type in (RequestKey, BlocksKey, IdKey)}

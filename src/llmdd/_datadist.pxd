@@ -42,9 +42,9 @@ cdef class EngineCore:
     cdef bint _setting_up             # inside Initialize's set-up: other Initialize and Finalize calls wait
     cdef bint _abandoned              # initialized before a fork, and this is the child
     cdef uint64_t _generation         # counts initializations: a Cache of an earlier one is not this one's
-    # Transfers between clusters (llmdd.transfer): the service, made at Initialize when the
-    # engine listens (llm.ListenIpInfo) or on the first link.
-    cdef object _transfers            # this initialization's _transfer_slot.TransferSlot
+    # This initialization's registry and transfer service (_engine_services), each made on first
+    # need: the service at Initialize when the engine listens (llm.ListenIpInfo), or on the first link.
+    cdef object _services
     cdef object __weakref__
 
     cdef uint32_t set_up(self, parsed)

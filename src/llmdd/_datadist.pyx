@@ -12,7 +12,7 @@ llmdd.transfer._cpp_api, imported on first use.
 """
 cimport cython
 from cpython.ref cimport PyObject
-from libc.stdint cimport INT64_MAX, INT64_MIN, UINT64_MAX
+from libc.stdint cimport INT64_MAX, UINT64_MAX
 from libc.string cimport memset
 
 from ._acl cimport ACL_SUCCESS, LLMDD_SIMULATED, aclError
@@ -31,6 +31,7 @@ from ._desc cimport (
 from ._llm_facts cimport LLM_FAILED, LLM_KV_CACHE_NOT_EXIST, LLM_PARAM_INVALID, LLM_SUCCESS, LLMDD_kDevice, LLMDD_kHost
 from ._runtime cimport forget_users_in_child
 from ._tensor_view cimport make_view
+from ._engine_services import EngineServices
 from ._status import LLMException
 
 # The runtime's facts and the host runtime's test controls, where llmdd and llmdd.sim read them.
@@ -279,6 +280,8 @@ cdef class EngineCore:
         if status == LLM_SUCCESS:
             self._caches = caches
             self._generation += 1
+            # Made before the engine says it is initialized: every call that sees it so finds them.
+            self._services = EngineServices(self, parsed.transfer)
             self._initialized = True
             _track_live_engine(self)
         self._setting_up = False
@@ -349,17 +352,19 @@ cdef class EngineCore:
 
     # What llmdd.transfer reads of the engine's caches. Statuses of the transfer calls below.
 
+    def _registry(self):
+        """This initialization's one CacheRegistry, made on first need; the drop-in's cache managers
+        and the transfer service use it. LLMException when the engine is not initialized."""
+        if not self._initialized:
+            raise self.exception(LLM_FAILED, "registry")
+        return self._services.registry()
+
     def _transfer_service(self):
         """This initialization's one TransferService (llmdd.transfer), made on first need; the
         drop-in's calls use it as the C++ API's do. LLMException when the engine is not initialized."""
         if not self._initialized:
             raise self.exception(LLM_FAILED, "transfer")
-        return self._transfers.service()
-
-    @property
-    def _remote_cache_accessible(self):
-        """Whether peers may write into this engine's caches (llm.EnableRemoteCacheAccessible)."""
-        return self._transfers is not None and self._transfers.options.remote_cache_accessible
+        return self._services.service()
 
     @property
     def _initialization(self):
@@ -388,24 +393,24 @@ cdef class EngineCore:
         self._runtime.last_error = ACL_SUCCESS
         if not self._initialized:
             return _status(LLM_FAILED)
-        return self._transfers.act(act)
+        return self._services.act(act)
 
     cdef uint32_t start_listening(self):
         """Serve this engine's caches to the clusters that link to it (llm.ListenIpInfo) from
         Initialize on; a listener that cannot start fails the Initialize, which finalizes the
         engine again (nothing half-made stays)."""
         try:
-            self._transfers.service()
+            self._services.service()
         except LLMException as error:
-            self._transfers.stop()
+            self._services.stop()
             self.finalize()
             self._runtime.last_detail = str(error)
             return error.status_code
         return LLM_SUCCESS
 
     cdef void finalize_with_transfers(self):
-        if self._transfers is not None:   # links end before the caches go; no new service is made
-            self._transfers.stop()
+        if self._services is not None:   # links end before the caches go; no new service is made
+            self._services.stop()
         self.finalize()
 
     cdef void finalize(self):
@@ -421,8 +426,8 @@ cdef class EngineCore:
         fork handler abandons the allocator on its own."""
         self._initialized = False
         self._abandoned = True
-        if self._transfers is not None:
-            self._transfers.abandon()
+        if self._services is not None:
+            self._services.abandon()
 
     def __dealloc__(self):
         self.finalize()
@@ -477,11 +482,8 @@ cdef class LlmDataDist(EngineCore):
         if self.teardown_pending():
             return self.teardown_pending_failure()
         status = self.set_up(parsed)
-        if status == LLM_SUCCESS:
-            from ._transfer_slot import TransferSlot
-            self._transfers = TransferSlot(self, parsed.transfer)
-            if parsed.transfer.listen_ip_info:
-                status = self.start_listening()
+        if status == LLM_SUCCESS and parsed.transfer.listen_ip_info:
+            status = self.start_listening()
         return _status(status)
 
     def AllocateCache(self, CacheDesc cache_desc not None, Cache cache not None):

@@ -9,10 +9,12 @@ nothing; deallocate and remove_cache_key leave them alone. As in v2, releasing w
 succeeds. Within one engine a key is known by its request (or prefix) id and model id: its
 cluster id names the prompt cluster a decoder pulls from.
 
-Every face of an engine shares one registry per initialization (registry_of): the drop-in's cache
-managers, the C++ API's transfer calls and the transfer service that serves peers. Caches made
+Every face of an engine shares one registry per initialization (the engine makes it on first need,
+LlmDataDist._registry()): the drop-in's cache managers, the C++ API's transfer calls and the
+transfer service that serves peers. Caches made
 through the registry carry what CANN's Python package adds (keys, blocks or whole cache, remote
-access); any other live cache of the engine is known by id with the engine's own rules. The
+access); any other live cache of the engine is known by id with the engine's own rules, to its
+peers only when the engine serves them (it listens, or opened its caches to remote access). The
 engine underneath knows only ids (LlmDataDist.AllocateCache, RegisterKvCache, pin, _layout_by_id).
 A lock makes each operation whole: the transfer layer's threads read the registry while the
 caller's thread changes it.
@@ -20,8 +22,8 @@ caller's thread changes it.
 Interface the transfer layer relies on: entry(cache_id), entry_of(cache), find(key), pin(cache_id)
 and release_key(key).
 """
-import weakref
 from _thread import allocate_lock  # threading's own lock, without importing threading
+from _weakref import ref as weak_ref  # weakref's own ref, without importing weakref (import cost)
 
 from ._cache_layout import CacheLayout
 from ._desc import enum_values
@@ -31,16 +33,7 @@ from ._desc import enum_values
 _STATUSES = enum_values("LLMStatusCode")
 _SUCCESS, _PARAM_INVALID = _STATUSES["LLM_SUCCESS"], _STATUSES["LLM_PARAM_INVALID"]
 
-# One registry per engine, for the engine's current initialization; the engine is held weakly.
-_registries = weakref.WeakKeyDictionary()
-
-
-def registry_of(engine):
-    """The CacheRegistry of an initialized engine's current initialization, made on first need."""
-    registry = _registries.get(engine)
-    if registry is None or registry.initialization != engine._initialization:
-        registry = _registries[engine] = CacheRegistry(engine)
-    return registry
+_FAILED = _STATUSES["LLM_FAILED"]
 
 
 class CacheEntry(CacheLayout):
@@ -90,20 +83,29 @@ class CacheRegistry:
     """One initialization of an engine: its caches by id and key, with their references. It holds
     the engine weakly: an engine dropped without Finalize is not kept alive by its peers' links."""
 
-    def __init__(self, engine):
-        self._engine_ref = weakref.ref(engine)
+    def __init__(self, engine, serves_by_id=False, remote_accessible=False):
+        """serves_by_id: whether peers may name the engine's other caches by id (it listens, or
+        opened them to remote access); remote_accessible: whether peers may write into those."""
+        self._engine_ref = weak_ref(engine)
         self.initialization = engine._initialization
-        # Whether peers may write into the engine's caches not made through the registry.
-        self._remote_accessible = engine._remote_cache_accessible
+        self._serves_by_id = serves_by_id
+        self._remote_accessible = remote_accessible
         self._records = {}      # cache_id -> _Record
         self._names = {}        # local name -> (cache_id, batch index it names)
         self._lock = allocate_lock()
 
-    @property
-    def _engine(self):
-        """The engine, while this registry's initialization of it lasts; ValueError after."""
+    def _live_engine(self):
+        """The engine while this registry's initialization of it lasts, else None."""
         engine = self._engine_ref()
         if engine is None or not engine.initialized or engine._initialization != self.initialization:
+            return None
+        return engine
+
+    def _engine(self):
+        """The engine while this registry's initialization lasts; ValueError after (the answer for
+        a cache that is not held)."""
+        engine = self._live_engine()
+        if engine is None:
             raise ValueError("the engine's initialization these caches belonged to is over")
         return engine
 
@@ -112,21 +114,23 @@ class CacheRegistry:
         cache, a key given twice, or more keys than batch entries is LLM_PARAM_INVALID (as in
         v2's cache manager), and nothing is allocated."""
         with self._lock:
-            status = self._check_new_keys(desc, keys)
+            engine = self._live_engine()
+            status = self._check_new_keys(desc, keys) if engine is not None else _FAILED
             if status == _SUCCESS:
-                status = self._engine.AllocateCache(desc, cache)
+                status = engine.AllocateCache(desc, cache)
             if status == _SUCCESS:
-                self._add(CacheEntry(self._engine._layout(cache), is_blocks_cache, False), keys)
+                self._add(CacheEntry(engine._layout(cache), is_blocks_cache, False), keys)
             return status
 
     def register(self, desc, addrs, cache, keys=(), *, is_blocks_cache, remote_accessible):
         """RegisterKvCache of memory the caller owns, named by its id and by each key."""
         with self._lock:
-            status = self._check_new_keys(desc, keys)
+            engine = self._live_engine()
+            status = self._check_new_keys(desc, keys) if engine is not None else _FAILED
             if status == _SUCCESS:
-                status = self._engine.RegisterKvCache(desc, addrs, cache)
+                status = engine.RegisterKvCache(desc, addrs, cache)
             if status == _SUCCESS:
-                self._add(CacheEntry(self._engine._layout(cache), is_blocks_cache, remote_accessible), keys)
+                self._add(CacheEntry(engine._layout(cache), is_blocks_cache, remote_accessible), keys)
             return status
 
     def deallocate(self, cache_id):
@@ -149,7 +153,8 @@ class CacheRegistry:
                 return _SUCCESS
             if not record.entry.registered:
                 return _PARAM_INVALID       # allocated caches are deallocated
-            status = self._engine.UnregisterKvCache(cache_id)
+            engine = self._live_engine()
+            status = engine.UnregisterKvCache(cache_id) if engine is not None else _FAILED
             if status == _SUCCESS:
                 self._forget(record)
             return status
@@ -173,18 +178,16 @@ class CacheRegistry:
     def entry(self, cache_id):
         """The CacheEntry of a live cache of the engine, or None."""
         record = self._records.get(cache_id)
-        if record is not None:
-            return record.entry
-        try:
-            layout = self._engine._layout_by_id(cache_id)
-        except ValueError:
-            return None
+        if record is not None or not self._serves_by_id:
+            return None if record is None else record.entry
+        engine = self._live_engine()
+        layout = None if engine is None else engine._layout_by_id(cache_id)
         return None if layout is None else CacheEntry(layout, None, self._remote_accessible)
 
     def entry_of(self, cache):
         """The CacheEntry of a Cache object of the engine's (the C++ API's calls name their local
         cache so); ValueError for a cache the engine does not hold."""
-        layout = self._engine._layout(cache)
+        layout = self._engine()._layout(cache)
         record = self._records.get(layout.cache_id)
         return record.entry if record is not None else CacheEntry(layout, None, self._remote_accessible)
 
@@ -198,8 +201,9 @@ class CacheRegistry:
         """`with registry.pin(cache_id) as entry:` holds the cache's memory until the block
         ends (a deallocation meanwhile frees it after). ValueError for an unknown cache. A cache id
         names one cache only within an initialization, so that is checked again once it is held."""
-        holder = self._engine.pin(cache_id)
-        self._engine
+        holder = self._engine().pin(cache_id)
+        if self._live_engine() is None:
+            raise ValueError("the engine's initialization these caches belonged to is over")
         return _Pin(holder, self.entry(cache_id))
 
     def _check_new_keys(self, desc, keys):
@@ -221,7 +225,8 @@ class CacheRegistry:
     def _free_if_unreferenced(self, record):
         if record.referenced():
             return _SUCCESS
-        status = self._engine.DeallocateCache(record.entry.cache_id)
+        engine = self._live_engine()
+        status = engine.DeallocateCache(record.entry.cache_id) if engine is not None else _FAILED
         if status == _SUCCESS:
             self._forget(record)
         return status

@@ -3,7 +3,7 @@ every method before init and after finalize, and the methods llmdd does not impl
 import pytest
 from support.dropin import POOL, initialized
 
-from llmdd.llm_datadist import LLMClusterInfo, LLMDataDist, LLMException, LLMRole, LLMStatusCode
+from llmdd.llm_datadist import LLMClusterInfo, LLMConfig, LLMDataDist, LLMException, LLMRole, LLMStatusCode
 
 NOT_ENABLED = LLMStatusCode.LLM_FEATURE_NOT_ENABLED
 
@@ -218,3 +218,17 @@ def test_v1_switch_role_needs_a_new_role_and_a_listen_ip_for_prompt(datadist_v1)
             decoder.switch_role(LLMRole.PROMPT, {})
     finally:
         decoder.finalize()
+
+
+def test_v1_mode_does_not_listen_on_its_listen_ip_info():
+    # llmdd's v1 mode (no cache manager) transfers nothing yet, so its engine opens no port.
+    from support.network import free_port, listening
+    port = free_port()
+    config = LLMConfig()
+    config.listen_ip_info = f"127.0.0.1:{port}"
+    datadist = LLMDataDist(LLMRole.PROMPT, 1)
+    datadist.init(config.generate_options())
+    try:
+        assert not listening(port)
+    finally:
+        datadist.finalize()

@@ -103,3 +103,11 @@ def test_check_cache_key_refuses_none_or_both(key):
     with pytest.raises(LLMException) as raised:
         CacheManager.check_cache_key(key)
     assert raised.value.status_code is LLMStatusCode.LLM_PARAM_INVALID
+
+
+@pytest.mark.parametrize("key", [CacheKey(1, 2, model_id=3), BlocksCacheKey(4, 5), CacheKeyByIdAndIndex(6, 7, 8)])
+def test_keys_pickle_and_copy_as_the_same_value(key):
+    import copy
+    import pickle
+    for again in (pickle.loads(pickle.dumps(key)), copy.copy(key), copy.deepcopy(key)):
+        assert again == key and type(again) is type(key) and hash(again) == hash(key)

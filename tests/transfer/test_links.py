@@ -276,3 +276,22 @@ def test_a_closed_agent_hands_its_mooncake_engines_back_unregistered_and_the_nex
         assert linking.link([cluster(PROMPT, second.listen_address[1])], 3000)[0] == S.LLM_SUCCESS
         assert engines in (second._current_mooncake(), linking._current_mooncake())
         assert engines not in _mooncake._idle.get(engines.kind, [])
+
+
+def test_an_engine_that_neither_listens_nor_opened_remote_access_serves_no_cache_by_id():
+    # A linked peer may name a cache by id only on an engine that serves its caches: one that
+    # listens (llm.ListenIpInfo) or opened them to remote access (llm.EnableRemoteCacheAccessible).
+    port = free_port()
+    with llmdd.LlmDataDist(PROMPT, llmdd.LlmRole.kPrompt) as prompt_engine, \
+            llmdd.LlmDataDist(DECODER, llmdd.LlmRole.kDecoder) as decoder_engine:
+        assert prompt_engine.Initialize({"llm.ListenIpInfo": f"127.0.0.1:{port}"}) == S.LLM_SUCCESS
+        assert decoder_engine.Initialize({}) == S.LLM_SUCCESS
+        served = prompt_engine.allocate_cache(llmdd.CacheDesc(1, [2, 4096], llmdd.DT_UINT8))
+        private = decoder_engine.allocate_cache(llmdd.CacheDesc(1, [2, 4096], llmdd.DT_UINT8))
+        destination = prompt_engine.allocate_cache(llmdd.CacheDesc(1, [2, 4096], llmdd.DT_UINT8))
+        own = decoder_engine.allocate_cache(llmdd.CacheDesc(1, [2, 4096], llmdd.DT_UINT8))
+        assert decoder_engine.LinkLlmClusters([ClusterInfo(PROMPT, 0, [], [IpInfo("127.0.0.1", port)])], []) == \
+            S.LLM_SUCCESS
+        assert decoder_engine.PullKvCache(CacheIndex(PROMPT, served.cache_id, 0), own) == S.LLM_SUCCESS
+        assert prompt_engine.PullKvCache(CacheIndex(DECODER, private.cache_id, 0), destination) == \
+            S.LLM_KV_CACHE_NOT_EXIST

@@ -176,9 +176,11 @@ class TransferAgent:
         with self._lock:
             if self._closed or len(self._accepted) >= MAX_ACCEPTED_LINKS:
                 return None
+        channel = Channel(connection, body["cluster_id"], body["engine"], self._server, self._sync_timeout_s,
+                          self._link_ended)
+        with self._lock:
             self._answering.setdefault(body["cluster_id"], threading.Event())
-        return Channel(connection, body["cluster_id"], body["engine"], self._server, self._sync_timeout_s,
-                       self._link_ended)
+        return channel
 
     def _activate(self, channel):
         """An accepted link, answered: usable from now on (a transfer could otherwise send its

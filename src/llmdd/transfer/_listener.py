@@ -10,7 +10,7 @@ import socket
 import threading
 import time
 
-from .._datadist import LLMException
+from .._status import LLMException
 from .._desc import LLMStatusCode
 from . import _protocol as wire
 

@@ -36,7 +36,7 @@ TCP_QUEUE_DEFAULT = 8192
 # Mooncake's TCP transport drives all of an engine's connections from one asio thread, and one
 # loopback TCP stream moved about 1.2 GB/s on the 2-core development machine however it was
 # chunked (MC_TCP_SLICE_SIZE) or spread over lanes (MC_TCP_LANES_PER_PEER); two streams, each
-# with a thread on either side, moved about twice that (bench/RESULTS.md). So an Engine over tcp
+# with a thread on either side, moved about twice that (bench/RESULTS.md). So MooncakeEngines over tcp
 # runs this many Mooncake engines, pairs each with one of the peer's, and shares every transfer
 # between the pairs by bytes.
 # Each pair's requests go over MC_TCP_LANES_PER_PEER connections, one request at a time each;
@@ -73,6 +73,7 @@ MAX_IDLE_PER_KIND = 2
 _idle_lock = threading.Lock()
 _idle = {}             # (host, protocol, device name) -> [MooncakeEngines] no agent uses
 _kept_in_child = []    # a forked child's copy of the parent's idle engines: never stopped here
+_exiting = False       # at exit, engines handed back are stopped, not kept
 
 
 def engine_module():
@@ -136,6 +137,7 @@ class MooncakeEngines:
             self._engines.append(engine)
         self.address = ",".join(f"{host}:{engine.get_rpc_port()}" for engine in self._engines)
         self.kind = (host, protocol, device_name)
+        self.failed = False    # a transfer failed or timed out: not handed to another agent
         self._lock = threading.Lock()
         self._regions = {}   # start address -> nbytes, never overlapping
         # A call keeps at most _in_flight segments in flight a pair, never more than half the
@@ -175,10 +177,15 @@ class MooncakeEngines:
 
     def read(self, peer, local_addrs, remote_addrs, lengths):
         """Reads from peer's memory into ours; 0 on success, as Mooncake's status."""
-        return self._transfer(False, peer, local_addrs, remote_addrs, lengths)
+        return self._checked(self._transfer(False, peer, local_addrs, remote_addrs, lengths))
 
     def write(self, peer, local_addrs, remote_addrs, lengths):
-        return self._transfer(True, peer, local_addrs, remote_addrs, lengths)
+        return self._checked(self._transfer(True, peer, local_addrs, remote_addrs, lengths))
+
+    def _checked(self, result):
+        if result != 0:
+            self.failed = True
+        return result
 
     def _transfer(self, write, peer, local_addrs, remote_addrs, lengths):
         # The hot path of every pull and push: each segment is one Mooncake batch.
@@ -257,14 +264,18 @@ def hand_back(engines):
     engines.close_regions()
     with _idle_lock:
         idle = _idle.setdefault(engines.kind, [])
-        if len(idle) < MAX_IDLE_PER_KIND:
+        # Engines that failed a transfer may keep failing (TCP_QUEUE_VARIABLE) or still hold
+        # batches Mooncake gave up on: a new agent gets fresh ones, as a new process would.
+        if not _exiting and not engines.failed and len(idle) < MAX_IDLE_PER_KIND:
             idle.append(engines)
             return
     engines.close()
 
 
 def _stop_idle_engines():
+    global _exiting
     with _idle_lock:
+        _exiting = True   # an agent closed by a later exit hook stops its engines itself
         idle = [engines for kind in _idle.values() for engines in kind]
         _idle.clear()
     for engines in idle:
@@ -272,7 +283,10 @@ def _stop_idle_engines():
 
 
 def _forget_idle_engines_in_child():
-    """The idle engines' threads and sockets are the parent's: the child never stops them."""
+    """The idle engines' threads and sockets are the parent's: the child never stops them. The
+    locks are made anew: a thread of the parent may have held one at the fork."""
+    global _idle_lock, _module_lock
+    _idle_lock, _module_lock = threading.Lock(), threading.Lock()
     _kept_in_child.extend(engines for kind in _idle.values() for engines in kind)
     _idle.clear()
 

@@ -7,7 +7,7 @@ import contextlib
 import itertools
 import logging
 
-from .._datadist import LLMException
+from .._status import LLMException
 from .._desc import LLMStatusCode
 from . import _protocol as wire
 

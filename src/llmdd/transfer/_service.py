@@ -7,7 +7,6 @@ links.
 """
 import weakref
 
-from .._registry import registry_of
 from ._agent import TransferAgent
 
 
@@ -15,10 +14,10 @@ class TransferService:
     """One initialization's agent over its registry. The agent is closed with the engine (Finalize,
     or the engine dropped without it); the service holds the engine only weakly."""
 
-    def __init__(self, engine, options):
-        """options: the engine's parsed _options.TransferOptions."""
+    def __init__(self, engine, options, registry):
+        """options: the engine's parsed _options.TransferOptions; registry: the engine's CacheRegistry."""
         self.initialization = engine._initialization
-        self.registry = registry_of(engine)
+        self.registry = registry
         self.agent = TransferAgent(self.registry, engine.cluster_id, listen_ip_info=options.listen_ip_info,
                                    protocol=options.protocol, device_name=options.device_name,
                                    sync_timeout_ms=options.sync_timeout_ms)

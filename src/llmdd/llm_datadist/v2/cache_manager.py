@@ -4,7 +4,6 @@
 transfer service (llmdd.transfer)."""
 from ... import _options as keys
 from ..._limits import INT64, TENSOR_NUM_PER_LAYER, UINT32, UINT64
-from ..._registry import registry_of
 from ..status import LLMException, LLMStatusCode, not_enabled, reraised, reraising, status_of
 from ..utils.utils import (
     check_int,
@@ -67,7 +66,7 @@ class CacheManager:
         self._device_pool = bool(options.get("llm.MemPoolConfig"))
         self._host_pool = bool(options.get("llm.HostMemPoolConfig"))
         self._remote_cache_accessible = options.get(keys.ENABLE_REMOTE_CACHE_ACCESSIBLE, "0") == "1"
-        self._registry = registry_of(self._engine)
+        self._registry = self._engine._registry()
 
     check_cache_key = staticmethod(check_cache_key)
 
@@ -302,10 +301,14 @@ class CacheManager:
     # agent (llmdd.transfer, over Mooncake's Transfer Engine).
 
     def _entry(self, cache):
-        """The registry's entry of a local cache; LLM_KV_CACHE_NOT_EXIST for one it does not hold."""
-        entry = self._registry.entry(cache.cache_id)
-        require(entry is not None, f"cache {cache.cache_id} is not held by this cache manager",
-                LLMStatusCode.LLM_KV_CACHE_NOT_EXIST)
+        """The registry's entry of a local cache of this initialization (its id alone could name a
+        newer cache); LLM_KV_CACHE_NOT_EXIST for one the manager does not hold."""
+        try:
+            entry = self._registry.entry_of(cache)
+        except ValueError:
+            entry = None
+        require(entry is not None and entry.is_blocks_cache is not None,
+                f"cache {cache.cache_id} is not held by this cache manager", LLMStatusCode.LLM_KV_CACHE_NOT_EXIST)
         return entry
 
     @staticmethod

@@ -101,6 +101,10 @@ class LLMDataDist:
             require(keys.PY_LISTEN_IP_INFO in options, f"{keys.TRANSFER_BACKEND} needs {keys.PY_LISTEN_IP_INFO}")
         if cache_manager_mode and keys.PY_LISTEN_IP_INFO in options:
             _check_listen_ip_info(options[keys.PY_LISTEN_IP_INFO])
+        if not cache_manager_mode:
+            # v1 mode transfers nothing in llmdd yet (docs/dropin.md): its engine does not listen.
+            for key in keys.LISTEN_IP_INFO_KEYS:
+                options.pop(key, None)
         require(options.get(keys.ENABLE_REMOTE_CACHE_ACCESSIBLE, "0") in ("0", "1"),
                 f"{keys.ENABLE_REMOTE_CACHE_ACCESSIBLE} must be '0' or '1', "
                 f"got {options.get(keys.ENABLE_REMOTE_CACHE_ACCESSIBLE)!r}")

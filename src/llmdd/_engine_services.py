@@ -1,0 +1,85 @@
+"""EngineServices: the Python-side services of one initialization of an engine, each made on
+first need: its cache registry (_registry) and its one transfer service (llmdd.transfer).
+
+The engine makes an EngineServices at each Initialize, before it says it is initialized; the
+registry and the service are imported and made only when first needed, so `import llmdd` loads
+neither. The service is made at Initialize for an engine that listens (llm.ListenIpInfo), else
+at the first transfer call of either API (the C++ API's and the drop-in's).
+"""
+from _thread import allocate_lock   # threading's own lock, without importing threading
+from _weakref import ref as weak_ref
+
+from . import _desc
+from ._status import LLMException
+
+# Services of engines abandoned in a forked child: their threads, sockets and Mooncake engines are
+# the parent's, which this process must never close (a shutdown would end the parent's links) nor
+# destroy (Mooncake's destructor waits for threads this process does not have). Kept to its end.
+_kept_in_child = []
+
+
+class EngineServices:
+    """One initialization's registry and transfer service. The engine is held weakly: an engine
+    dropped without Finalize is not kept alive by its service."""
+
+    __slots__ = ("options", "_engine", "_initialization", "_registry", "_service", "_stopped", "_making")
+
+    def __init__(self, engine, options):
+        """options: the initialization's parsed _options.TransferOptions."""
+        self.options = options
+        self._engine = weak_ref(engine)
+        self._initialization = engine._initialization
+        self._registry = None
+        self._service = None
+        self._stopped = False
+        self._making = allocate_lock()   # one service is made at a time; stop() waits for it
+
+    def _current_engine(self):
+        engine = self._engine()
+        if (self._stopped or engine is None or not engine.initialized
+                or engine._initialization != self._initialization):
+            raise LLMException("the engine was finalized", _desc.LLMStatusCode.LLM_FAILED)
+        return engine
+
+    def registry(self):
+        """The initialization's CacheRegistry."""
+        if self._registry is None:
+            from ._registry import CacheRegistry
+            options = self.options
+            serves_by_id = options.listen_ip_info is not None or options.remote_cache_accessible
+            self._registry = CacheRegistry(self._current_engine(), serves_by_id, options.remote_cache_accessible)
+        return self._registry
+
+    def service(self):
+        """The transfer service; LLMException(LLM_FAILED) once the initialization is over."""
+        with self._making:
+            if self._service is None:
+                from .transfer._service import TransferService
+                self._service = TransferService(self._current_engine(), self.options, self.registry())
+            # A Finalize that began while the service was made waits for it and then closes it.
+            self._current_engine()
+            return self._service
+
+    def act(self, act):
+        """act(service)'s status: a C++ API call whose arguments were converted already."""
+        try:
+            service = self.service()
+        except LLMException as error:
+            return error.status_code
+        return act(service)
+
+    def stop(self):
+        """End the links and the listener (transfers under way end first); no service is made after."""
+        self._stopped = True
+        with self._making:
+            service, self._service = self._service, None
+        if service is not None:
+            service.close()
+
+    def abandon(self):
+        """In a forked child: never close nor destroy what the parent's service holds."""
+        self._stopped = True
+        if self._service is not None:
+            self._service.abandon()
+            _kept_in_child.append(self._service)
+            self._service = None
