@@ -1,9 +1,6 @@
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, uintptr_t
 
-from ._cache_table cimport CacheRecord, CacheTable, HeldMemory
 from ._desc cimport DescFields
-from ._pool cimport MemoryPool
-from ._runtime cimport DeviceRuntime
 
 
 # What memory_stats() reports; kept exact on every allocation and free.

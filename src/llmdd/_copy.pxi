@@ -18,8 +18,6 @@ from ._acl cimport (
     aclrtContext,
     aclrtMemcpyKind,
 )
-from ._pool cimport MemoryPool
-from ._runtime cimport copy_memory
 
 
 # One side of a copy: where its tensors are and how they split into batch entries (blocks).

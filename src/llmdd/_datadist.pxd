@@ -1,8 +1,14 @@
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, uintptr_t
 
-from ._allocator cimport CacheAllocator, _CacheMemory
 from ._desc cimport CacheDesc, DescFields
-from ._runtime cimport DeviceRuntime
+
+# The engine's parts, declared each in a file of its own and compiled into this one module (one
+# extension module to load, not five: import cost): the runtime binding, pools, the cache table
+# and the allocator.
+include "_runtime.pxd"
+include "_pool.pxd"
+include "_cache_table.pxd"
+include "_allocator.pxd"
 
 
 cdef class LlmDataDist

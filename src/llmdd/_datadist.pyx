@@ -16,8 +16,6 @@ from libc.stdint cimport INT64_MAX, UINT64_MAX
 from libc.string cimport memset
 
 from ._acl cimport ACL_SUCCESS, LLMDD_SIMULATED, aclError
-from ._allocator cimport MemoryStats, abandon_allocators_in_child
-from ._cache_table cimport FROM_CALLER, CacheRecord, HeldMemory
 from ._desc cimport (
     DATA_TYPE_ENUM,
     PLACEMENT_ENUM,
@@ -29,13 +27,17 @@ from ._desc cimport (
     tensor_bytes,
 )
 from ._llm_facts cimport LLM_FAILED, LLM_KV_CACHE_NOT_EXIST, LLM_PARAM_INVALID, LLM_SUCCESS, LLMDD_kDevice, LLMDD_kHost
-from ._runtime cimport forget_users_in_child
 from ._tensor_view cimport make_view
 from ._engine_services import EngineServices
 from ._status import LLMException
 
-# The runtime's facts and the host runtime's test controls, where llmdd and llmdd.sim read them.
-from ._runtime import BACKEND, SIMULATED, SIM_CALLS, _sim_call_count, _sim_device_usage, _sim_inject_failure, runtime_version
+# The engine's parts, each in a file of its own (declared in _datadist.pxd), compiled into this one
+# module: the runtime binding (the one part that calls ACL, and the host runtime's test controls),
+# the memory pools, the cache table and the allocator.
+include "_runtime.pxi"
+include "_pool.pxi"
+include "_cache_table.pxi"
+include "_allocator.pxi"
 
 
 cdef extern from "<sched.h>" nogil:

@@ -1,7 +1,6 @@
 from libc.stdint cimport uint32_t, uint64_t, uintptr_t
 
 from ._page_pool cimport llmdd_page_pool, llmdd_pool_block
-from ._runtime cimport DeviceRuntime
 
 
 # A memory pool (llm.MemPoolConfig / llm.HostMemPoolConfig): one runtime allocation at

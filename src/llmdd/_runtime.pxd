@@ -1,5 +1,5 @@
-# The runtime binding: the one module that calls ACL (as CuPy's runtime module is); the other
-# Cython modules cimport it. Built with the runtime runtime.h picks.
+# The runtime binding: the one part that calls ACL (as CuPy's runtime module is); the pools, the
+# allocator and the engine call it. Built with the runtime runtime.h picks.
 from libc.stdint cimport int32_t, uint32_t, uint64_t
 
 from ._acl cimport aclError, aclrtContext, aclrtMemcpyKind, aclrtMemMallocPolicy

@@ -1,13 +1,11 @@
-# cython: language_level=3
-"""CacheAllocator: the caches of one initialization, their memory, exports and statistics.
-
-Rules: docs/facts.md sections 4 and 5. A cache is one slab (tensors at aligned
-offsets, one allocation, one region to register with a transfer engine) from the runtime, or
-whole pages of a pool. Exported memory (_CacheMemory) is the lifetime rule of views (docs/views.md,
-"Lifetime"): memory a view, array, tensor, copy or transfer holds outlives DeallocateCache
-and Finalize, counted as pending, until the last export is gone; so nothing ever points at freed
-memory. Every method runs with the GIL and releases it only inside a runtime call.
-"""
+# CacheAllocator: the caches of one initialization, their memory, exports and statistics.
+#
+# Rules: docs/facts.md sections 4 and 5. A cache is one slab (tensors at aligned
+# offsets, one allocation, one region to register with a transfer engine) from the runtime, or
+# whole pages of a pool. Exported memory (_CacheMemory) is the lifetime rule of views (docs/views.md,
+# "Lifetime"): memory a view, array, tensor, copy or transfer holds outlives DeallocateCache
+# and Finalize, counted as pending, until the last export is gone; so nothing ever points at freed
+# memory. Every method runs with the GIL and releases it only inside a runtime call.
 cimport cython
 from cpython.ref cimport Py_REFCNT
 from libc.stdint cimport INT64_MAX, SIZE_MAX, UINT64_MAX
@@ -15,7 +13,6 @@ from libc.stdlib cimport free, malloc
 
 from ._acl cimport ACL_SUCCESS, aclError
 from ._desc cimport tensor_bytes
-from ._cache_table cimport FROM_CALLER, FROM_DEVICE_POOL, FROM_HOST_POOL, FROM_RUNTIME
 from ._llm_facts cimport (
     LLM_DEVICE_OUT_OF_MEMORY,
     LLM_FAILED,
@@ -25,7 +22,6 @@ from ._llm_facts cimport (
     LLMDD_kDevice,
     LLMDD_kHost,
 )
-from ._runtime cimport RUNTIME_ALIGNMENT
 
 # No device holds 2**60 bytes: a larger cache is out of memory without asking the runtime.
 cdef uint64_t MAX_HELD_BYTES = 1ULL << 60

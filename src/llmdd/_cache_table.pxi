@@ -1,8 +1,7 @@
-# cython: language_level=3
-"""CacheTable: the records of an initialization's live caches, by id.
-
-A u64_table maps a cache id to its record; records come from a free list, so that the
-allocation path makes no Python object and, once warm, no host allocation either."""
+# CacheTable: the records of an initialization's live caches, by id.
+#
+# A u64_table maps a cache id to its record; records come from a free list, so that the
+# allocation path makes no Python object and, once warm, no host allocation either.
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 

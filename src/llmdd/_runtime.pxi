@@ -1,13 +1,11 @@
-# cython: language_level=3
-"""The runtime binding: every ACL call llmdd makes is made here (CuPy's pattern: the other
-Cython modules cimport this one, so one copy of the runtime serves them all).
-
-Which runtime: runtime.h, the one switch. What it keeps: how many engines use the runtime
-(aclInit for the first, aclFinalize after the last, and only if llmdd's aclInit set ACL up),
-and per engine (DeviceRuntime) the device, its own context, the calls in flight that Finalize
-waits for, and the last runtime error for LLMException. The host runtime's test controls are
-in _sim_control.pxi, included here because they reach the runtime this module links.
-"""
+# The runtime binding: every ACL call llmdd makes is made here (CuPy's pattern: one runtime part
+# the others call, so the switch between runtimes touches nothing else).
+#
+# Which runtime: runtime.h, the one switch. What it keeps: how many engines use the runtime
+# (aclInit for the first, aclFinalize after the last, and only if llmdd's aclInit set ACL up),
+# and per engine (DeviceRuntime) the device, its own context, the calls in flight that Finalize
+# waits for, and the last runtime error for LLMException. The host runtime's test controls are
+# in _sim_control.pxi, included here because they reach the runtime this module links.
 from ._acl cimport (
     ACL_ERROR_BAD_ALLOC,
     ACL_ERROR_INVALID_DEVICE,

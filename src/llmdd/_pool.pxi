@@ -1,8 +1,7 @@
-# cython: language_level=3
-"""MemoryPool: one runtime allocation made at Initialize, carved into whole pages by page_pool.c.
-
-The page allocator is not thread-safe by itself: every call here holds the GIL and runs no
-Python code, which serializes them (page_pool.h says why there is no lock)."""
+# MemoryPool: one runtime allocation made at Initialize, carved into whole pages by page_pool.c.
+#
+# The page allocator is not thread-safe by itself: every call here holds the GIL and runs no
+# Python code, which serializes them (page_pool.h says why there is no lock).
 from ._acl cimport ACL_SUCCESS, aclError
 from ._llm_facts cimport LLM_FAILED, LLM_SUCCESS
 from ._page_pool cimport (
@@ -12,7 +11,6 @@ from ._page_pool cimport (
     llmdd_pool_init,
     llmdd_pool_release,
 )
-from ._runtime cimport RUNTIME_ALIGNMENT
 
 
 cdef class MemoryPool:
