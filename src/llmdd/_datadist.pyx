@@ -28,7 +28,6 @@ from ._desc cimport (
 )
 from ._llm_facts cimport LLM_FAILED, LLM_KV_CACHE_NOT_EXIST, LLM_PARAM_INVALID, LLM_SUCCESS, LLMDD_kDevice, LLMDD_kHost
 from ._tensor_view cimport make_view
-from ._engine_services import EngineServices
 from ._status import LLMException
 
 # The engine's parts, each in a file of its own (declared in _datadist.pxd), compiled into this one
@@ -283,6 +282,7 @@ cdef class EngineCore:
             self._caches = caches
             self._generation += 1
             # Made before the engine says it is initialized: every call that sees it so finds them.
+            from ._engine_services import EngineServices   # not at import: `import llmdd` stays light
             self._services = EngineServices(self, parsed.transfer)
             self._initialized = True
             _track_live_engine(self)
