@@ -213,14 +213,17 @@ cdef class CacheDesc:
         cdef bint positive = True
         cdef bint overflow = False
         cdef uint64_t elements = 1
-        cdef int64_t dim
+        cdef int64_t dim, first_dim = 0
+        cdef Py_ssize_t index
         for item in shape:
             if type(item) is not int:
                 # An __index__ type (numpy.int64, say): keep plain ints, like C++ keeps int64_t.
                 shape = tuple([as_integer(dim_value, "shape dim") for dim_value in shape])
                 break
-        for item in shape:
-            dim = _checked_int64(item, "shape dim", INT64_MIN, INT64_MAX)
+        for index in range(ndim):
+            dim = _checked_int64(shape[index], "shape dim", INT64_MIN, INT64_MAX)
+            if index == 0:
+                first_dim = dim   # the batch (or block count) the cache table keeps
             if dim <= 0:
                 positive = False
             elif not overflow:
@@ -230,7 +233,7 @@ cdef class CacheDesc:
                     elements *= <uint64_t>dim
         self._shape = shape
         self.fields.ndim = ndim
-        self.fields.first_dim = shape[0] if ndim else 0
+        self.fields.first_dim = first_dim
         self.fields.dims_positive = positive
         self.fields.elements = elements
         self.fields.elements_overflow = overflow

@@ -267,14 +267,14 @@ def test_a_closed_agent_hands_its_mooncake_engines_back_unregistered_and_the_nex
             destination = puller._registry.allocate(2, 8, 4096, blocks=True)
             assert puller.link([cluster(PROMPT, first.listen_address[1])], 3000)[0] == S.LLM_SUCCESS
             assert puller.pull_blocks(PROMPT, BlocksCacheKey(PROMPT, 0), destination, [0], [1]) == S.LLM_SUCCESS
-        engines = first._current_mooncake()
+        engines = first._mooncake
         assert engines._regions and source.regions
-    assert first._current_mooncake() is None
+    assert first._mooncake is None
     assert engines in _mooncake._idle[engines.kind] and engines._regions == {}
     with TransferAgent(LocalRegistry(), PROMPT, "127.0.0.1:0", sync_timeout_ms=3000) as second, \
             TransferAgent(LocalRegistry(), DECODER, sync_timeout_ms=3000) as linking:
         assert linking.link([cluster(PROMPT, second.listen_address[1])], 3000)[0] == S.LLM_SUCCESS
-        assert engines in (second._current_mooncake(), linking._current_mooncake())
+        assert engines in (second._mooncake, linking._mooncake)
         assert engines not in _mooncake._idle.get(engines.kind, [])
 
 

@@ -6,6 +6,7 @@ Channel) used both ways: the side that linked and the side that listened may eac
 on it, moving bytes with batched reads (pull) or writes (push) on their own Mooncake engine.
 """
 import concurrent.futures
+import contextlib
 import errno
 import ipaddress
 import logging
@@ -115,8 +116,10 @@ class TransferAgent:
         self._answering = {}    # remote cluster id -> Event set once its link, being answered, is usable
         self._closed = False
         self._mooncake = None
-        self._server = CacheServer(registry, self._mooncake_for_host)
-        mover = Mover(registry, self._link_for_transfer, self._current_mooncake, self._sync_timeout_s)
+        self._in_use = 0        # transfers and registrations using self._mooncake now
+        self._unused = threading.Condition(self._lock)
+        self._server = CacheServer(registry, self._register_served)
+        mover = Mover(registry, self._link_for_transfer, self._using_mooncake, self._sync_timeout_s)
         self.pull_cache, self.pull_blocks = mover.pull_cache, mover.pull_blocks
         self.push_cache, self.push_blocks = mover.push_cache, mover.push_blocks
         self._listener = None
@@ -142,8 +145,6 @@ class TransferAgent:
             if self._closed:
                 raise LLMException("the transfer agent is closed", LLMStatusCode.LLM_FAILED)
             if self._mooncake is None:
-                if host is None:
-                    raise LLMException("no engine yet", LLMStatusCode.LLM_FAILED)
                 self._mooncake = engines_for(host, self._protocol, self._device_name)
             return self._mooncake
 
@@ -168,7 +169,12 @@ class TransferAgent:
         for channel in channels:
             channel.join()
         if engine is not None:
-            hand_back(engine)
+            with self._lock:   # a transfer on a link already dropped may still use them: bounded
+                unused = self._unused.wait_for(lambda: self._in_use == 0, DRAIN_SECONDS)
+            if unused:
+                hand_back(engine)
+            else:
+                engine.close()   # still in use: stopped, never handed to another agent
 
     def _accept_link(self, connection, body):
         """A Channel for the link `body`'s cluster is making to this one, or None when this agent
@@ -370,10 +376,26 @@ class TransferAgent:
         made, accepted = self._links.get(remote_cluster_id), self._accepted.get(remote_cluster_id)
         return made if made is not None and not made.broken else accepted or made
 
-    def _current_mooncake(self):
-        """This agent's Mooncake engine, or None once it closed."""
+    @contextlib.contextmanager
+    def _using_mooncake(self):
+        """This agent's Mooncake engines for one transfer or registration, or None once it closed;
+        close() hands them back to the process only when nothing uses them."""
         with self._lock:
-            return self._mooncake
+            engine = self._mooncake
+            if engine is not None:
+                self._in_use += 1
+        try:
+            yield engine
+        finally:
+            if engine is not None:
+                with self._lock:
+                    self._in_use -= 1
+                    self._unused.notify_all()
+
+    def _register_served(self, regions):
+        """Registers a cache this side serves to a peer (its RESOLVE); False once the agent closed."""
+        with self._using_mooncake() as engine:
+            return engine is not None and engine.register(regions)
 
     def linked_clusters(self):
         """The clusters linked to this one, either way."""

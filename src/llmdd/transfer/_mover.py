@@ -59,14 +59,15 @@ def _require_kind(layout, blocks, side):
 
 class Mover:
     """Pulls and pushes over an agent's links. registry: the agent's (entry, find, pin,
-    release_key); link_for(cluster id): the link a transfer takes, or None; current_mooncake(): the
-    agent's Mooncake engine, or None once it closed; sync_timeout_s bounds each control round trip.
+    release_key); link_for(cluster id): the link a transfer takes, or None; using_mooncake(): a
+    context that holds the agent's Mooncake engines for one transfer (None once the agent closed);
+    sync_timeout_s bounds each control round trip.
     Which rules a transfer follows is its local cache's (_kind_rules)."""
 
-    def __init__(self, registry, link_for, current_mooncake, sync_timeout_s):
+    def __init__(self, registry, link_for, using_mooncake, sync_timeout_s):
         self._registry = registry
         self._link_for = link_for
-        self._current_mooncake = current_mooncake
+        self._using_mooncake = using_mooncake
         self._sync_timeout_s = sync_timeout_s
 
     def pull_cache(self, remote_cluster_id, key, dst_entry, batch_index=0, size=-1, src_layer_range=None,
@@ -168,7 +169,7 @@ class Mover:
         if link is None:
             return LLMStatusCode.LLM_NOT_YET_LINK
         with link.transfer_lock, contextlib.ExitStack() as hold:
-            engine = self._current_mooncake()
+            engine = hold.enter_context(self._using_mooncake())
             if engine is None:   # the agent closed since the link was looked up
                 return LLMStatusCode.LLM_LINK_FAILED
             status = self._pin_local(local_entry, hold)

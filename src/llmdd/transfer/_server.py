@@ -29,9 +29,9 @@ class CacheServer:
     """Answers RESOLVE and UNPIN from `registry`; pins live in the dict of the link they came on,
     so that a link that ends, however it ends, releases them."""
 
-    def __init__(self, registry, mooncake_for_host):
+    def __init__(self, registry, register_regions):
         self._registry = registry
-        self._mooncake_for_host = mooncake_for_host
+        self._register_regions = register_regions   # False once the agent closed
         self._pin_ids = itertools.count(1)   # next() of a count is atomic: readers share it
 
     @staticmethod
@@ -60,11 +60,7 @@ class CacheServer:
             hold.enter_context(self._registry.pin(entry.cache_id))
         except (LLMException, LookupError, ValueError):
             return not_found   # deallocated between the lookup and the pin
-        try:
-            registered = self._mooncake_for_host(None).register(entry.regions)
-        except LLMException:   # the agent is closing: its engine is gone
-            registered = False
-        if not registered:
+        if not self._register_regions(entry.regions):
             hold.close()
             return dict(not_found, status=int(LLMStatusCode.LLM_FAILED))
         pin_id = next(self._pin_ids)
