@@ -32,6 +32,7 @@ cdef class _CacheMemory:
 # The caches of one initialization of an engine: where their memory comes from (the runtime or
 # a pool) and goes back to, their table, their exports and their statistics. It outlives the
 # engine's Finalize while exports hold memory, and tears the device down after the last.
+@cython.final   # never subclassed: its methods are plain C calls, which the compiler may inline
 cdef class CacheAllocator:
     cdef DeviceRuntime runtime
     cdef MemoryPool device_pool       # None without llm.MemPoolConfig

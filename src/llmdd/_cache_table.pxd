@@ -35,6 +35,7 @@ cdef struct CacheRecord:
 
 
 # cache_id -> CacheRecord, in C: no Python object per cache.
+@cython.final   # never subclassed: its methods are plain C calls, which the compiler may inline
 cdef class CacheTable:
     cdef llmdd_u64_table index      # cache_id -> the record's address
     cdef CacheRecord* free_records  # records kept for reuse

@@ -5,6 +5,7 @@ from ._page_pool cimport llmdd_page_pool, llmdd_pool_block
 
 # A memory pool (llm.MemPoolConfig / llm.HostMemPoolConfig): one runtime allocation at
 # Initialize, carved into caches by the page allocator (page_pool.c).
+@cython.final   # never subclassed: its methods are plain C calls, which the compiler may inline
 cdef class MemoryPool:
     cdef DeviceRuntime runtime
     cdef bint on_host

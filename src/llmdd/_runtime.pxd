@@ -11,6 +11,7 @@ cdef enum:
 
 # One engine's hold on the runtime: its device, a context of its own, and the runtime calls it
 # makes, each on whichever thread calls (ACL binds contexts to threads).
+@cython.final   # never subclassed: its methods are plain C calls, which the compiler may inline
 cdef class DeviceRuntime:
     cdef int32_t device
     cdef aclrtContext context
