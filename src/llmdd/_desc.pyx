@@ -214,16 +214,16 @@ cdef class CacheDesc:
         cdef bint overflow = False
         cdef uint64_t elements = 1
         cdef int64_t dim, first_dim = 0
-        cdef Py_ssize_t index
+        cdef bint first = True
         for item in shape:
             if type(item) is not int:
                 # An __index__ type (numpy.int64, say): keep plain ints, like C++ keeps int64_t.
                 shape = tuple([as_integer(dim_value, "shape dim") for dim_value in shape])
                 break
-        for index in range(ndim):
-            dim = _checked_int64(shape[index], "shape dim", INT64_MIN, INT64_MAX)
-            if index == 0:
-                first_dim = dim   # the batch (or block count) the cache table keeps
+        for item in shape:
+            dim = _checked_int64(item, "shape dim", INT64_MIN, INT64_MAX)
+            if first:
+                first_dim, first = dim, False   # the batch (or block count) the cache table keeps
             if dim <= 0:
                 positive = False
             elif not overflow:
