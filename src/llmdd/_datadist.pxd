@@ -6,10 +6,10 @@ from ._desc cimport CacheDesc, DescFields
 # The engine's parts, declared each in a file of its own and compiled into this one module (one
 # extension module to load, not five: import cost): the runtime binding, pools, the cache table
 # and the allocator.
-include "_runtime.pxd"
-include "_pool.pxd"
-include "_cache_table.pxd"
-include "_allocator.pxd"
+include "_runtime_decl.pxi"
+include "_pool_decl.pxi"
+include "_cache_table_decl.pxi"
+include "_allocator_decl.pxi"
 
 
 cdef class LlmDataDist
@@ -54,7 +54,7 @@ cdef class EngineCore:
     cdef object _services
     cdef object __weakref__
 
-    cdef uint32_t set_up(self, parsed)
+    cdef uint32_t set_up(self, parsed, services)
     cdef void wait_for_set_up(self)
     cdef bint teardown_pending(self)
     cdef object teardown_pending_failure(self)

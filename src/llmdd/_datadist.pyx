@@ -270,23 +270,25 @@ cdef class EngineCore:
         """The device this engine allocates on; -1 before Initialize."""
         return self._runtime.device if self._initialized else -1
 
-    cdef uint32_t set_up(self, parsed):
+    cdef uint32_t set_up(self, parsed, services):
         """This initialization's allocator: the runtime, then the pools, all of them or none.
         Making the pools releases the GIL: other Initialize and Finalize calls wait meanwhile."""
         cdef CacheAllocator caches = CacheAllocator.__new__(CacheAllocator)
+        cdef uint32_t status
         self._setting_up = True
-        cdef uint32_t status = caches.open(self._runtime, parsed.device_id, parsed.malloc_policy,
-                                           parsed.tensor_alignment, parsed.cache_manager_mode,
-                                           parsed.device_pool, parsed.host_pool)
-        if status == LLM_SUCCESS:
-            self._caches = caches
-            self._generation += 1
-            # Made before the engine says it is initialized: every call that sees it so finds them.
-            from ._engine_services import EngineServices   # not at import: `import llmdd` stays light
-            self._services = EngineServices(self, parsed.transfer)
-            self._initialized = True
-            _track_live_engine(self)
-        self._setting_up = False
+        try:
+            status = caches.open(self._runtime, parsed.device_id, parsed.malloc_policy, parsed.tensor_alignment,
+                                 parsed.cache_manager_mode, parsed.device_pool, parsed.host_pool)
+            if status == LLM_SUCCESS:
+                self._caches = caches
+                self._generation += 1
+                # Before the engine says it is initialized: every call that sees it so finds them.
+                services.initialization = self._generation
+                self._services = services
+                self._initialized = True
+                _track_live_engine(self)
+        finally:
+            self._setting_up = False
         return status
 
     cdef void wait_for_set_up(self):
@@ -471,19 +473,21 @@ cdef class LlmDataDist(EngineCore):
             return _status(LLM_FAILED)
         if self.teardown_pending():
             return self.teardown_pending_failure()
+        from ._engine_services import EngineServices   # not at import: `import llmdd` stays light
         from ._options import OptionError, parse_options
         try:
             parsed = parse_options(options)
         except OptionError as error:
             self._runtime.explain(str(error))
             return error.status_code
-        # parse_options ran Python code: another thread may have begun a set-up or Finalize.
+        services = EngineServices(self, parsed.transfer)
+        # That ran Python code: another thread may have begun a set-up or Finalize.
         self.wait_for_set_up()
         if self._initialized:
             return _status(LLM_SUCCESS)
         if self.teardown_pending():
             return self.teardown_pending_failure()
-        status = self.set_up(parsed)
+        status = self.set_up(parsed, services)
         if status == LLM_SUCCESS and parsed.transfer.listen_ip_info:
             status = self.start_listening()
         return _status(status)

@@ -6,7 +6,7 @@ registry and the service are imported and made only when first needed, so `impor
 neither. The service is made at Initialize for an engine that listens (llm.ListenIpInfo), else
 at the first transfer call of either API (the C++ API's and the drop-in's).
 """
-from _thread import allocate_lock   # threading's own lock, without importing threading
+from _thread import RLock   # threading's own lock, without importing threading
 from _weakref import ref as weak_ref
 
 from . import _desc
@@ -22,41 +22,49 @@ class EngineServices:
     """One initialization's registry and transfer service. The engine is held weakly: an engine
     dropped without Finalize is not kept alive by its service."""
 
-    __slots__ = ("options", "_engine", "_initialization", "_registry", "_service", "_stopped", "_making")
+    __slots__ = ("options", "initialization", "_engine", "_registry", "_service", "_stopped", "_making")
 
     def __init__(self, engine, options):
-        """options: the initialization's parsed _options.TransferOptions."""
+        """options: the initialization's parsed _options.TransferOptions. The engine sets
+        `initialization` when it is set up."""
         self.options = options
+        self.initialization = None
         self._engine = weak_ref(engine)
-        self._initialization = engine._initialization
         self._registry = None
         self._service = None
         self._stopped = False
-        self._making = allocate_lock()   # one service is made at a time; stop() waits for it
+        # One registry and one service are made, each once; stop() waits for a service being made.
+        # Re-entrant: a Finalize that runs on the making thread (a collection, a signal) must not hang.
+        self._making = RLock()
 
     def _current_engine(self):
         engine = self._engine()
         if (self._stopped or engine is None or not engine.initialized
-                or engine._initialization != self._initialization):
+                or engine._initialization != self.initialization):
             raise LLMException("the engine was finalized", _desc.LLMStatusCode.LLM_FAILED)
         return engine
 
     def registry(self):
         """The initialization's CacheRegistry."""
-        if self._registry is None:
-            from ._registry import CacheRegistry
-            options = self.options
-            serves_by_id = options.listen_ip_info is not None or options.remote_cache_accessible
-            self._registry = CacheRegistry(self._current_engine(), serves_by_id, options.remote_cache_accessible)
-        return self._registry
+        with self._making:
+            if self._registry is None:
+                from ._registry import CacheRegistry
+                options = self.options
+                serves_by_id = options.listen_ip_info is not None or options.remote_cache_accessible
+                self._registry = CacheRegistry(self._current_engine(), serves_by_id, options.remote_cache_accessible)
+            return self._registry
 
     def service(self):
         """The transfer service; LLMException(LLM_FAILED) once the initialization is over."""
         with self._making:
             if self._service is None:
                 from .transfer._service import TransferService
-                self._service = TransferService(self._current_engine(), self.options, self.registry())
-            # A Finalize that began while the service was made waits for it and then closes it.
+                service = TransferService(self._current_engine(), self.options, self.registry())
+                if self._stopped:   # a Finalize ran meanwhile, on this thread
+                    service.close()
+                else:
+                    self._service = service
+            # A Finalize on another thread waits for the making, then closes the service.
             self._current_engine()
             return self._service
 
@@ -77,7 +85,9 @@ class EngineServices:
             service.close()
 
     def abandon(self):
-        """In a forked child: never close nor destroy what the parent's service holds."""
+        """In a forked child: never close nor destroy what the parent's service holds. The lock is
+        made anew: a thread of the parent may have held it at the fork."""
+        self._making = RLock()
         self._stopped = True
         if self._service is not None:
             self._service.abandon()

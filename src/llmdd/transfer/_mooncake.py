@@ -177,12 +177,19 @@ class MooncakeEngines:
 
     def read(self, peer, local_addrs, remote_addrs, lengths):
         """Reads from peer's memory into ours; 0 on success, as Mooncake's status."""
-        return self._checked(self._transfer(False, peer, local_addrs, remote_addrs, lengths))
+        return self._checked(False, peer, local_addrs, remote_addrs, lengths)
 
     def write(self, peer, local_addrs, remote_addrs, lengths):
-        return self._checked(self._transfer(True, peer, local_addrs, remote_addrs, lengths))
+        return self._checked(True, peer, local_addrs, remote_addrs, lengths)
 
-    def _checked(self, result):
+    def _checked(self, write, *transfer):
+        """A transfer's status. A failure, a time-out or an exception may leave batches in flight:
+        these engines are then marked failed for good, and never handed to another agent."""
+        try:
+            result = self._transfer(write, *transfer)
+        except BaseException:
+            self.failed = True
+            raise
         if result != 0:
             self.failed = True
         return result
