@@ -184,3 +184,42 @@ def test_restarts_while_exports_drop_on_other_threads():
         except ValueError:
             print("ok")
     """)
+
+
+def test_an_initialize_interrupted_while_it_sets_up_leaves_the_engine_usable():
+    # An exception (a signal's KeyboardInterrupt, say) while Initialize makes the engine's services
+    # must leave no set-up marked under way: the next Initialize and Finalize do not wait forever.
+    run_child("""
+        import llmdd._engine_services as services
+        made = services.EngineServices.__init__
+        def interrupted(self, *arguments):
+            raise KeyboardInterrupt
+        dd = llmdd.LlmDataDist(0, llmdd.LlmRole.kPrompt)
+        services.EngineServices.__init__ = interrupted
+        try:
+            dd.Initialize({"llm.DeviceId": "0"})
+        except KeyboardInterrupt:
+            pass
+        services.EngineServices.__init__ = made
+        assert dd.Initialize({"llm.DeviceId": "0"}) == llmdd.LLM_SUCCESS
+        dd.Finalize()
+        print("ok")
+    """, timeout=30)
+
+
+def test_a_finalize_run_by_a_collection_while_the_transfer_service_is_made_does_not_hang():
+    # The service is made on the first transfer call; a garbage collection meanwhile may run any
+    # object's __del__ on this thread, even one that finalizes the engine.
+    run_child("""
+        import llmdd.transfer._service as service_module
+        dd = llmdd.LlmDataDist(0, llmdd.LlmRole.kPrompt)
+        assert dd.Initialize({"llm.DeviceId": "0"}) == llmdd.LLM_SUCCESS
+        made = service_module.TransferService.__init__
+        def collected(self, *arguments):
+            dd.Finalize()   # what a __del__ run by the collection would do
+            made(self, *arguments)
+        service_module.TransferService.__init__ = collected
+        assert dd.LinkLlmClusters([], []) == llmdd.LLM_FAILED   # finalized meanwhile: no service kept
+        assert not dd.initialized
+        print("ok")
+    """, timeout=30)
