@@ -1,9 +1,9 @@
-# Cache copies (CopyKvCache, CopyKvBlocks; docs/facts.md section 4), included into _datadist: they read
-# Cache and engine state, and call the runtime through the engine's DeviceRuntime. A copy goes in three steps, so that no Python code runs
-# between reading a cache's addresses and using them: (1) convert and check every Python
-# argument (an item's __index__ may run any code, even DeallocateCache); (2) pin the engine's
-# caches like exports, so that a DeallocateCache from another thread while the GIL is released
-# frees their memory only when the copy lets go; (3) read the addresses, check them against
+# Cache copies (CopyKvCache, CopyKvBlocks; docs/facts.md section 4), included into _datadist:
+# they read Cache and engine state, and call the runtime through the engine's DeviceRuntime. A
+# copy goes in three steps, so that no Python code runs between reading a cache's addresses and
+# using them: (1) convert and check every Python argument (an item's __index__ may run any code,
+# even DeallocateCache); (2) pin the engine's caches like exports, so that a DeallocateCache from
+# another thread while the GIL is released frees their memory only when the copy lets go; (3) read the addresses, check them against
 # what was pinned, and copy. Everything is checked before the first byte moves, so only a
 # runtime failure can stop a copy part-way.
 from cpython.pyport cimport PY_SSIZE_T_MAX

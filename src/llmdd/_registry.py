@@ -11,9 +11,8 @@ cluster id names the prompt cluster a decoder pulls from.
 
 Every face of an engine shares one registry per initialization (the engine makes it on first need,
 LlmDataDist._registry()): the drop-in's cache managers, the C++ API's transfer calls and the
-transfer service that serves peers. Caches made
-through the registry carry what CANN's Python package adds (keys, blocks or whole cache, remote
-access); any other live cache of the engine is known by id with the engine's own rules, to its
+transfer service that serves peers. Caches made through the registry carry what CANN's Python
+package adds (keys, blocks or whole cache, remote access); any other live cache of the engine is known by id with the engine's own rules, to its
 peers only when the engine serves them (it listens, or opened its caches to remote access). The
 engine underneath knows only ids (LlmDataDist.AllocateCache, RegisterKvCache, pin, _layout_by_id).
 A lock makes each operation whole: the transfer layer's threads read the registry while the
@@ -28,12 +27,9 @@ from _weakref import ref as weak_ref  # weakref's own ref, without importing wea
 from ._cache_layout import CacheLayout
 from ._desc import enum_values
 
-# Plain values (the engine's statuses compare equal to them): building LLMStatusCode at import
-# would cost the drop-in's import more than the rest of the registry.
+# Plain values (the engine's statuses compare equal to them), read without building LLMStatusCode.
 _STATUSES = enum_values("LLMStatusCode")
-_SUCCESS, _PARAM_INVALID = _STATUSES["LLM_SUCCESS"], _STATUSES["LLM_PARAM_INVALID"]
-
-_FAILED = _STATUSES["LLM_FAILED"]
+_SUCCESS, _PARAM_INVALID, _FAILED = (_STATUSES[name] for name in ("LLM_SUCCESS", "LLM_PARAM_INVALID", "LLM_FAILED"))
 
 
 class CacheEntry(CacheLayout):

@@ -16,7 +16,6 @@ class TransferService:
 
     def __init__(self, engine, options, registry):
         """options: the engine's parsed _options.TransferOptions; registry: the engine's CacheRegistry."""
-        self.initialization = engine._initialization
         self.registry = registry
         self.agent = TransferAgent(self.registry, engine.cluster_id, listen_ip_info=options.listen_ip_info,
                                    protocol=options.protocol, device_name=options.device_name,
