@@ -93,7 +93,7 @@ def test_a_closed_agent_makes_no_link():
 
 
 def slowed_plan(monkeypatch, started, after=lambda: None):
-    """Each transfer plans 0.5 s long, after RESOLVE pinned the peer's cache (a window), then
+    """Each transfer plans 0.5 s long, after the serving side pinned its cache (a window), then
     calls after() just before its bytes move."""
     coalesce = _plan.coalesce
 
@@ -268,9 +268,9 @@ def test_a_closed_agent_hands_its_mooncake_engines_back_unregistered_and_the_nex
             assert puller.link([cluster(PROMPT, first.listen_address[1])], 3000)[0] == S.LLM_SUCCESS
             assert puller.pull_blocks(PROMPT, BlocksCacheKey(PROMPT, 0), destination, [0], [1]) == S.LLM_SUCCESS
         engines = first._mooncake
-        assert engines._regions and source.regions
+        assert engines is not None and source.regions
     assert first._mooncake is None
-    assert engines in _mooncake._idle[engines.kind] and engines._regions == {}
+    assert engines in _mooncake._idle[engines.kind] and engines._exposed == {}
     with TransferAgent(LocalRegistry(), PROMPT, "127.0.0.1:0", sync_timeout_ms=3000) as second, \
             TransferAgent(LocalRegistry(), DECODER, sync_timeout_ms=3000) as linking:
         assert linking.link([cluster(PROMPT, second.listen_address[1])], 3000)[0] == S.LLM_SUCCESS

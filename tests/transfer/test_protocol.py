@@ -23,12 +23,20 @@ VALID = {
     wire.MessageType.LINK_REPLY: {"status": 0, "cluster_id": 1, "engine": "127.0.0.1:2"},
     wire.MessageType.UNLINK: {"cluster_id": 2},
     wire.MessageType.UNLINK_REPLY: {"status": int(S.LLM_UNLINK_FAILED)},
-    wire.MessageType.RESOLVE: {"key": {"kind": "blocks", "cluster_id": 1, "model_id": 0}, "write": False},
+    wire.MessageType.RESOLVE: {"key": {"kind": "blocks", "cluster_id": 1, "model_id": 0}},
     wire.MessageType.RESOLVE_REPLY: {"status": 0, "pin": 3, "layout": {
         "cache_id": 4, "tensor_addrs": [4096, 8192], "tensor_bytes": 64, "batch": 4, "block_bytes": 16,
         "is_blocks_cache": True, "remote_accessible": False, "batch_index": 0, "regions": [[4096, 8192]]}},
-    wire.MessageType.UNPIN: {"pin": 3, "release_key": True},
+    wire.MessageType.UNPIN: {"pin": 3},
     wire.MessageType.UNPIN_REPLY: {"status": 0},
+    wire.MessageType.PULL: {
+        "key": {"kind": "cache", "cluster_id": 1, "req_id": 2, "prefix_id": 3, "model_id": 4}, "release_key": True,
+        "mode": "cache", "kind_rules": True, "destination": {
+            "tensor_addrs": [4096, 8192], "tensor_bytes": 64, "batch": 4, "block_bytes": 16, "is_blocks_cache": False,
+            "regions": [[4096, 8192]]},
+        "batch_index": 1, "size": -1, "src_blocks": [], "dst_blocks": [], "src_layer_range": [0, 2, 1],
+        "dst_layer_range": None, "tensor_num_per_layer": 1},
+    wire.MessageType.PULL_REPLY: {"status": 0},
 }
 
 
@@ -54,6 +62,8 @@ def _with(body, **changes):
 LINK = VALID[wire.MessageType.LINK]
 RESOLVE = VALID[wire.MessageType.RESOLVE]
 LAYOUT = VALID[wire.MessageType.RESOLVE_REPLY]["layout"]
+PULL = VALID[wire.MessageType.PULL]
+DESTINATION = PULL["destination"]
 
 
 @pytest.mark.parametrize("message_type, body", [
@@ -68,14 +78,25 @@ LAYOUT = VALID[wire.MessageType.RESOLVE_REPLY]["layout"]
     (wire.MessageType.RESOLVE, _with(RESOLVE, key={"kind": "blocks", "cluster_id": 1})),
     (wire.MessageType.RESOLVE, _with(RESOLVE, key={"kind": "other", "cluster_id": 1, "model_id": 0})),
     (wire.MessageType.RESOLVE, _with(RESOLVE, key={"kind": "id", "cluster_id": 1, "cache_id": 2, "batch_index": 2**32})),
-    (wire.MessageType.RESOLVE, _with(RESOLVE, write=1)),
+    (wire.MessageType.RESOLVE, _with(RESOLVE, write=True)),
     (wire.MessageType.RESOLVE_REPLY, {"status": 0, "pin": 1, "layout": _with(LAYOUT, tensor_addrs=[])}),
     (wire.MessageType.RESOLVE_REPLY, {"status": 0, "pin": 1, "layout": _with(LAYOUT, tensor_addrs=[0])}),
     (wire.MessageType.RESOLVE_REPLY, {"status": 0, "pin": 1, "layout": _with(LAYOUT, block_bytes=15)}),
     (wire.MessageType.RESOLVE_REPLY, {"status": 0, "pin": 1, "layout": _with(LAYOUT, tensor_addrs=[1] * 16385)}),
     (wire.MessageType.RESOLVE_REPLY, {"status": 0, "pin": 1, "layout": _with(LAYOUT, regions=[[4096]])}),
     (wire.MessageType.RESOLVE_REPLY, {"status": 0, "pin": 1, "layout": _with(LAYOUT, regions=[[4096, 0]])}),
-    (wire.MessageType.UNPIN, {"pin": 3, "release_key": None}),
+    (wire.MessageType.UNPIN, {"pin": -3}),
+    (wire.MessageType.PULL, _with(PULL, mode="all")),
+    (wire.MessageType.PULL, _with(PULL, size=-2)),
+    (wire.MessageType.PULL, _with(PULL, src_blocks=[-1])),
+    (wire.MessageType.PULL, _with(PULL, dst_blocks=[0] * (wire.MAX_BLOCKS + 1))),
+    (wire.MessageType.PULL, _with(PULL, src_layer_range=[0, 2, 0])),
+    (wire.MessageType.PULL, _with(PULL, src_layer_range=[0, 2**40, 1])),
+    (wire.MessageType.PULL, _with(PULL, dst_layer_range=[0, 2])),
+    (wire.MessageType.PULL, _with(PULL, destination=_with(DESTINATION, block_bytes=15))),
+    (wire.MessageType.PULL, _with(PULL, destination=_with(DESTINATION, tensor_addrs=[]))),
+    (wire.MessageType.PULL, _with(PULL, destination=_with(DESTINATION, regions=[[0, 16]]))),
+    (wire.MessageType.PULL, _with(PULL, destination=None)),
 ], ids=lambda value: getattr(value, "name", ""))
 def test_a_body_that_breaks_a_field_rule_is_refused(message_type, body):
     payload = json.dumps(body).encode()
@@ -101,7 +122,7 @@ def test_a_body_that_is_not_one_json_object_is_refused(payload):
     frame(1, b"", version=wire.PROTOCOL_VERSION - 1),   # an older version
     frame(1, b"", version=wire.PROTOCOL_VERSION + 1),
     frame(0, b""),
-    frame(9, b""),
+    frame(max(wire.MessageType) + 1, b""),
     frame(1, b"", flags=1),
     frame(1, b"", length=MAX_BODY_BYTES + 1),
     frame(1, b"", length=2**32 - 1),
@@ -189,7 +210,7 @@ def round_trip(connection, message_type, body, request_id=5):
 def test_a_linked_peer_gets_answers_and_a_dropped_connection_releases_its_pins(serving):
     agent, registry = serving
     from llmdd.llm_datadist import BlocksCacheKey
-    entry = registry.allocate(2, 4, 64, blocks=True, keys=[BlocksCacheKey(CLUSTER, 0)])
+    entry = registry.allocate(2, 4, 64, blocks=True, keys=[BlocksCacheKey(CLUSTER, 0)], remote_accessible=True)
     with linked(agent) as connection:
         unknown = {"kind": "blocks", "cluster_id": CLUSTER, "model_id": 5}
         assert round_trip(connection, wire.MessageType.RESOLVE, _with(RESOLVE, key=unknown))["status"] == \
@@ -197,7 +218,7 @@ def test_a_linked_peer_gets_answers_and_a_dropped_connection_releases_its_pins(s
         reply = round_trip(connection, wire.MessageType.RESOLVE, RESOLVE)
         assert reply["status"] == S.LLM_SUCCESS
         assert reply["layout"]["tensor_addrs"] == list(entry.tensor_addrs)
-        assert round_trip(connection, wire.MessageType.UNPIN, {"pin": reply["pin"] + 1, "release_key": False}) == \
+        assert round_trip(connection, wire.MessageType.UNPIN, {"pin": reply["pin"] + 1}) == \
             {"status": S.LLM_PARAM_INVALID}
         round_trip(connection, wire.MessageType.RESOLVE, RESOLVE)   # two pins the connection never gives back
         registry.deallocate(entry.cache_id)
@@ -237,4 +258,4 @@ def test_agent_arguments_are_checked():
 def test_the_header_is_sixteen_bytes_big_endian():
     assert wire.HEADER.size == 16
     assert wire.encode(wire.MessageType.UNPIN_REPLY, 0x01020304, {"status": 0})[:16] == \
-        b"LDDC" + struct.pack("!BBHII", 2, 8, 0, 0x01020304, len(b'{"status":0}'))
+        b"LDDC" + struct.pack("!BBHII", wire.PROTOCOL_VERSION, 8, 0, 0x01020304, len(b'{"status":0}'))

@@ -118,7 +118,7 @@ class TransferAgent:
         self._mooncake = None
         self._in_use = 0        # transfers and registrations using self._mooncake now
         self._unused = threading.Condition(self._lock)
-        self._server = CacheServer(registry, self._register_served)
+        self._server = CacheServer(registry, self._using_mooncake)
         mover = Mover(registry, self._link_for_transfer, self._using_mooncake, self._sync_timeout_s)
         self.pull_cache, self.pull_blocks = mover.pull_cache, mover.pull_blocks
         self.push_cache, self.push_blocks = mover.push_cache, mover.push_blocks
@@ -391,11 +391,6 @@ class TransferAgent:
                 with self._lock:
                     self._in_use -= 1
                     self._unused.notify_all()
-
-    def _register_served(self, regions):
-        """Registers a cache this side serves to a peer (its RESOLVE); False once the agent closed."""
-        with self._using_mooncake() as engine:
-            return engine is not None and engine.register(regions)
 
     def linked_clusters(self):
         """The clusters linked to this one, either way."""

@@ -1,6 +1,6 @@
 """One link's control connection, used both ways.
 
-After LINK, either side may send requests on the connection (RESOLVE, UNPIN, UNLINK) and serves
+After LINK, either side may send requests on the connection (PULL, RESOLVE, UNPIN, UNLINK) and serves
 the other's, so one link lets both sides pull and push, as one CANN link does. A reader thread
 takes every frame: a reply goes to the request waiting for it, a request to the CacheServer,
 whose answer goes back at once. This side sends one request at a time. A timeout or a frame
@@ -70,6 +70,7 @@ class Channel:
         self._waiter = None
         self._closing = threading.Event()
         self._draining = False
+        self._serving = False   # a PULL of the peer's is being served
         self._thread = threading.Thread(target=self._read_loop, daemon=True,
                                         name=f"llmdd-link-{remote_cluster_id}")
 
@@ -105,11 +106,12 @@ class Channel:
             return waiter.reply
 
     def drain(self, timeout_s=DRAIN_SECONDS):
-        """Refuses the peer new pins and waits (at most timeout_s) until it has unpinned the ones
-        it holds: ending the link releases them, and the peer may still be moving their bytes."""
+        """Refuses the peer new pins and pulls, and waits (at most timeout_s) until it has unpinned
+        the ones it holds and the pull being served has moved its bytes: ending the link releases
+        them, and the peer may still be moving their bytes."""
         self._draining = True
         deadline = time.monotonic() + timeout_s
-        while self._pins and not self.broken and time.monotonic() < deadline:
+        while (self._pins or self._serving) and not self.broken and time.monotonic() < deadline:
             time.sleep(0.005)
 
     def close(self):
@@ -168,6 +170,17 @@ class Channel:
                     reply = (self._server.resolve(body, self._pins) if not self._draining
                              else self._server.refused(LLMStatusCode.LLM_NOT_YET_LINK))   # the link is ending
                     self._send(wire.MessageType.RESOLVE_REPLY, request_id, reply, deadline)
+                elif message_type == wire.MessageType.PULL:
+                    # Served here, on the reader: the peer waits for this answer, and its bytes are
+                    # written by Mooncake's threads, so nothing else this link carries is held up long.
+                    self._serving = True   # before looking at _draining, which drain() sets before looking here
+                    try:
+                        reply = ({"status": int(LLMStatusCode.LLM_NOT_YET_LINK)} if self._draining
+                                 else self._server.pull(body, self.peer_engine))
+                    finally:
+                        self._serving = False
+                    self._send(wire.MessageType.PULL_REPLY, request_id, reply,
+                               time.monotonic() + self._message_timeout_s)
                 elif message_type == wire.MessageType.UNPIN:
                     self._send(wire.MessageType.UNPIN_REPLY, request_id, self._server.unpin(body, self._pins),
                                deadline)

@@ -112,7 +112,7 @@ def _engine_count(protocol):
     return max(1, int(count)) if count.isdigit() else TCP_ENGINES_DEFAULT
 
 
-def _transfer_timeout_s(nbytes):
+def transfer_timeout_s(nbytes):
     seconds = os.environ.get(TRANSFER_TIMEOUT_VARIABLE, "")
     return (max(5, int(seconds)) if seconds.isdigit() else TRANSFER_TIMEOUT_DEFAULT_S) + nbytes / 1e9
 
@@ -138,8 +138,9 @@ class MooncakeEngines:
         self.address = ",".join(f"{host}:{engine.get_rpc_port()}" for engine in self._engines)
         self.kind = (host, protocol, device_name)
         self.failed = False    # a transfer failed or timed out: not handed to another agent
+        self.needs_local_registration = protocol != "tcp"
         self._lock = threading.Lock()
-        self._regions = {}   # start address -> nbytes, never overlapping
+        self._exposed = {}   # (start address, nbytes) -> how many transfers expose it now
         # A call keeps at most _in_flight segments in flight a pair, never more than half the
         # peer's queue (see TCP_QUEUE_VARIABLE), so it may take any number of segments: one call
         # for a whole transfer drains the pairs once, where a call per 4,096 segments (what the
@@ -148,53 +149,64 @@ class MooncakeEngines:
         queue = max(1, int(queue)) if queue.isdigit() else TCP_QUEUE_DEFAULT
         self._in_flight = max(1, min(IN_FLIGHT_PER_PAIR, queue // 2))
 
-    def register(self, regions):
-        """Registers each (addr, nbytes) not already inside a registered region; True on success.
+    def expose(self, regions):
+        """Registers each (addr, nbytes) with every engine for one transfer; True on success (and
+        then the caller must withdraw() the same regions), False with nothing left registered.
 
-        A region that overlaps a registered one without lying inside it means the old one's
-        memory was freed and reused (live caches never overlap, and a cache in transfer is
-        pinned), so the stale registration goes first: Mooncake refuses overlapping ones."""
+        A Mooncake registration lets any peer that reaches the engines read and write the region
+        (its TCP transport checks only that an address lies in one), so a region stays registered
+        only while a transfer needs it: transfers that expose one region at once count it."""
+        done = []
         with self._lock:
-            for address, nbytes in regions:
-                if any(start <= address and address + nbytes <= start + size for start, size in self._regions.items()):
-                    continue
-                for start in [s for s, size in self._regions.items() if s < address + nbytes and address < s + size]:
-                    self._unregister(start)
-                    del self._regions[start]
-                for index, engine in enumerate(self._engines):
-                    status = engine.register_memory(address, nbytes)
-                    if status != 0:
-                        log.warning("Mooncake refused to register %d bytes at %#x: %d", nbytes, address, status)
-                        for registered in self._engines[:index]:
-                            registered.unregister_memory(address)
-                        return False
-                self._regions[address] = nbytes
-            return True
+            for region in regions:
+                if region not in self._exposed and not self._register(region):
+                    self._withdraw_locked(done)
+                    return False
+                self._exposed[region] = self._exposed.get(region, 0) + 1
+                done.append(region)
+        return True
 
-    def _unregister(self, start):
-        for engine in self._engines:
-            engine.unregister_memory(start)
+    def withdraw(self, regions):
+        """Ends one transfer's expose() of `regions`: unregistered once no transfer needs them."""
+        with self._lock:
+            self._withdraw_locked(regions)
 
-    def read(self, peer, local_addrs, remote_addrs, lengths):
-        """Reads from peer's memory into ours; 0 on success, as Mooncake's status."""
-        return self._checked(False, peer, local_addrs, remote_addrs, lengths)
+    def _register(self, region):
+        address, nbytes = region
+        for index, engine in enumerate(self._engines):
+            status = engine.register_memory(address, nbytes)
+            if status != 0:
+                log.warning("Mooncake refused to register %d bytes at %#x: %d", nbytes, address, status)
+                for registered in self._engines[:index]:
+                    registered.unregister_memory(address)
+                return False
+        return True
+
+    def _withdraw_locked(self, regions):
+        for region in regions:
+            count = self._exposed.get(region, 0) - 1
+            if count > 0:
+                self._exposed[region] = count
+            elif count == 0:
+                del self._exposed[region]
+                for engine in self._engines:
+                    engine.unregister_memory(region[0])
 
     def write(self, peer, local_addrs, remote_addrs, lengths):
-        return self._checked(True, peer, local_addrs, remote_addrs, lengths)
-
-    def _checked(self, write, *transfer):
-        """A transfer's status. A failure, a time-out or an exception may leave batches in flight:
-        these engines are then marked failed for good, and never handed to another agent."""
+        """Writes our memory into the peer's exposed memory; 0 on success, as Mooncake's status.
+        A failure, a time-out or an exception (Mooncake raises on some answers of a broken peer)
+        may leave batches in flight: these engines are then marked failed for good, and never
+        handed to another agent."""
         try:
-            result = self._transfer(write, *transfer)
-        except BaseException:
-            self.failed = True
-            raise
+            result = self._write(peer, local_addrs, remote_addrs, lengths)
+        except Exception as error:
+            log.warning("Mooncake write to %s raised %s: %s", peer, type(error).__name__, error)
+            result = -1
         if result != 0:
             self.failed = True
         return result
 
-    def _transfer(self, write, peer, local_addrs, remote_addrs, lengths):
+    def _write(self, peer, local_addrs, remote_addrs, lengths):
         # The hot path of every pull and push: each segment is one Mooncake batch.
         peers = peer.split(",")
         pairs = [(engine, peers[index % len(peers)]) for index, engine in enumerate(self._engines)]
@@ -203,13 +215,11 @@ class MooncakeEngines:
             # Too small to share: Mooncake's own polling is as short as the transfer, and waits
             # less than our pauses (a 4 KiB read took 73 us so, 190 us through the loop below).
             engine, peer_engine = pairs[0]
-            move = engine.batch_transfer_sync_write if write else engine.batch_transfer_sync_read
-            return move(peer_engine, *runs[0])
-        deadline = time.monotonic() + _transfer_timeout_s(sum(lengths))
+            return engine.batch_transfer_sync_write(peer_engine, *runs[0])
+        deadline = time.monotonic() + transfer_timeout_s(sum(lengths))
         lanes = []      # [engine, peer engine, submit, run, next segment, batches in flight]
         for (engine, peer_engine), run in zip(pairs, runs):
-            submit = engine.batch_transfer_async_write if write else engine.batch_transfer_async_read
-            lanes.append([engine, peer_engine, submit, run, 0, collections.deque()])
+            lanes.append([engine, peer_engine, engine.batch_transfer_async_write, run, 0, collections.deque()])
         failed = False
         pause = FIRST_PAUSE_S
         while True:
@@ -236,18 +246,19 @@ class MooncakeEngines:
             if not busy:
                 return -1 if failed else 0
             if time.monotonic() > deadline:
-                log.warning("Mooncake %s to %s timed out with %d batches in flight", "write" if write else "read",
-                            peer, sum(len(lane[5]) for lane in lanes))
+                log.warning("Mooncake write to %s timed out with %d batches in flight", peer,
+                            sum(len(lane[5]) for lane in lanes))
                 return -1
             pause = FIRST_PAUSE_S if progressed else min(2 * pause, LAST_PAUSE_S)
             time.sleep(pause)
 
     def close_regions(self):
-        """Unregisters every region (the engines stay up)."""
+        """Unregisters every region still exposed (the engines stay up)."""
         with self._lock:
-            for start in list(self._regions):
-                self._unregister(start)
-            self._regions.clear()
+            for address, _ in self._exposed:
+                for engine in self._engines:
+                    engine.unregister_memory(address)
+            self._exposed.clear()
 
     def close(self):
         """Unregisters every region and stops the engines (Mooncake takes about 1 s to stop one's

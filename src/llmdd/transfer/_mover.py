@@ -1,9 +1,11 @@
 """Mover: the pulls and pushes of a TransferAgent over its links.
 
-Each checks its arguments and the rules of its caches, asks the peer over the link what its key
-names (RESOLVE: the peer pins the cache and describes it), plans the segments (_plan), moves them
-in one Mooncake batch read or write, and lets the peer unpin (UNPIN). Statuses are llmdd's
-LLMStatusCode members; nothing moves until every rule has been checked.
+Each checks its arguments and the rules of its caches. A pull exposes the local cache to the
+peer's writes and asks the peer to write what its key names into it (PULL: the peer plans and
+moves the bytes; _server). A push asks the peer what its key names (RESOLVE: the peer pins the
+cache and exposes it), plans the segments (_plan), moves them in one Mooncake batch write, and
+lets the peer unpin (UNPIN). Statuses are llmdd's LLMStatusCode members; nothing moves until
+every rule has been checked.
 """
 import contextlib
 import logging
@@ -11,7 +13,7 @@ import logging
 from .._cache_keys import _Key
 from .._checks import require, require_int
 from .._desc import LLMStatusCode
-from .._limits import INT64, TENSOR_NUM_PER_LAYER, UINT32
+from .._limits import INT64, TENSOR_NUM_PER_LAYER, UINT32, UINT64
 from .._status import LLMException, engine_status
 from . import _plan
 from . import _protocol as wire
@@ -21,6 +23,10 @@ log = logging.getLogger("llmdd.transfer")
 
 SUCCESS = LLMStatusCode.LLM_SUCCESS
 PARAM_INVALID = LLMStatusCode.LLM_PARAM_INVALID
+# A pull waits for its answer the sync wait (llm.SyncKvCacheWaitTime) and the time its bytes take
+# at this rate: a peer that stopped is noticed about as soon as the sync wait says, a large pull
+# on a slow network still completes.
+SLOWEST_BYTES_PER_S = 100e6
 
 
 def _check_int(name, value, bounds):
@@ -57,6 +63,12 @@ def _require_kind(layout, blocks, side):
         raise _plan.PlanError(f"the {side} cache must {'' if blocks else 'not '}be a blocks cache")
 
 
+def _most_bytes(entry, mode, request):
+    """The most bytes a pull into `entry` may write: every tensor's blocks or batch entry."""
+    entries = 1 if mode == "cache" else len(request["dst_blocks"])
+    return len(entry.tensor_addrs) * entries * entry.block_bytes
+
+
 class Mover:
     """Pulls and pushes over an agent's links. registry: the agent's (entry, find, pin,
     release_key); link_for(cluster id): the link a transfer takes, or None; using_mooncake(): a
@@ -81,14 +93,9 @@ class Mover:
         _check_layer_arguments(src_layer_range, dst_layer_range, tensor_num_per_layer)
         if key.KIND == "blocks" or size == 0 or (kind_rules and dst_entry.is_blocks_cache):
             return PARAM_INVALID
-        local = _plan.Layout.of_entry(dst_entry)
-
-        def plan(remote, remote_batch_index):
-            if kind_rules:
-                _require_kind(remote, False, "source")
-            pairs = _plan.tensor_pairs(remote, local, src_layer_range, dst_layer_range, tensor_num_per_layer)
-            return _plan.cache_segments(remote, local, remote_batch_index, batch_index, size, pairs)
-        return self._transfer(remote_cluster_id, key, dst_entry, plan, write=False, release_key=key.KIND == "cache")
+        return self._pull(remote_cluster_id, dst_entry, key, "cache", kind_rules, batch_index=batch_index, size=size,
+                          src_blocks=[], dst_blocks=[], src_layer_range=src_layer_range,
+                          dst_layer_range=dst_layer_range, tensor_num_per_layer=tensor_num_per_layer)
 
     def pull_blocks(self, remote_cluster_id, src_key, dst_entry, src_blocks=(), dst_blocks=(),
                     src_layer_range=None, dst_layer_range=None, tensor_num_per_layer=TENSOR_NUM_PER_LAYER):
@@ -103,16 +110,10 @@ class Mover:
         if not dst_blocks or (kind_rules and (not dst_entry.is_blocks_cache
                                               or by_blocks != (src_key.KIND == "blocks"))):
             return PARAM_INVALID
-        local = _plan.Layout.of_entry(dst_entry)
-
-        def plan(remote, remote_batch_index):
-            if kind_rules:
-                _require_kind(remote, by_blocks, "source")
-            pairs = _plan.tensor_pairs(remote, local, src_layer_range, dst_layer_range, tensor_num_per_layer)
-            if by_blocks:
-                return _plan.blocks_segments(remote, local, src_blocks, dst_blocks, pairs)
-            return _plan.entry_to_blocks_segments(remote, local, remote_batch_index, dst_blocks, pairs)
-        return self._transfer(remote_cluster_id, src_key, dst_entry, plan, write=False, release_key=False)
+        return self._pull(remote_cluster_id, dst_entry, src_key, "blocks" if by_blocks else "entry_blocks",
+                          kind_rules, batch_index=0, size=-1, src_blocks=src_blocks, dst_blocks=dst_blocks,
+                          src_layer_range=src_layer_range, dst_layer_range=dst_layer_range,
+                          tensor_num_per_layer=tensor_num_per_layer)
 
     def push_cache(self, remote_cluster_id, dst_key, src_entry, src_batch_index=0, size=-1, src_layer_range=None,
                    dst_layer_range=None, tensor_num_per_layer=TENSOR_NUM_PER_LAYER):
@@ -132,7 +133,7 @@ class Mover:
                 _require_kind(remote, False, "destination")
             pairs = _plan.tensor_pairs(local, remote, src_layer_range, dst_layer_range, tensor_num_per_layer)
             return _plan.cache_segments(local, remote, src_batch_index, remote_batch_index, size, pairs)
-        return self._transfer(remote_cluster_id, dst_key, src_entry, plan, write=True, release_key=False)
+        return self._push(remote_cluster_id, dst_key, src_entry, plan)
 
     def push_blocks(self, remote_cluster_id, dst_key, src_entry, src_blocks=(), dst_blocks=(),
                     src_layer_range=None, dst_layer_range=None, tensor_num_per_layer=TENSOR_NUM_PER_LAYER):
@@ -151,7 +152,7 @@ class Mover:
                 _require_kind(remote, True, "destination")
             pairs = _plan.tensor_pairs(local, remote, src_layer_range, dst_layer_range, tensor_num_per_layer)
             return _plan.blocks_segments(local, remote, src_blocks, dst_blocks, pairs)
-        return self._transfer(remote_cluster_id, dst_key, src_entry, plan, write=True, release_key=False)
+        return self._push(remote_cluster_id, dst_key, src_entry, plan)
 
     def _pin_local(self, entry, hold):
         try:
@@ -162,9 +163,50 @@ class Mover:
             return LLMStatusCode.LLM_KV_CACHE_NOT_EXIST
         return SUCCESS
 
-    def _transfer(self, remote_cluster_id, key, local_entry, plan, write, release_key):
-        """RESOLVE (the peer pins its cache and describes it), plan, one batch read or write,
-        UNPIN (and release the key). Everything is checked before a byte moves."""
+    def _pull(self, remote_cluster_id, local_entry, key, mode, kind_rules, **request):
+        """One PULL: local_entry is pinned and exposed to the peer's writes until the peer answers
+        (it plans, writes and unpins its own cache: one round trip). The peer checks what depends
+        on its cache; what a pull names that no wire message can carry is refused here."""
+        blocks, layer_ranges = (request["src_blocks"], request["dst_blocks"]), []
+        for layer_range in (request["src_layer_range"], request["dst_layer_range"]):
+            layer_ranges.append(None if layer_range is None else
+                                [layer_range.start, layer_range.stop, layer_range.step])
+        if not all(len(side) <= wire.MAX_BLOCKS and all(0 <= block <= UINT64[1] for block in side) for side in blocks) \
+                or not all(wire.is_layer_range(layer_range) for layer_range in layer_ranges):
+            return PARAM_INVALID
+        link = self._link_for(remote_cluster_id)
+        if link is None:
+            return LLMStatusCode.LLM_NOT_YET_LINK
+        regions = [tuple(region) for region in local_entry.regions]
+        with link.transfer_lock, contextlib.ExitStack() as hold:
+            engine = hold.enter_context(self._using_mooncake())
+            if engine is None:   # the agent closed since the link was looked up
+                return LLMStatusCode.LLM_LINK_FAILED
+            status = self._pin_local(local_entry, hold)
+            if status != SUCCESS:
+                return status
+            if not engine.expose(regions):
+                return LLMStatusCode.LLM_FAILED
+            hold.callback(engine.withdraw, regions)
+            destination = {"tensor_addrs": list(local_entry.tensor_addrs), "tensor_bytes": local_entry.tensor_bytes,
+                           "batch": local_entry.batch, "block_bytes": local_entry.block_bytes,
+                           "is_blocks_cache": bool(local_entry.is_blocks_cache),
+                           "regions": [list(region) for region in regions]}
+            body = dict(request, key=wire.key_fields(key), release_key=mode == "cache" and key.KIND == "cache",
+                        mode=mode, kind_rules=kind_rules, destination=destination, src_layer_range=layer_ranges[0],
+                        dst_layer_range=layer_ranges[1], src_blocks=blocks[0], dst_blocks=blocks[1])
+            # The answer comes once the bytes have moved: the wait is the sync wait and the time
+            # the most bytes this pull may write take at the slowest rate we accept.
+            timeout_s = self._sync_timeout_s + _most_bytes(local_entry, mode, request) / SLOWEST_BYTES_PER_S
+            try:
+                reply = link.request(wire.MessageType.PULL, body, timeout_s)
+            except LinkFailure as failure:
+                return failure.status
+            return engine_status(reply["status"])
+
+    def _push(self, remote_cluster_id, key, local_entry, plan):
+        """RESOLVE (the peer pins its cache and exposes it to our writes), plan, one batch write,
+        UNPIN. Everything is checked before a byte moves."""
         link = self._link_for(remote_cluster_id)
         if link is None:
             return LLMStatusCode.LLM_NOT_YET_LINK
@@ -176,25 +218,22 @@ class Mover:
             if status != SUCCESS:
                 return status
             try:
-                reply = link.request(wire.MessageType.RESOLVE, {"key": wire.key_fields(key), "write": write},
-                                     self._sync_timeout_s)
+                reply = link.request(wire.MessageType.RESOLVE, {"key": wire.key_fields(key)}, self._sync_timeout_s)
             except LinkFailure as failure:
                 return failure.status
             if reply["status"] != SUCCESS or reply["layout"] is None:
                 return engine_status(reply["status"])
-            status = self._move(link, engine, reply["layout"], local_entry, plan, write)
+            status = self._write(link, engine, reply["layout"], local_entry, plan)
             try:
-                unpinned = link.request(wire.MessageType.UNPIN,
-                                        {"pin": reply["pin"], "release_key": release_key and status == SUCCESS},
-                                        self._sync_timeout_s)
+                unpinned = link.request(wire.MessageType.UNPIN, {"pin": reply["pin"]}, self._sync_timeout_s)
             except LinkFailure as failure:
-                # The peer drops the pin with the connection; only a key to release is lost.
-                return failure.status if status == SUCCESS and release_key else status
+                # The peer drops the pin with the connection.
+                return failure.status if status == SUCCESS else status
             if status == SUCCESS and unpinned["status"] != SUCCESS:
                 return engine_status(unpinned["status"])
             return status
 
-    def _move(self, link, engine, layout_fields, local_entry, plan, write):
+    def _write(self, link, engine, layout_fields, local_entry, plan):
         remote = _plan.Layout(tuple(layout_fields["tensor_addrs"]), layout_fields["tensor_bytes"],
                               layout_fields["batch"], layout_fields["block_bytes"], layout_fields["is_blocks_cache"],
                               tuple(tuple(region) for region in layout_fields["regions"]))
@@ -204,20 +243,17 @@ class Mover:
             log.warning("transfer with cluster %d refused: %s", link.remote_cluster_id, error)
             return PARAM_INVALID
         local_regions = tuple(tuple(region) for region in local_entry.regions)
-        if write:
-            segments = _plan.coalesce(segments, local_regions, remote.regions)
-        else:
-            segments = _plan.coalesce(segments, remote.regions, local_regions)
-        if not engine.register(local_entry.regions):
-            return LLMStatusCode.LLM_FAILED
-        # The caller holds link.transfer_lock: one transfer at a time per link, so that the batches
-        # of two never overflow Mooncake's per-peer queue together (_mooncake.TCP_QUEUE_VARIABLE).
-        if write:
-            result = engine.write(link.peer_engine, segments.src_addrs, segments.dst_addrs, segments.lengths)
-        else:
-            result = engine.read(link.peer_engine, segments.dst_addrs, segments.src_addrs, segments.lengths)
-        if result != 0:
-            log.warning("Mooncake %s of %d bytes with cluster %d at %s answered %d", "write" if write else "read",
-                        segments.nbytes, link.remote_cluster_id, link.peer_engine, result)
-            return LLMStatusCode.LLM_LINK_FAILED
+        segments = _plan.coalesce(segments, local_regions, remote.regions)
+        with contextlib.ExitStack() as hold:
+            # Over tcp Mooncake reads a local source by address; other transports need it registered.
+            if engine.needs_local_registration:
+                if not engine.expose(local_regions):
+                    return LLMStatusCode.LLM_FAILED
+                hold.callback(engine.withdraw, local_regions)
+            # The caller holds link.transfer_lock: one transfer at a time per link, so that the batches
+            # of two never overflow Mooncake's per-peer queue together (_mooncake.TCP_QUEUE_VARIABLE).
+            if engine.write(link.peer_engine, segments.src_addrs, segments.dst_addrs, segments.lengths) != 0:
+                log.warning("Mooncake write of %d bytes to cluster %d at %s failed", segments.nbytes,
+                            link.remote_cluster_id, link.peer_engine)
+                return LLMStatusCode.LLM_LINK_FAILED
         return SUCCESS

@@ -1,8 +1,9 @@
 """llmdd's control protocol: the metadata two transfer agents exchange over TCP.
 
 Bytes of caches never travel here (they move through Mooncake's Transfer Engine); this carries
-who linked, where each side's engine listens, which cache a key names and how it is laid out,
-pins and key releases. The format is documented in docs/control-protocol.md.
+who linked, where each side's engine listens, pulls (the puller's exposed cache and which part of
+the key's cache to write into it) and pushes (which cache a key names, pinned and exposed to the
+pusher's writes until it unpins). The format is documented in docs/control-protocol.md.
 
 A frame is a 16-byte header and a JSON body:
 
@@ -27,12 +28,13 @@ from .._cache_keys import KEY_TYPES
 from .._limits import INT64, UINT32, UINT64
 
 MAGIC = b"LDDC"
-PROTOCOL_VERSION = 2   # 2: a link's connection carries requests both ways
+PROTOCOL_VERSION = 3   # 2: a link's connection carries requests both ways; 3: PULL
 HEADER = struct.Struct("!4sBBHII")
 # A layout of the largest cache we describe (MAX_TENSORS addresses of up to 20 digits) fits
 # several times over; anything bigger is not one of our messages.
 MAX_BODY_BYTES = 1 << 20
 MAX_TENSORS = 16384
+MAX_BLOCKS = 65536      # block indices a pull names on each side
 MAX_TEXT = 256
 UINT32_MAX, UINT64_MAX = UINT32[1], UINT64[1]
 INT64_MIN, INT64_MAX = INT64
@@ -47,10 +49,12 @@ class MessageType(enum.IntEnum):
     LINK_REPLY = 2
     UNLINK = 3
     UNLINK_REPLY = 4
-    RESOLVE = 5       # what does this key name, and pin it while I move bytes
+    RESOLVE = 5       # a push: pin the cache this key names and expose it to my writes
     RESOLVE_REPLY = 6
-    UNPIN = 7         # the bytes moved (or not): unpin, and maybe release the key
+    UNPIN = 7         # the push's bytes moved (or not): unpin, withdraw
     UNPIN_REPLY = 8
+    PULL = 9          # write what this key names into my exposed cache, then answer
+    PULL_REPLY = 10
 
 
 REPLY_TO = {
@@ -58,6 +62,7 @@ REPLY_TO = {
     MessageType.UNLINK: MessageType.UNLINK_REPLY,
     MessageType.RESOLVE: MessageType.RESOLVE_REPLY,
     MessageType.UNPIN: MessageType.UNPIN_REPLY,
+    MessageType.PULL: MessageType.PULL_REPLY,
 }
 
 
@@ -96,6 +101,10 @@ KEY_FIELDS = {
     "id": {"kind": _one_of("id"), "cluster_id": _u64, "cache_id": _i64, "batch_index": _u32},
 }
 
+# (address, nbytes) of memory a transfer engine registers: a segment may not cross one's end.
+_regions = _list_of(lambda region: type(region) is list and len(region) == 2 and _int_in(1, UINT64_MAX)(region[0])
+                   and _int_in(1, INT64_MAX)(region[1]), MAX_TENSORS)
+
 LAYOUT_FIELDS = {
     "cache_id": _i64,
     "tensor_addrs": _list_of(_int_in(1, UINT64_MAX), MAX_TENSORS),
@@ -105,8 +114,7 @@ LAYOUT_FIELDS = {
     "is_blocks_cache": _is_bool,
     "remote_accessible": _is_bool,
     "batch_index": _u32,
-    "regions": _list_of(lambda region: type(region) is list and len(region) == 2 and _int_in(1, UINT64_MAX)(region[0])
-                        and _int_in(1, INT64_MAX)(region[1]), MAX_TENSORS),
+    "regions": _regions,
 }
 
 
@@ -125,15 +133,51 @@ def _layout_or_none(value):
     return len(value["tensor_addrs"]) > 0 and value["tensor_bytes"] == value["batch"] * value["block_bytes"]
 
 
+# The puller's cache, exposed to the server's writes for the pull.
+DESTINATION_FIELDS = {
+    "tensor_addrs": _list_of(_int_in(1, UINT64_MAX), MAX_TENSORS),
+    "tensor_bytes": _int_in(1, INT64_MAX),
+    "batch": _int_in(1, INT64_MAX),
+    "block_bytes": _int_in(1, INT64_MAX),
+    "is_blocks_cache": _is_bool,
+    "regions": _regions,
+}
+
+
+def _destination(value):
+    if type(value) is not dict or not _fields_valid(value, DESTINATION_FIELDS):
+        return False
+    return len(value["tensor_addrs"]) > 0 and value["tensor_bytes"] == value["batch"] * value["block_bytes"]
+
+
+def is_layer_range(value):
+    """A range as [start, stop, step], of at most MAX_TENSORS layers."""
+    if value is None:
+        return True
+    if not (type(value) is list and len(value) == 3 and all(_i64(v) for v in value) and value[2] != 0):
+        return False
+    return len(range(*value)) <= MAX_TENSORS
+
+
+# How a pull cuts the source: a batch entry into one ("cache"), blocks into blocks ("blocks"), a
+# batch entry into blocks ("entry_blocks").
+PULL_MODES = ("cache", "blocks", "entry_blocks")
+
 MESSAGE_FIELDS = {
     MessageType.LINK: {"cluster_id": _u64, "to_cluster_id": _u64, "engine": _text, "protocol": _text},
     MessageType.LINK_REPLY: {"status": _status, "cluster_id": _u64, "engine": _text},
     MessageType.UNLINK: {"cluster_id": _u64},
     MessageType.UNLINK_REPLY: {"status": _status},
-    MessageType.RESOLVE: {"key": is_key, "write": _is_bool},
+    MessageType.RESOLVE: {"key": is_key},
     MessageType.RESOLVE_REPLY: {"status": _status, "pin": _u64, "layout": _layout_or_none},
-    MessageType.UNPIN: {"pin": _u64, "release_key": _is_bool},
+    MessageType.UNPIN: {"pin": _u64},
     MessageType.UNPIN_REPLY: {"status": _status},
+    MessageType.PULL: {"key": is_key, "release_key": _is_bool, "mode": _one_of(*PULL_MODES), "kind_rules": _is_bool,
+                       "destination": _destination, "batch_index": _u32, "size": _int_in(-1, INT64_MAX),
+                       "src_blocks": _list_of(_u64, MAX_BLOCKS), "dst_blocks": _list_of(_u64, MAX_BLOCKS),
+                       "src_layer_range": is_layer_range, "dst_layer_range": is_layer_range,
+                       "tensor_num_per_layer": _u32},
+    MessageType.PULL_REPLY: {"status": _status},
 }
 
 

@@ -1,7 +1,11 @@
-"""What a side answers to its linked peer's requests: RESOLVE (which cache does this key name, and
-how is it laid out: pinned, and its memory registered with the Mooncake engine, until UNPIN) and
-UNPIN (which may release a CacheKey after a pull). Both sides of a link serve: the one that
+"""What a side answers to its linked peer's requests. Both sides of a link serve: the one that
 linked and the one that listened.
+
+PULL: the peer exposed its cache to our writes; we pin the cache its key names, plan, write the
+bytes into the peer's cache, unpin (and may release a CacheKey) and answer: one round trip, and
+nothing of ours is ever exposed to the peer for a pull. RESOLVE and UNPIN bracket a push: the key's
+cache is pinned and exposed to the peer's writes only between them, and only when it is remote
+accessible.
 """
 import contextlib
 import itertools
@@ -9,84 +13,143 @@ import logging
 
 from .._status import LLMException
 from .._desc import LLMStatusCode
+from . import _plan
 from . import _protocol as wire
 
 log = logging.getLogger("llmdd.transfer")
 
 MAX_PINS_PER_LINK = 256
 _SUCCESS = int(LLMStatusCode.LLM_SUCCESS)
+_NOT_EXIST = int(LLMStatusCode.LLM_KV_CACHE_NOT_EXIST)
+_PARAM_INVALID = int(LLMStatusCode.LLM_PARAM_INVALID)
 
 
-class Pin:
-    __slots__ = ("hold", "key")
-
-    def __init__(self, hold, key):
-        self.hold = hold    # an ExitStack holding registry.pin(cache_id)
-        self.key = key      # the CacheKey a pull may release afterwards, else None
+def _plan_pull(source, source_batch_index, body):
+    """The segments of a PULL from our cache `source` (a _plan.Layout) into the puller's; PlanError
+    when the request breaks a rule. kind_rules: the puller's cache follows CANN's Python rules
+    (blocks caches and whole caches apart), so ours must too."""
+    destination = body["destination"]
+    local = _plan.Layout(tuple(destination["tensor_addrs"]), destination["tensor_bytes"], destination["batch"],
+                         destination["block_bytes"], destination["is_blocks_cache"],
+                         tuple(tuple(region) for region in destination["regions"]))
+    mode = body["mode"]
+    if body["kind_rules"] and source.is_blocks_cache != (mode == "blocks"):
+        raise _plan.PlanError(f"the source cache must {'' if mode == 'blocks' else 'not '}be a blocks cache")
+    layer_ranges = [None if value is None else range(*value)
+                    for value in (body["src_layer_range"], body["dst_layer_range"])]
+    pairs = _plan.tensor_pairs(source, local, *layer_ranges, body["tensor_num_per_layer"])
+    if mode == "cache":
+        segments = _plan.cache_segments(source, local, source_batch_index, body["batch_index"], body["size"], pairs)
+    elif mode == "blocks":
+        segments = _plan.blocks_segments(source, local, body["src_blocks"], body["dst_blocks"], pairs)
+    else:
+        segments = _plan.entry_to_blocks_segments(source, local, source_batch_index, body["dst_blocks"], pairs)
+    return _plan.coalesce(segments, source.regions, local.regions)
 
 
 class CacheServer:
-    """Answers RESOLVE and UNPIN from `registry`; pins live in the dict of the link they came on,
-    so that a link that ends, however it ends, releases them."""
+    """Answers PULL, RESOLVE and UNPIN from `registry`. using_mooncake(): a context holding the
+    agent's Mooncake engines (None once it closed). A push's pins (pin id -> an ExitStack holding
+    the cache's pin and exposure) live in the dict of the link they came on, so that a link that
+    ends, however it ends, releases them."""
 
-    def __init__(self, registry, register_regions):
+    def __init__(self, registry, using_mooncake):
         self._registry = registry
-        self._register_regions = register_regions   # False once the agent closed
+        self._using_mooncake = using_mooncake
         self._pin_ids = itertools.count(1)   # next() of a count is atomic: readers share it
+
+    def _lookup(self, fields):
+        """(entry, batch index, the CacheKey a pull may release) of a wire key; entry None when
+        nothing by that key lives here."""
+        if fields["kind"] == "id":
+            return self._registry.entry(fields["cache_id"]), fields["batch_index"], None
+        key = wire.key_from_fields(fields)
+        found = self._registry.find(key)
+        if found is None:
+            return None, 0, None
+        return found[0], found[1], key if fields["kind"] == "cache" else None
+
+    def _pin(self, entry, hold):
+        """Pins `entry` into `hold`; False when it was deallocated since the lookup."""
+        try:
+            hold.enter_context(self._registry.pin(entry.cache_id))
+        except (LLMException, LookupError, ValueError):
+            return False
+        return True
+
+    def pull(self, body, peer_engine):
+        """Writes what the PULL asks into the peer's exposed cache at `peer_engine`."""
+        entry, batch_index, key = self._lookup(body["key"])
+        if entry is None:
+            return {"status": _NOT_EXIST}
+        if body["release_key"] and key is None:
+            return {"status": _PARAM_INVALID}
+        with contextlib.ExitStack() as hold:
+            if not self._pin(entry, hold):
+                return {"status": _NOT_EXIST}
+            source = _plan.Layout.of_entry(entry)
+            try:
+                segments = _plan_pull(source, batch_index, body)
+            except _plan.PlanError as error:
+                log.warning("a pull of cache %d refused: %s", entry.cache_id, error)
+                return {"status": _PARAM_INVALID}
+            engine = hold.enter_context(self._using_mooncake())
+            if engine is None:
+                return {"status": int(LLMStatusCode.LLM_LINK_FAILED)}
+            # Over tcp Mooncake reads a local source by address; other transports need it registered.
+            if engine.needs_local_registration:
+                if not engine.expose(source.regions):
+                    return {"status": int(LLMStatusCode.LLM_FAILED)}
+                hold.callback(engine.withdraw, source.regions)
+            if engine.write(peer_engine, segments.src_addrs, segments.dst_addrs, segments.lengths) != 0:
+                log.warning("Mooncake write of %d bytes to %s failed", segments.nbytes, peer_engine)
+                return {"status": int(LLMStatusCode.LLM_LINK_FAILED)}
+            # Dropped under the pin, so a cache already deallocated is freed when the pin goes.
+            status = self._registry.release_key(key) if body["release_key"] else LLMStatusCode.LLM_SUCCESS
+        return {"status": int(status)}
 
     @staticmethod
     def refused(status):
         return {"status": int(status), "pin": 0, "layout": None}
 
     def resolve(self, body, pins):
-        not_found = self.refused(LLMStatusCode.LLM_KV_CACHE_NOT_EXIST)
-        fields = body["key"]
-        key = None   # a key by id names no key to find or release
-        if fields["kind"] == "id":
-            entry, batch_index = self._registry.entry(fields["cache_id"]), fields["batch_index"]
-        else:
-            key = wire.key_from_fields(fields)
-            found = self._registry.find(key)
-            entry, batch_index = found if found is not None else (None, 0)
+        """A push's first step: the key's cache pinned and exposed to the peer's writes until UNPIN."""
+        entry, batch_index, _ = self._lookup(body["key"])
         if entry is None:
-            return not_found
-        if body["write"] and not entry.remote_accessible:
+            return self.refused(_NOT_EXIST)
+        if not entry.remote_accessible:
             log.warning("a push into cache %d, which is not remote accessible", entry.cache_id)
-            return dict(not_found, status=int(LLMStatusCode.LLM_PARAM_INVALID))
+            return self.refused(_PARAM_INVALID)
         if len(pins) >= MAX_PINS_PER_LINK:
-            return dict(not_found, status=int(LLMStatusCode.LLM_LINK_BUSY))
+            return self.refused(LLMStatusCode.LLM_LINK_BUSY)
         hold = contextlib.ExitStack()
-        try:
-            hold.enter_context(self._registry.pin(entry.cache_id))
-        except (LLMException, LookupError, ValueError):
-            return not_found   # deallocated between the lookup and the pin
-        if not self._register_regions(entry.regions):
-            hold.close()
-            return dict(not_found, status=int(LLMStatusCode.LLM_FAILED))
+        with contextlib.ExitStack() as undo:
+            undo.push(hold)
+            if not self._pin(entry, hold):
+                return self.refused(_NOT_EXIST)
+            engine = hold.enter_context(self._using_mooncake())
+            if engine is None or not engine.expose(entry.regions):
+                return self.refused(LLMStatusCode.LLM_FAILED)
+            hold.callback(engine.withdraw, entry.regions)
+            undo.pop_all()
         pin_id = next(self._pin_ids)
-        pins[pin_id] = Pin(hold, key if fields["kind"] == "cache" else None)
+        pins[pin_id] = hold
         layout = {"cache_id": entry.cache_id, "tensor_addrs": list(entry.tensor_addrs),
                   "tensor_bytes": entry.tensor_bytes, "batch": entry.batch, "block_bytes": entry.block_bytes,
-                  "is_blocks_cache": bool(entry.is_blocks_cache), "remote_accessible": bool(entry.remote_accessible),
+                  "is_blocks_cache": bool(entry.is_blocks_cache), "remote_accessible": True,
                   "batch_index": batch_index, "regions": [list(region) for region in entry.regions]}
         return {"status": _SUCCESS, "pin": pin_id, "layout": layout}
 
-    def unpin(self, body, pins):
-        pin = pins.pop(body["pin"], None)
-        if pin is None:
-            return {"status": int(LLMStatusCode.LLM_PARAM_INVALID)}
-        status = _SUCCESS
-        with pin.hold:
-            # Dropped under the pin, so a cache already deallocated is freed when the pin goes.
-            if body["release_key"]:
-                if pin.key is None:
-                    status = int(LLMStatusCode.LLM_PARAM_INVALID)
-                else:
-                    status = int(self._registry.release_key(pin.key))
-        return {"status": status}
+    @staticmethod
+    def unpin(body, pins):
+        hold = pins.pop(body["pin"], None)
+        if hold is None:
+            return {"status": _PARAM_INVALID}
+        hold.close()
+        return {"status": _SUCCESS}
 
     @staticmethod
     def release(pins):
-        for pin in pins.values():
-            pin.hold.close()
+        for hold in pins.values():
+            hold.close()
         pins.clear()
