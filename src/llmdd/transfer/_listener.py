@@ -47,6 +47,8 @@ class ControlListener:
     def close(self, timeout_s=2.0):
         """Stops accepting and ends the links not answered yet (the agent ends the others)."""
         self._closing.set()
+        with contextlib.suppress(OSError):
+            self._socket.shutdown(socket.SHUT_RDWR)   # wakes the blocked accept at once (Linux)
         self._thread.join(timeout_s)
         self._socket.close()
         with self._lock:
