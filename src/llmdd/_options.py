@@ -4,6 +4,8 @@ Keys and their rules are in docs/facts.md section 4. Keys this module does not
 know are ignored, as the C++ library ignores them. A malformed value of a known key is
 LLM_PARAM_INVALID; a Python value that is not a str is a TypeError.
 """
+import os
+
 from . import _desc
 from ._limits import INT32
 
@@ -39,6 +41,10 @@ MALLOC_POLICY = "llmdd.MallocPolicy"
 TRANSFER_PROTOCOL = "llmdd.TransferProtocol"   # Mooncake's: "tcp" (default), "rdma", "ascend"
 TRANSFER_DEVICE = "llmdd.TransferDevice"       # the device name the protocol needs, if any
 TRANSFER_PROTOCOLS = ("tcp", "rdma", "ascend")
+# The secret both sides of a link prove they hold (docs/security.md); when the option is absent,
+# the environment variable, so that a drop-in user sets it without touching the code.
+LINK_SECRET = "llmdd.LinkSecret"
+LINK_SECRET_VARIABLE = "LLMDD_LINK_SECRET"
 DEFAULT_SYNC_KV_WAIT_MS = 1000                 # LLM-DataDist's default wait for a transfer's peer
 
 DEFAULT_TENSOR_ALIGNMENT = 512  # LLM-DataDist v1 aligns every tensor to 512 bytes
@@ -81,7 +87,8 @@ class EngineOptions:
 class TransferOptions:
     """What the engine's transfer service takes (links, pulls and pushes)."""
 
-    __slots__ = ("listen_ip_info", "sync_timeout_ms", "protocol", "device_name", "remote_cache_accessible")
+    __slots__ = ("listen_ip_info", "sync_timeout_ms", "protocol", "device_name", "remote_cache_accessible",
+                 "link_secret")
 
     def __init__(self):
         self.listen_ip_info = None     # "ip:port" to serve linking peers on, or None
@@ -89,6 +96,7 @@ class TransferOptions:
         self.protocol = "tcp"
         self.device_name = ""
         self.remote_cache_accessible = False
+        self.link_secret = None        # a str both sides of a link must hold, or None: anyone may link
 
 
 class PoolConfig:
@@ -162,6 +170,16 @@ def parse_ip_port(text, key):
     return host, parse_decimal(port, key, 0, 65535)
 
 
+def parse_link_secret(options):
+    """llmdd.LinkSecret, else $LLMDD_LINK_SECRET, else None. An empty option is malformed (a
+    secret meant and lost on the way); an empty variable counts as unset, as shells treat it."""
+    if LINK_SECRET in options:
+        if not options[LINK_SECRET]:
+            raise OptionError(f"{LINK_SECRET} is empty")
+        return options[LINK_SECRET]
+    return os.environ.get(LINK_SECRET_VARIABLE) or None
+
+
 def parse_options(options):
     """EngineOptions from Initialize's map; OptionError for a malformed known value."""
     if not hasattr(options, "items"):
@@ -190,6 +208,7 @@ def parse_options(options):
         parsed.transfer.protocol = options[TRANSFER_PROTOCOL]
     if TRANSFER_DEVICE in options:
         parsed.transfer.device_name = options[TRANSFER_DEVICE]
+    parsed.transfer.link_secret = parse_link_secret(options)
     for switch in (ENABLE_SWITCH_ROLE, ENABLE_CACHE_MANAGER, ENABLE_REMOTE_CACHE_ACCESSIBLE):
         if switch in options and options[switch] not in ("0", "1"):
             raise OptionError(f"{switch}={options[switch]!r} is not '0' or '1'")

@@ -80,7 +80,8 @@ def test_well_formed_known_options_are_accepted():
         assert dd.Initialize(options) == llmdd.LLM_SUCCESS
 
 
-@pytest.mark.parametrize("options", [{"llmdd.TransferProtocol": "udp"}, {"llm.EnableRemoteCacheAccessible": "yes"}])
+@pytest.mark.parametrize("options", [{"llmdd.TransferProtocol": "udp"}, {"llm.EnableRemoteCacheAccessible": "yes"},
+                                     {"llmdd.LinkSecret": ""}])
 def test_malformed_transfer_options_are_param_invalid(options):
     with new_engine() as dd:
         assert dd.Initialize(options) == llmdd.LLM_PARAM_INVALID

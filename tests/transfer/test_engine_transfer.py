@@ -22,6 +22,9 @@ needs_mooncake = pytest.mark.skipif(mooncake_missing() is not None, reason=str(m
 
 S = llmdd.LLMStatusCode
 PROMPT, DECODER, OTHER_PROMPT = 1, 2, 3
+# The module's linked decoder keeps its links; an engine of a test's own is another decoder (a
+# LINK claiming a linked cluster's id is refused).
+SECOND_DECODER = 4
 TENSORS, BATCH, BLOCK = 4, 8, 1024
 
 
@@ -50,7 +53,7 @@ def cluster_of(peer, local_ip=None):
 
 @pytest.fixture
 def engine():
-    with llmdd.LlmDataDist(DECODER, llmdd.LlmRole.kDecoder) as dd:
+    with llmdd.LlmDataDist(SECOND_DECODER, llmdd.LlmRole.kDecoder) as dd:
         assert dd.Initialize({"llm.SyncKvCacheWaitTime": "3000"}) == S.LLM_SUCCESS
         yield dd
 
@@ -66,8 +69,7 @@ def linking_engine():
 
 @pytest.fixture
 def linked(linking_engine, prompt, writable_prompt):
-    """The decoder engine, freshly linked to both prompts: a test may have unlinked, or linked
-    another engine as DECODER (which ends this one's link at the prompt)."""
+    """The decoder engine, freshly linked to both prompts: a test may have unlinked."""
     clusters = [cluster_of(prompt), cluster_of(writable_prompt)]
     assert linking_engine.UnlinkLlmClusters(clusters, [], 1000, True) == S.LLM_SUCCESS
     rets = []
@@ -218,7 +220,7 @@ def test_a_cache_this_engine_does_not_hold_takes_no_part(writable_prompt, linked
 
 @needs_mooncake
 def test_push_from_a_host_cache_is_param_invalid(writable_prompt):
-    with llmdd.LlmDataDist(DECODER, llmdd.LlmRole.kDecoder) as dd:
+    with llmdd.LlmDataDist(SECOND_DECODER, llmdd.LlmRole.kDecoder) as dd:
         assert dd.Initialize({"llm.HostMemPoolConfig": '{"memory_size": 1048576}'}) == S.LLM_SUCCESS
         rets = []
         assert dd.LinkLlmClusters([cluster_of(writable_prompt)], rets) == S.LLM_SUCCESS

@@ -22,6 +22,9 @@ pytestmark = pytest.mark.skipif(mooncake_missing() is not None, reason=str(moonc
 S = LLMStatusCode
 BLOCK = 4096
 PROMPT, DECODER, OTHER_PROMPT = 1, 2, 3
+# The module's decoder keeps its link; a test's own agent is another decoder (a LINK claiming a
+# linked cluster's id is refused).
+SECOND_DECODER = 4
 
 
 def blocks_key(cluster_id, model_id=0):
@@ -52,8 +55,7 @@ def decoder_agent(registry, prompt):
 
 @pytest.fixture
 def decoder(decoder_agent, prompt):
-    """The decoder, freshly linked to the prompt: a test may have unlinked it, or linked another
-    agent as DECODER (which ends this one's link at the prompt)."""
+    """The decoder, freshly linked to the prompt: a test may have unlinked it."""
     decoder_agent.unlink([prompt.cluster()], 1000, force=True)
     status, statuses = decoder_agent.link([prompt.cluster()], 3000)
     assert (status, statuses) == (S.LLM_SUCCESS, [S.LLM_SUCCESS])
@@ -150,7 +152,7 @@ def test_one_decoder_links_two_prompts_in_one_call(prompt, registry):
         b = other.call("allocate", num_tensors=2, batch=4, block_bytes=BLOCK, blocks=True,
                        keys=[blocks_key(OTHER_PROMPT, 30)])
         dst = registry.allocate(2, 4, BLOCK, blocks=True)
-        with TransferAgent(registry, DECODER) as agent:
+        with TransferAgent(registry, SECOND_DECODER) as agent:
             assert agent.link([prompt.cluster(), other.cluster()], 3000) == (S.LLM_SUCCESS, [S.LLM_SUCCESS] * 2)
             assert agent.pull_blocks(PROMPT, BlocksCacheKey(PROMPT, 30), dst, [0], [0]) == S.LLM_SUCCESS
             assert agent.pull_blocks(OTHER_PROMPT, BlocksCacheKey(OTHER_PROMPT, 30), dst, [0], [1]) == S.LLM_SUCCESS
@@ -234,7 +236,7 @@ def test_rejected_pull_cache_batch_index_and_size(prompt, decoder, registry):
 
 
 def test_link_rules(prompt, registry):
-    with TransferAgent(registry, DECODER) as agent:
+    with TransferAgent(registry, SECOND_DECODER) as agent:
         with pytest.raises(LLMException) as raised:
             agent.link([prompt.cluster()], 0)
         assert raised.value.status_code == S.LLM_PARAM_INVALID
@@ -269,7 +271,7 @@ def test_a_prompt_killed_mid_session_fails_bounded_and_the_decoder_stays_usable(
                     keys=[blocks_key(OTHER_PROMPT, 80)])
         prompt.call("allocate", num_tensors=2, batch=2, block_bytes=BLOCK, blocks=True, keys=[blocks_key(PROMPT, 80)])
         dst = registry.allocate(2, 2, BLOCK, blocks=True)
-        with TransferAgent(registry, DECODER, sync_timeout_ms=1000) as agent:
+        with TransferAgent(registry, SECOND_DECODER, sync_timeout_ms=1000) as agent:
             assert agent.link([prompt.cluster(), doomed.cluster()], 3000)[0] == S.LLM_SUCCESS
             assert agent.pull_blocks(OTHER_PROMPT, BlocksCacheKey(OTHER_PROMPT, 80), dst, [0], [0]) == S.LLM_SUCCESS
             doomed.kill()
@@ -303,7 +305,7 @@ def test_a_cache_deallocated_during_a_pull_is_freed_only_after_it(prompt):
     src = prompt.call("allocate", num_tensors=2, batch=1, block_bytes=1 << 20, keys=[key])
     dst = registry.allocate(2, 1, 1 << 20)
     memory = [registry.tensor(dst.cache_id, t) for t in range(2)]   # keeps the bytes readable after the free
-    with TransferAgent(registry, DECODER) as agent:
+    with TransferAgent(registry, SECOND_DECODER) as agent:
         assert agent.link([prompt.cluster()], 3000)[0] == S.LLM_SUCCESS
         assert agent.pull_cache(PROMPT, CacheKey(PROMPT, 90), dst) == S.LLM_SUCCESS
     assert registry.is_freed(dst.cache_id)

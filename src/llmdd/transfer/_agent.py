@@ -19,8 +19,9 @@ from .._desc import LLMStatusCode
 from .._limits import MAX_CLUSTERS_PER_CALL, UINT64
 from .._options import TRANSFER_PROTOCOLS, OptionError, parse_ip_port
 from .._status import LLMException, engine_status
+from . import _auth
 from . import _protocol as wire
-from ._channel import DRAIN_SECONDS, Channel, LinkFailure
+from ._channel import DRAIN_SECONDS, Channel, Keepalive, LinkFailure
 from ._listener import ControlListener
 from ._mooncake import engine_module, engines_for, hand_back
 from ._mover import Mover
@@ -52,6 +53,11 @@ def _parse_port(port, what):
     return port
 
 
+def _is_loopback(host):
+    """Whether only this host can reach a listener bound to `host` (a dotted IPv4 address)."""
+    return ipaddress.IPv4Address(host).is_loopback
+
+
 def _parse_listen_ip_info(listen_ip_info):
     """'ip:port' (llm.ListenIpInfo, by Initialize's rule) -> (ip, port); port 0 lets the system pick one."""
     try:
@@ -74,6 +80,25 @@ def _check_timeout(timeout_ms):
             "milliseconds", PARAM_INVALID)
 
 
+def _link_target(cluster):
+    """(remote cluster id, (ip, port), local ip or None); LLM_PARAM_INVALID when the ip infos
+    name no peer (as CANN, a status of that cluster, not of the call)."""
+    remote_cluster_id = cluster.remote_cluster_id
+    _check_int("remote_cluster_id", remote_cluster_id, UINT64)
+    remote_ip_infos, local_ip_infos = list(cluster.remote_ip_infos), list(cluster.local_ip_infos)
+    try:
+        if len(remote_ip_infos) != 1 or len(local_ip_infos) > 1:
+            raise LLMException(f"cluster {remote_cluster_id}: one remote ip info and at most one local one are "
+                               f"allowed, not {len(remote_ip_infos)} and {len(local_ip_infos)}", PARAM_INVALID)
+        remote_ip, remote_port = remote_ip_infos[0]
+        remote = (_parse_ip(remote_ip, "remote"), _parse_port(remote_port, "remote"))
+        local_ip = _parse_ip(local_ip_infos[0][0], "local") if local_ip_infos else None
+    except LLMException as error:
+        log.warning("%s", error)
+        return PARAM_INVALID
+    return remote_cluster_id, remote, local_ip
+
+
 class LinkTarget:
     """A cluster to link or unlink, as the agent takes it from either API: its id, and its local
     and remote (dotted ip, port) pairs."""
@@ -93,14 +118,18 @@ class TransferAgent:
     registry: the engine's CacheRegistry (entry, find, pin, release_key). listen_ip_info:
     "ip:port" to serve peers on (None: this side only links out). protocol: Mooncake's
     ("tcp", "rdma", "ascend"); device_name: the device where the protocol needs one.
-    sync_timeout_ms (llm.SyncKvCacheWaitTime) bounds each control round trip of a transfer.
+    sync_timeout_ms (llm.SyncKvCacheWaitTime) bounds each control round trip of a transfer, and
+    the whole handshake of a link made to this side. link_secret (llmdd.LinkSecret): a str both
+    sides of every link must prove they hold (docs/security.md), or None: anyone may link.
     Which rules a transfer follows is its local cache's (_kind_rules): CANN's Python rules, where
     blocks caches and whole caches are apart and keys say which is meant, or the C++ API's, where a
     block is a batch entry of any cache."""
 
     def __init__(self, registry, cluster_id, listen_ip_info=None, protocol="tcp", device_name="",
-                 sync_timeout_ms=1000):
+                 sync_timeout_ms=1000, link_secret=None):
         _check_int("cluster_id", cluster_id, UINT64)
+        require(link_secret is None or (isinstance(link_secret, str) and link_secret),
+                "link_secret must be None or a non-empty str", PARAM_INVALID)
         require(protocol in TRANSFER_PROTOCOLS, f"protocol {protocol!r} is not one of {TRANSFER_PROTOCOLS}",
                 PARAM_INVALID)
         require(isinstance(device_name, str), "device_name must be a str", PARAM_INVALID)
@@ -110,6 +139,7 @@ class TransferAgent:
         self._protocol = protocol
         self._device_name = device_name
         self._sync_timeout_s = sync_timeout_ms / 1000
+        self._link_secret = None if link_secret is None else link_secret.encode()
         self._lock = threading.Lock()
         self._links = {}        # remote cluster id -> Channel of a link this side made
         self._accepted = {}     # remote cluster id -> Channel of a link that cluster made to this one
@@ -118,6 +148,7 @@ class TransferAgent:
         self._mooncake = None
         self._in_use = 0        # transfers and registrations using self._mooncake now
         self._unused = threading.Condition(self._lock)
+        self._keepalive = Keepalive(f"llmdd-keepalive-{cluster_id}")
         self._server = CacheServer(registry, self._using_mooncake)
         mover = Mover(registry, self._link_for_transfer, self._using_mooncake, self._sync_timeout_s)
         self.pull_cache, self.pull_blocks = mover.pull_cache, mover.pull_blocks
@@ -127,11 +158,15 @@ class TransferAgent:
             host, port = _parse_listen_ip_info(listen_ip_info)
             try:
                 self._listener = ControlListener(host, port, cluster_id, self._mooncake_for_host, self._accept_link,
-                                                 self._activate, self._sync_timeout_s)
+                                                 self._activate, self._sync_timeout_s, self._links_from,
+                                                 self._link_secret)
             except OSError as error:
                 # An address this host does not have is a bad option; a port in use is not.
                 status = PARAM_INVALID if error.errno == errno.EADDRNOTAVAIL else LLMStatusCode.LLM_FAILED
                 raise LLMException(f"cannot listen on {listen_ip_info}: {error}", status) from None
+            if self._link_secret is None and not _is_loopback(host):
+                log.warning("listening for links on %s with no link secret: any host that reaches it may link and "
+                            "read the caches it serves (set llmdd.LinkSecret; docs/security.md)", listen_ip_info)
 
     @property
     def listen_address(self):
@@ -150,8 +185,8 @@ class TransferAgent:
 
     def close(self):
         """Ends every link and the listener without telling peers. Transfers under way end first,
-        and peers get DRAIN_SECONDS to unpin what they move: bounded, and at once for a peer
-        that died."""
+        and peers get DRAIN_SECONDS to unpin what they move: bounded, at once for a peer that
+        died, and within the keepalive limit for one that vanished."""
         if self._listener is not None:
             self._listener.close()
         with self._lock:
@@ -168,6 +203,7 @@ class TransferAgent:
             channel.shutdown()
         for channel in channels:
             channel.join()
+        self._keepalive.stop()
         if engine is not None:
             with self._lock:   # a transfer on a link already dropped may still use them: bounded
                 unused = self._unused.wait_for(lambda: self._in_use == 0, DRAIN_SECONDS)
@@ -178,14 +214,29 @@ class TransferAgent:
 
     def _accept_link(self, connection, body):
         """A Channel for the link `body`'s cluster is making to this one, or None when this agent
-        is closing or has too many links. The listener answers the link, then _activate()s it."""
+        is closing, has too many links, or that cluster has a link to this one already: a LINK
+        claiming a linked cluster's id never takes its link over. A link whose peer closed its
+        side is over (the peer unlinked by force, or died, and links again). A link this side
+        made to the cluster stays apart (CANN's hixl sample links both ways). The listener answers
+        the link, then _activate()s it."""
+        remote_cluster_id = body["cluster_id"]
         with self._lock:
-            if self._closed or len(self._accepted) >= MAX_ACCEPTED_LINKS:
+            if self._closed or len(self._accepted) >= MAX_ACCEPTED_LINKS or remote_cluster_id in self._answering:
                 return None
-        channel = Channel(connection, body["cluster_id"], body["engine"], self._server, self._sync_timeout_s,
-                          self._link_ended)
-        with self._lock:
-            self._answering.setdefault(body["cluster_id"], threading.Event())
+            answering = self._answering[remote_cluster_id] = threading.Event()   # one link answered at a time
+            current = self._accepted.get(remote_cluster_id)
+        channel = None
+        try:
+            if current is None or current.over():
+                channel = Channel(connection, remote_cluster_id, body["engine"], self._server, self._sync_timeout_s,
+                                  self._link_ended)
+            else:
+                log.warning("a link claiming cluster %d, which is linked already, refused", remote_cluster_id)
+        finally:
+            if channel is None:
+                with self._lock:
+                    del self._answering[remote_cluster_id]
+                answering.set()
         return channel
 
     def _activate(self, channel):
@@ -197,14 +248,20 @@ class TransferAgent:
             if self._closed:
                 channel.shutdown()   # its reader ends at once
             else:
-                previous = self._accepted.get(remote_cluster_id)   # the peer linked again: the old link is over
+                previous = self._accepted.get(remote_cluster_id)   # over: _accept_link took the new link for that
                 self._accepted[remote_cluster_id] = channel
             answered = self._answering.pop(remote_cluster_id, None)
         channel.start()
+        self._keepalive.watch(channel)
         if answered is not None:
             answered.set()
         if previous is not None:
             previous.close()
+
+    def _links_from(self, host):
+        """How many links `host` made to this agent (the listener caps them with handshakes)."""
+        with self._lock:
+            return sum(channel.peer_host == host for channel in self._accepted.values())
 
     def _link_ended(self, channel, unlinked):
         """A channel's reader stopped. A link the peer made, or one it unlinked, is gone; a link
@@ -232,7 +289,7 @@ class TransferAgent:
             return LLMStatusCode.LLM_FAILED, [LLMStatusCode.LLM_FAILED] * len(clusters)
         if len(clusters) > MAX_CLUSTERS_PER_CALL:
             return LLMStatusCode.LLM_CLUSTER_NUM_EXCEED_LIMIT, [LLMStatusCode.LLM_CLUSTER_NUM_EXCEED_LIMIT] * len(clusters)
-        targets = [self._link_target(cluster) for cluster in clusters]
+        targets = [_link_target(cluster) for cluster in clusters]
         engine_module()   # LLM_FEATURE_NOT_ENABLED before anything else when Mooncake is missing
         deadline = time.monotonic() + timeout_ms / 1000
         statuses = [None] * len(targets)
@@ -254,25 +311,6 @@ class TransferAgent:
                 statuses[index] = future.result()
         return next((status for status in statuses if status != SUCCESS), SUCCESS), statuses
 
-    @staticmethod
-    def _link_target(cluster):
-        """(remote cluster id, (ip, port), local ip or None); LLM_PARAM_INVALID when the ip infos
-        name no peer (as CANN, a status of that cluster, not of the call)."""
-        remote_cluster_id = cluster.remote_cluster_id
-        _check_int("remote_cluster_id", remote_cluster_id, UINT64)
-        remote_ip_infos, local_ip_infos = list(cluster.remote_ip_infos), list(cluster.local_ip_infos)
-        try:
-            if len(remote_ip_infos) != 1 or len(local_ip_infos) > 1:
-                raise LLMException(f"cluster {remote_cluster_id}: one remote ip info and at most one local one are "
-                                   f"allowed, not {len(remote_ip_infos)} and {len(local_ip_infos)}", PARAM_INVALID)
-            remote_ip, remote_port = remote_ip_infos[0]
-            remote = (_parse_ip(remote_ip, "remote"), _parse_port(remote_port, "remote"))
-            local_ip = _parse_ip(local_ip_infos[0][0], "local") if local_ip_infos else None
-        except LLMException as error:
-            log.warning("%s", error)
-            return PARAM_INVALID
-        return remote_cluster_id, remote, local_ip
-
     def _link_one(self, remote_cluster_id, remote, local_ip, deadline):
         connection = None
         try:
@@ -283,6 +321,8 @@ class TransferAgent:
                                                   source_address=(local_ip, 0) if local_ip else None)
             connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             engine = self._mooncake_for_host(connection.getsockname()[0])
+            if self._link_secret is not None:
+                _auth.authenticate_listening_side(connection, self._link_secret, deadline)
             body = {"cluster_id": self.cluster_id, "to_cluster_id": remote_cluster_id, "engine": engine.address,
                     "protocol": self._protocol}
             wire.send(connection, wire.MessageType.LINK, 0, body, deadline)
@@ -302,6 +342,7 @@ class TransferAgent:
             if closed:   # closed while we linked: the link goes with the agent
                 channel.shutdown()
             channel.start()
+            self._keepalive.watch(channel)
             return LLMStatusCode.LLM_FAILED if closed else SUCCESS
         except socket.timeout:
             return LLMStatusCode.LLM_TIMEOUT
@@ -330,7 +371,7 @@ class TransferAgent:
         statuses = []
         for cluster in clusters:
             if not (force or by_id):
-                target = self._link_target(cluster)
+                target = _link_target(cluster)
                 if isinstance(target, LLMStatusCode):
                     statuses.append(target)
                     continue

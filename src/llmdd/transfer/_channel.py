@@ -5,6 +5,10 @@ the other's, so one link lets both sides pull and push, as one CANN link does. A
 takes every frame: a reply goes to the request waiting for it, a request to the CacheServer,
 whose answer goes back at once. This side sends one request at a time. A timeout or a frame
 that breaks the protocol ends the channel for good: a late reply would desynchronize the stream.
+
+Keepalive: each side PINGs a link it has sent nothing on for KEEPALIVE_INTERVAL_S (one Keepalive
+thread per agent), and a reader that, waiting for a frame, hears nothing for KEEPALIVE_LIMIT_S
+ends the link: its peer vanished without a FIN or RST (its host is gone), and its pins go with it.
 """
 import itertools
 import logging
@@ -22,6 +26,12 @@ _POLL_SECONDS = 0.2
 # How long ending a link waits for the peer to unpin what it is moving (Mooncake's own give-up
 # time with 0.3.13 was 60 s); a peer that dies unpins at once.
 DRAIN_SECONDS = 60.0
+# A link's peer is gone when the reader, waiting for a frame, hears nothing for KEEPALIVE_LIMIT_S
+# while the peer pings every KEEPALIVE_INTERVAL_S of silence: five pings lost, or a peer stalled
+# (its GIL held) for 5 s, is a dead link. The reader notices within the limit and a poll.
+KEEPALIVE_INTERVAL_S = 1.0
+KEEPALIVE_LIMIT_S = 5.0
+_TCP_ESTABLISHED = 1   # tcpi_state, the first byte of Linux's struct tcp_info
 _REPLIES = frozenset(wire.REPLY_TO.values())
 
 
@@ -52,6 +62,7 @@ class Channel:
     def __init__(self, connection, remote_cluster_id, peer_engine, server, message_timeout_s, on_end):
         self.remote_cluster_id = remote_cluster_id
         self.peer_engine = peer_engine
+        self.peer_host = connection.getpeername()[0]
         # Held by a transfer from RESOLVE to UNPIN, and by whoever ends the link: the peer's pins
         # must outlive the bytes moving under them.
         self.transfer_lock = threading.Lock()
@@ -68,6 +79,7 @@ class Channel:
         self._request_lock = threading.Lock()
         self._request_ids = itertools.count(1)
         self._waiter = None
+        self._last_sent = time.monotonic()
         self._closing = threading.Event()
         self._draining = False
         self._serving = False   # a PULL of the peer's is being served
@@ -114,6 +126,35 @@ class Channel:
         while (self._pins or self._serving) and not self.broken and time.monotonic() < deadline:
             time.sleep(0.005)
 
+    def over(self):
+        """Whether the link ended, or its peer closed its side of it: a peer that unlinked by force
+        or died may link again before this side's reader has taken the close (tcp_info sees it
+        even behind bytes not read yet)."""
+        if self.broken:
+            return True
+        try:
+            state = self._reader.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+        except OSError:   # closed meanwhile
+            return True
+        return state != _TCP_ESTABLISHED
+
+    def keep_alive(self):
+        """PINGs the peer when this side has sent nothing for KEEPALIVE_INTERVAL_S (the Keepalive
+        thread's call: never the reader's, which may be busy serving)."""
+        if time.monotonic() - self._last_sent < KEEPALIVE_INTERVAL_S:
+            return
+        if not self._send_lock.acquire(blocking=False):
+            return   # a frame going out now keeps the link alive as well
+        try:
+            # The reader closes the socket, under this lock, once it broke; a closing link is let be.
+            if not (self.broken or self._closing.is_set()):
+                self._send_with_lock_held(wire.MessageType.PING, 0, {}, time.monotonic() + self._message_timeout_s)
+        except OSError as error:   # socket.timeout included: the peer reads nothing
+            if not self._closing.is_set():
+                self._break(f"keepalive: {error}")
+        finally:
+            self._send_lock.release()
+
     def close(self):
         """Ends the channel without telling the peer (bounded: joins the reader for a moment)."""
         self.shutdown()
@@ -129,7 +170,11 @@ class Channel:
 
     def _send(self, message_type, request_id, body, deadline):
         with self._send_lock:
-            wire.send(self._sender, message_type, request_id, body, deadline)
+            self._send_with_lock_held(message_type, request_id, body, deadline)
+
+    def _send_with_lock_held(self, message_type, request_id, body, deadline):
+        wire.send(self._sender, message_type, request_id, body, deadline)
+        self._last_sent = time.monotonic()
 
     def _break(self, reason):
         log.warning("link with cluster %d failed: %s", self.remote_cluster_id, reason)
@@ -143,14 +188,19 @@ class Channel:
             pass
 
     def _wait_for_frame(self):
-        """True when the next frame starts arriving, False when the peer closed or we are closing.
-        An idle link may wait forever; a started frame gets message_timeout_s."""
+        """True when the next frame starts arriving, False when the peer closed, fell silent for
+        KEEPALIVE_LIMIT_S, or we are closing. A started frame gets message_timeout_s. Silence counts
+        only from here: time spent serving the last request is not the peer's."""
         self._reader.settimeout(_POLL_SECONDS)
+        waiting_since = time.monotonic()
         while not self._closing.is_set():
             try:
                 return bool(self._reader.recv(1, socket.MSG_PEEK))
             except socket.timeout:
-                continue
+                if time.monotonic() - waiting_since > KEEPALIVE_LIMIT_S:
+                    log.warning("link with cluster %d: nothing heard for %.1f s, the peer is gone",
+                                self.remote_cluster_id, KEEPALIVE_LIMIT_S)
+                    return False
         return False
 
     def _read_loop(self):
@@ -160,6 +210,10 @@ class Channel:
                 message_type, request_id, body = wire.receive(self._reader,
                                                               time.monotonic() + self._message_timeout_s)
                 deadline = time.monotonic() + self._message_timeout_s
+                if message_type == wire.MessageType.PING:   # keepalive only: never answered
+                    if request_id != 0:
+                        raise wire.ProtocolError(f"PING #{request_id}: a PING carries request id 0")
+                    continue
                 if message_type in _REPLIES:
                     waiter = self._waiter
                     if waiter is None or (waiter.request_id, waiter.reply_type) != (request_id, message_type):
@@ -212,3 +266,41 @@ class Channel:
             with self._send_lock:   # not under a sendall of this side's
                 self._sender.close()
             self._on_end(self, unlinked)
+
+
+class Keepalive:
+    """One thread per agent that PINGs each link it watches as needed, from the agent's first link
+    on; a link that is ending is still watched until its reader stops (a peer may drain its
+    transfer for long). Looking twice an interval keeps every gap between two frames under 1.5
+    intervals."""
+
+    def __init__(self, name):
+        self._name = name
+        self._lock = threading.Lock()
+        self._channels = set()
+        self._stopping = threading.Event()
+        self._thread = None
+
+    def watch(self, channel):
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            self._channels.add(channel)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
+
+    def stop(self):
+        with self._lock:
+            self._stopping.set()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+
+    def _run(self):
+        while not self._stopping.wait(KEEPALIVE_INTERVAL_S / 2):
+            with self._lock:
+                self._channels = {channel for channel in self._channels if not channel.broken}
+                channels = list(self._channels)
+            for channel in channels:
+                channel.keep_alive()

@@ -1,8 +1,9 @@
 """The listening side of the control protocol: a thread on llm.ListenIpInfo that takes links.
 
-A connection must LINK first (within the message time) and to this cluster; anything else, and
-any frame that fails validation, closes the connection without an answer. A link that is
-answered becomes a Channel of the agent's (on_link), which serves and sends requests both ways.
+A connection must LINK first and to this cluster, after proving it holds the link secret when one
+is set (_auth.py), all within the message time; anything else, and any frame that fails
+validation, closes the connection without an answer. A link that is answered becomes a Channel of
+the agent's (on_link), which serves and sends requests both ways.
 """
 import contextlib
 import logging
@@ -12,11 +13,16 @@ import time
 
 from .._status import LLMException
 from .._desc import LLMStatusCode
+from . import _auth
 from . import _protocol as wire
 
 log = logging.getLogger("llmdd.transfer")
 
 MAX_CONNECTIONS = 64
+# Links and handshakes from one remote host at a time, so that one host cannot take every slot
+# (MAX_CONNECTIONS handshakes, the agent's 64 accepted links). 16 fits the largest Ascend server
+# (8 chips of 2 dies), each device's engine linking once, and leaves other hosts three quarters.
+MAX_LINKS_PER_HOST = 16
 # How often the blocked accept looks up to see whether the listener is closing.
 _POLL_SECONDS = 0.2
 
@@ -26,17 +32,21 @@ _SUCCESS = int(LLMStatusCode.LLM_SUCCESS)
 class ControlListener:
     """on_link(connection, link body): the agent's Channel for a link about to be answered, or
     None to refuse it; on_linked(channel) once the answer went out (or failed to). mooncake_for_host(host)
-    starts this side's Mooncake engine."""
+    starts this side's Mooncake engine. links_from(host): how many links that host made here.
+    link_secret: the bytes a linking side must prove it holds, or None."""
 
-    def __init__(self, host, port, cluster_id, mooncake_for_host, on_link, on_linked, message_timeout_s):
+    def __init__(self, host, port, cluster_id, mooncake_for_host, on_link, on_linked, message_timeout_s,
+                 links_from, link_secret):
         self._cluster_id = cluster_id
+        self._links_from = links_from
+        self._link_secret = link_secret
         self._mooncake_for_host = mooncake_for_host
         self._on_link = on_link
         self._on_linked = on_linked
         self._message_timeout_s = message_timeout_s
         self._closing = threading.Event()
         self._lock = threading.Lock()
-        self._handshakes = {}   # socket -> its thread, until the link is answered
+        self._handshakes = {}   # socket -> (remote host, its thread), until the link is answered
         self._socket = socket.create_server((host, port), backlog=MAX_CONNECTIONS)
         self._socket.settimeout(_POLL_SECONDS)
         self.address = self._socket.getsockname()[:2]
@@ -57,7 +67,7 @@ class ControlListener:
             with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
         deadline = time.monotonic() + timeout_s
-        for thread in handshakes.values():
+        for _, thread in handshakes.values():
             thread.join(max(0.0, deadline - time.monotonic()))
 
     def _accept_loop(self):
@@ -68,6 +78,7 @@ class ControlListener:
                 continue
             except OSError:
                 return
+            links = self._links_from(peer[0])
             with self._lock:
                 if self._closing.is_set():
                     connection.close()
@@ -76,16 +87,28 @@ class ControlListener:
                     log.warning("control connection from %s refused: %d links under way", peer, MAX_CONNECTIONS)
                     connection.close()
                     continue
+                if links + sum(host == peer[0] for host, _ in self._handshakes.values()) >= MAX_LINKS_PER_HOST:
+                    log.warning("control connection from %s refused: %d links and handshakes from that host",
+                                peer, MAX_LINKS_PER_HOST)
+                    connection.close()
+                    continue
                 thread = threading.Thread(target=self._handshake, args=(connection, peer), daemon=True,
                                           name=f"llmdd-control-{peer[0]}:{peer[1]}")
-                self._handshakes[connection] = thread
+                self._handshakes[connection] = (peer[0], thread)
             thread.start()
 
     def _handshake(self, connection, peer):
         channel = None
         try:
-            deadline = time.monotonic() + self._message_timeout_s
+            deadline = time.monotonic() + self._message_timeout_s   # for the whole handshake
             message_type, request_id, body = wire.receive(connection, deadline)
+            if self._link_secret is not None:
+                if message_type != wire.MessageType.AUTH_HELLO or not _auth.authenticate_linking_side(
+                        connection, body, request_id, self._link_secret, deadline):
+                    log.warning("control connection from %s did not prove it holds the link secret: closed "
+                                "unanswered", peer)
+                    return
+                message_type, request_id, body = wire.receive(connection, deadline)
             if message_type != wire.MessageType.LINK:
                 log.warning("control connection from %s sent %s before linking: closed unanswered", peer,
                             message_type.name)

@@ -28,7 +28,7 @@ from .._cache_keys import KEY_TYPES
 from .._limits import INT64, UINT32, UINT64
 
 MAGIC = b"LDDC"
-PROTOCOL_VERSION = 3   # 2: a link's connection carries requests both ways; 3: PULL
+PROTOCOL_VERSION = 3   # 2: a link's connection carries requests both ways; 3: PULL, authentication, PING
 HEADER = struct.Struct("!4sBBHII")
 # A layout of the largest cache we describe (MAX_TENSORS addresses of up to 20 digits) fits
 # several times over; anything bigger is not one of our messages.
@@ -55,6 +55,12 @@ class MessageType(enum.IntEnum):
     UNPIN_REPLY = 8
     PULL = 9          # write what this key names into my exposed cache, then answer
     PULL_REPLY = 10
+    # Authentication, before LINK when a link secret is set (_auth.py), and the keepalive.
+    AUTH_HELLO = 20      # caller -> listener: the caller's nonce
+    AUTH_CHALLENGE = 21  # listener -> caller: the listener's nonce
+    AUTH_PROOF = 22      # caller -> listener: the caller's MAC over both nonces
+    AUTH_CONFIRM = 23    # listener -> caller: the listener's MAC, once the caller's checked out
+    PING = 24            # either side of a link it has sent nothing on for a while; never answered
 
 
 REPLY_TO = {
@@ -85,6 +91,11 @@ def _one_of(*choices):
     return lambda value: value in choices and type(value) is str
 
 
+def _hex_bytes(count):
+    digits = frozenset("0123456789abcdef")
+    return lambda value: type(value) is str and len(value) == 2 * count and digits.issuperset(value)
+
+
 def _list_of(check_item, max_items):
     return lambda value: type(value) is list and len(value) <= max_items and all(check_item(v) for v in value)
 
@@ -93,6 +104,8 @@ _u32 = _int_in(0, UINT32_MAX)
 _u64 = _int_in(0, UINT64_MAX)
 _i64 = _int_in(INT64_MIN, INT64_MAX)
 _status = _int_in(-1, UINT32_MAX)
+NONCE_BYTES = 32   # a fresh random nonce from each side of an authentication
+MAC_BYTES = 32     # HMAC-SHA256
 
 # Keys by kind: a CacheKey ("cache"), a BlocksCacheKey ("blocks") or a CacheKeyByIdAndIndex ("id").
 KEY_FIELDS = {
@@ -178,6 +191,11 @@ MESSAGE_FIELDS = {
                        "src_layer_range": is_layer_range, "dst_layer_range": is_layer_range,
                        "tensor_num_per_layer": _u32},
     MessageType.PULL_REPLY: {"status": _status},
+    MessageType.AUTH_HELLO: {"nonce": _hex_bytes(NONCE_BYTES)},
+    MessageType.AUTH_CHALLENGE: {"nonce": _hex_bytes(NONCE_BYTES)},
+    MessageType.AUTH_PROOF: {"mac": _hex_bytes(MAC_BYTES)},
+    MessageType.AUTH_CONFIRM: {"mac": _hex_bytes(MAC_BYTES)},
+    MessageType.PING: {},
 }
 
 

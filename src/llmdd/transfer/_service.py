@@ -19,7 +19,7 @@ class TransferService:
         self.registry = registry
         self.agent = TransferAgent(self.registry, engine.cluster_id, listen_ip_info=options.listen_ip_info,
                                    protocol=options.protocol, device_name=options.device_name,
-                                   sync_timeout_ms=options.sync_timeout_ms)
+                                   sync_timeout_ms=options.sync_timeout_ms, link_secret=options.link_secret)
         self._closer = weakref.finalize(engine, self.agent.close)
 
     def close(self):
