@@ -27,10 +27,12 @@ _POLL_SECONDS = 0.2
 # time with 0.3.13 was 60 s); a peer that dies unpins at once.
 DRAIN_SECONDS = 60.0
 # A link's peer is gone when the reader, waiting for a frame, hears nothing for KEEPALIVE_LIMIT_S
-# while the peer pings every KEEPALIVE_INTERVAL_S of silence: five pings lost, or a peer stalled
-# (its GIL held) for 5 s, is a dead link. The reader notices within the limit and a poll.
+# while the peer pings every KEEPALIVE_INTERVAL_S of silence: fifteen pings lost, or a peer stalled
+# (its GIL held) for 15 s, is a dead link. The reader notices within the limit and a poll. Long
+# enough that a serving engine busy for seconds (a model load, a graph capture holding the GIL)
+# keeps its links; short enough that a vanished peer's pins go well before Finalize's 60 s drain.
 KEEPALIVE_INTERVAL_S = 1.0
-KEEPALIVE_LIMIT_S = 5.0
+KEEPALIVE_LIMIT_S = 15.0
 _TCP_ESTABLISHED = 1   # tcpi_state, the first byte of Linux's struct tcp_info
 _REPLIES = frozenset(wire.REPLY_TO.values())
 
