@@ -234,6 +234,33 @@ def test_a_forked_child_leaves_the_parents_links_alone():
         assert pull() == S.LLM_SUCCESS
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_keeps_no_copy_of_the_parents_control_sockets():
+    port = free_port()
+    to_prompt = [ClusterInfo(PROMPT, 0, [], [IpInfo("127.0.0.1", port)])]
+    with llmdd.LlmDataDist(PROMPT, llmdd.LlmRole.kPrompt) as prompt_engine, \
+            llmdd.LlmDataDist(DECODER, llmdd.LlmRole.kDecoder) as decoder_engine:
+        assert prompt_engine.Initialize({"llm.ListenIpInfo": f"127.0.0.1:{port}"}) == S.LLM_SUCCESS
+        assert decoder_engine.Initialize({}) == S.LLM_SUCCESS
+        assert decoder_engine.LinkLlmClusters(to_prompt, []) == S.LLM_SUCCESS
+        child = os.fork()
+        if child == 0:   # outlives what the parent does next; killed at the end
+            time.sleep(CHILD_EXIT_SECONDS)
+            os._exit(0)
+        try:
+            prompt_engine.Finalize()
+            assert not listening(port)
+            assert prompt_engine.Initialize({"llm.ListenIpInfo": f"127.0.0.1:{port}"}) == S.LLM_SUCCESS
+            source = prompt_engine.allocate_cache(llmdd.CacheDesc(1, [2, 4096], llmdd.DT_UINT8))
+            destination = decoder_engine.allocate_cache(llmdd.CacheDesc(1, [2, 4096], llmdd.DT_UINT8))
+            assert decoder_engine.UnlinkLlmClusters(to_prompt, [], force_flag=True) == S.LLM_SUCCESS
+            assert decoder_engine.LinkLlmClusters(to_prompt, [], 3000) == S.LLM_SUCCESS
+            assert decoder_engine.PullKvCache(CacheIndex(PROMPT, source.cache_id, 0), destination) == S.LLM_SUCCESS
+        finally:
+            os.kill(child, 9)
+            os.waitpid(child, 0)
+
+
 def test_the_listening_side_may_pull_as_soon_as_the_linking_side_has_its_answer(monkeypatch):
     # The listener makes an accepted link usable only after its answer went out; a transfer from the
     # listening side in that window waits for the link instead of answering LLM_NOT_YET_LINK.
