@@ -261,6 +261,24 @@ def test_a_forked_child_keeps_no_copy_of_the_parents_control_sockets():
             os.waitpid(child, 0)
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs os.fork and /proc/self/fd")
+def test_a_forked_child_keeps_no_copy_of_mooncakes_handshake_listeners(monkeypatch):
+    from llmdd.transfer import _mooncake
+    monkeypatch.setenv(_mooncake.ENGINES_VARIABLE, "1")   # stopping each takes 1 s
+    engines = _mooncake.MooncakeEngines("127.0.0.1", "tcp", "")
+    ports = list(engines.handshake_ports)
+    child = os.fork()
+    if child == 0:   # outlives what the parent does next; killed at the end
+        time.sleep(CHILD_EXIT_SECONDS)
+        os._exit(0)
+    try:
+        engines.close()
+        assert not [port for port in ports if listening(port)]
+    finally:
+        os.kill(child, 9)
+        os.waitpid(child, 0)
+
+
 def test_the_listening_side_may_pull_as_soon_as_the_linking_side_has_its_answer(monkeypatch):
     # The listener makes an accepted link usable only after its answer went out; a transfer from the
     # listening side in that window waits for the link instead of answering LLM_NOT_YET_LINK.
