@@ -9,7 +9,7 @@ import types
 
 import numpy
 import pytest
-from support.network import free_port, listening, mooncake_missing
+from support.network import free_port, listening, mooncake_missing, socket_inodes, sockets_on_port
 from support.registries import LocalRegistry
 
 import llmdd
@@ -234,8 +234,10 @@ def test_a_forked_child_leaves_the_parents_links_alone():
         assert pull() == S.LLM_SUCCESS
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs os.fork and /proc/self/fd")
 def test_a_forked_child_keeps_no_copy_of_the_parents_control_sockets():
+    # A copy would keep what the parent closes without a shutdown open, and (were the listener
+    # not shut down) its port bound: the parent could not listen on it again.
     port = free_port()
     to_prompt = [ClusterInfo(PROMPT, 0, [], [IpInfo("127.0.0.1", port)])]
     with llmdd.LlmDataDist(PROMPT, llmdd.LlmRole.kPrompt) as prompt_engine, \
@@ -243,11 +245,17 @@ def test_a_forked_child_keeps_no_copy_of_the_parents_control_sockets():
         assert prompt_engine.Initialize({"llm.ListenIpInfo": f"127.0.0.1:{port}"}) == S.LLM_SUCCESS
         assert decoder_engine.Initialize({}) == S.LLM_SUCCESS
         assert decoder_engine.LinkLlmClusters(to_prompt, []) == S.LLM_SUCCESS
+        control = sockets_on_port(port)   # the listener and both ends of the link
+        forked, ready = os.pipe()
         child = os.fork()
         if child == 0:   # outlives what the parent does next; killed at the end
+            os.write(ready, b"1")   # its fork handlers have run
             time.sleep(CHILD_EXIT_SECONDS)
             os._exit(0)
+        os.close(ready)
         try:
+            assert os.read(forked, 1) == b"1"
+            assert len(control) >= 3 and not control & socket_inodes(child)
             prompt_engine.Finalize()
             assert not listening(port)
             assert prompt_engine.Initialize({"llm.ListenIpInfo": f"127.0.0.1:{port}"}) == S.LLM_SUCCESS
@@ -257,6 +265,7 @@ def test_a_forked_child_keeps_no_copy_of_the_parents_control_sockets():
             assert decoder_engine.LinkLlmClusters(to_prompt, [], 3000) == S.LLM_SUCCESS
             assert decoder_engine.PullKvCache(CacheIndex(PROMPT, source.cache_id, 0), destination) == S.LLM_SUCCESS
         finally:
+            os.close(forked)
             os.kill(child, 9)
             os.waitpid(child, 0)
 
