@@ -27,8 +27,9 @@ from ._llm_facts cimport (
 cdef uint64_t MAX_HELD_BYTES = 1ULL << 60
 
 # cache_id comes from one process-wide counter starting at 1 (docs/facts.md section 4, v1); in cache-manager
-# mode (llm.EnableCacheManager=1, v2) each initialization counts its own from 1, as v2's cache
-# engine does. The GIL guards both.
+# mode (llm.EnableCacheManager=1, v2) each engine counts its own from 1, as v2's cache engine does,
+# but goes on counting across its initializations where v2 starts again (continue_ids_after).
+# The GIL guards both.
 cdef int64_t _next_cache_id = 1
 
 # Allocators from open to their teardown, for the fork handler (LlmDataDist's, which calls
@@ -126,6 +127,18 @@ cdef class CacheAllocator:
             _live_allocators = weakref.WeakSet()
         _live_allocators.add(self)
         return LLM_SUCCESS
+
+    cdef void continue_ids_after(self, CacheAllocator earlier):
+        """Cache ids go on from `earlier`, the engine's last initialization: one engine never
+        issues an id twice, so a Cache or an id kept from an earlier initialization names no cache
+        of this one (v2's cache engine counts from 1 at each Initialize, and would free or serve
+        the new cache 1 for the old one)."""
+        global _next_cache_id
+        cdef int64_t first_unissued = earlier.next_own_cache_id if earlier.own_cache_ids else _next_cache_id
+        if self.own_cache_ids:
+            self.next_own_cache_id = first_unissued
+        elif _next_cache_id < first_unissued:
+            _next_cache_id = first_unissued
 
     # Hot path: typed locals only, no Python object.
     cdef uint32_t allocate(self, const DescFields* fields, int64_t* cache_id, uintptr_t* first_addr,

@@ -41,7 +41,7 @@ cdef class CacheAllocator:
     cdef CacheTable table
     cdef dict exports                 # cache_id -> _CacheMemory of exported caches
     cdef MemoryStats stats
-    cdef bint own_cache_ids           # cache-manager mode (v2): ids count from 1 in each initialization
+    cdef bint own_cache_ids           # cache-manager mode (v2): the engine counts its own ids
     cdef int64_t next_own_cache_id
     cdef bint teardown_pending        # from Finalize to the end of the teardown (after the last export)
     cdef bint finalizing              # inside Finalize: the teardown comes at its end
@@ -50,6 +50,7 @@ cdef class CacheAllocator:
 
     cdef uint32_t open(self, DeviceRuntime runtime, int32_t device, int malloc_policy, uint64_t alignment,
                        bint own_cache_ids, device_pool, host_pool)
+    cdef void continue_ids_after(self, CacheAllocator earlier)
     cdef uint32_t allocate(self, const DescFields* fields, int64_t* cache_id, uintptr_t* first_addr,
                            uint64_t* stride)
     cdef uint32_t register(self, const DescFields* fields, tuple addrs, int64_t* cache_id)

@@ -176,8 +176,8 @@ cdef class Cache:
 
     cdef bint belongs_to(self, LlmDataDist engine):
         """Whether `engine` allocated (or registered) this cache in its current initialization:
-        cache ids start again at 1 after a re-Initialize in cache-manager mode, so an id alone
-        could name a newer cache."""
+        in cache-manager mode each engine numbers its caches from 1, so an id alone could name
+        another engine's cache."""
         return self._engine is engine and self._generation == engine._generation
 
     cdef LlmDataDist live_engine(self):
@@ -280,6 +280,8 @@ cdef class EngineCore:
             status = caches.open(self._runtime, parsed.device_id, parsed.malloc_policy, parsed.tensor_alignment,
                                  parsed.cache_manager_mode, parsed.device_pool, parsed.host_pool)
             if status == LLM_SUCCESS:
+                if self._caches is not None:
+                    caches.continue_ids_after(self._caches)
                 self._caches = caches
                 self._generation += 1
                 # Before the engine says it is initialized: every call that sees it so finds them.
@@ -369,6 +371,11 @@ cdef class EngineCore:
         if not self._initialized:
             raise self.exception(LLM_FAILED, "transfer")
         return self._services.service()
+
+    def _holds(self, Cache cache not None):
+        """Whether this engine's current initialization allocated or registered `cache` (its id
+        alone could name a cache of another engine, or of an earlier initialization)."""
+        return cache.belongs_to(self)
 
     @property
     def _initialization(self):
@@ -573,9 +580,16 @@ cdef class LlmDataDist(EngineCore):
         return cache
 
     def deallocate_cache(self, cache):
-        """Free a cache given as a Cache or a cache_id; LLMException when it cannot be freed."""
-        cdef int64_t cache_id = (<Cache>cache)._cache_id if isinstance(cache, Cache) else as_integer(cache, "cache")
-        cdef uint32_t status = self.deallocate(cache_id, False)
+        """Free a cache given as a Cache or a cache_id; LLMException when it cannot be freed. A
+        Cache another engine, or an earlier initialization of this one, allocated is none of this
+        initialization's caches, whatever its id (LLM_KV_CACHE_NOT_EXIST)."""
+        cdef uint32_t status
+        if not isinstance(cache, Cache):
+            status = self.deallocate(as_integer(cache, "cache"), False)
+        elif (<Cache>cache)._engine is None or (<Cache>cache).belongs_to(self) or not self._initialized:
+            status = self.deallocate((<Cache>cache)._cache_id, False)
+        else:
+            status = LLM_KV_CACHE_NOT_EXIST
         if status != LLM_SUCCESS:
             raise self.exception(status, "deallocate_cache")
 

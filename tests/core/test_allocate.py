@@ -217,10 +217,62 @@ def test_cache_manager_mode_numbers_each_engines_caches_from_one():
         assert [registered.cache_id, second.allocate_cache(desc).cache_id] == [1, 2]
         first.Finalize()
         assert first.Initialize({"llm.EnableCacheManager": "1"}) == llmdd.LLM_SUCCESS
-        assert first.allocate_cache(desc).cache_id == 1
+        assert first.allocate_cache(desc).cache_id == 3   # goes on: v2 would start again at 1
     with LlmDataDist(0, LlmRole.kPrompt) as v1, LlmDataDist(1, LlmRole.kPrompt) as v2:
         assert v1.Initialize({"llm.EnableCacheManager": "0"}) == llmdd.LLM_SUCCESS
         assert v2.Initialize({"llm.EnableCacheManager": "1"}) == llmdd.LLM_SUCCESS
         before = v1.allocate_cache(desc).cache_id
         assert v2.allocate_cache(desc).cache_id == 1        # takes nothing from the process's counter
         assert v1.allocate_cache(desc).cache_id == before + 1
+
+
+def test_an_id_of_an_earlier_initialization_names_no_cache_of_this_one():
+    # In cache-manager mode v2 numbers each initialization's caches from 1, so the id of a cache
+    # kept from before a re-Initialize would name (and free) the new cache 1.
+    desc = CacheDesc(1, [1], llmdd.DT_INT8)
+    options = {"llm.EnableCacheManager": "1"}
+    with LlmDataDist(0, LlmRole.kPrompt) as engine:
+        assert engine.Initialize(options) == llmdd.LLM_SUCCESS
+        allocated, registered = engine.allocate_cache(desc), Cache()
+        assert engine.RegisterKvCache(desc, [0x1000], registered) == llmdd.LLM_SUCCESS
+        engine.Finalize()
+        assert engine.Initialize(options) == llmdd.LLM_SUCCESS
+        current = [engine.allocate_cache(desc), Cache()]
+        assert engine.RegisterKvCache(desc, [0x2000], current[1]) == llmdd.LLM_SUCCESS
+        assert engine.DeallocateCache(allocated.cache_id) == llmdd.LLM_KV_CACHE_NOT_EXIST
+        assert engine.UnregisterKvCache(registered.cache_id) == llmdd.LLM_KV_CACHE_NOT_EXIST
+        with pytest.raises(llmdd.LLMException) as raised:
+            engine.deallocate_cache(allocated)
+        assert raised.value.status_code == llmdd.LLM_KV_CACHE_NOT_EXIST
+        assert engine.memory_stats()["num_caches"] == 1
+        assert engine.CopyKvCache(current[0], current[0]) == llmdd.LLM_SUCCESS
+        assert engine.UnregisterKvCache(current[1].cache_id) == llmdd.LLM_SUCCESS
+
+
+def test_an_engine_never_issues_a_cache_id_twice_when_its_mode_changes():
+    desc = CacheDesc(1, [1], llmdd.DT_INT8)
+    with LlmDataDist(0, LlmRole.kPrompt) as engine:
+        assert engine.Initialize({"llm.EnableCacheManager": "0"}) == llmdd.LLM_SUCCESS
+        from_the_process = engine.allocate_cache(desc).cache_id
+        engine.Finalize()
+        assert engine.Initialize({"llm.EnableCacheManager": "1"}) == llmdd.LLM_SUCCESS
+        own = [engine.allocate_cache(desc).cache_id for _ in range(2)]
+        assert own[0] > from_the_process
+        engine.Finalize()
+        assert engine.Initialize({"llm.EnableCacheManager": "0"}) == llmdd.LLM_SUCCESS
+        assert engine.allocate_cache(desc).cache_id > own[1]
+
+
+def test_a_cache_of_another_engine_names_none_of_this_ones():
+    # Both count their own ids from 1: the other's Cache carries this one's id.
+    desc = CacheDesc(1, [1], llmdd.DT_INT8)
+    with LlmDataDist(0, LlmRole.kPrompt) as engine, LlmDataDist(1, LlmRole.kPrompt) as other:
+        for each in (engine, other):
+            assert each.Initialize({"llm.EnableCacheManager": "1"}) == llmdd.LLM_SUCCESS
+        mine, theirs = engine.allocate_cache(desc), other.allocate_cache(desc)
+        assert mine.cache_id == theirs.cache_id
+        with pytest.raises(llmdd.LLMException) as raised:
+            engine.deallocate_cache(theirs)
+        assert raised.value.status_code == llmdd.LLM_KV_CACHE_NOT_EXIST
+        assert engine.memory_stats()["num_caches"] == other.memory_stats()["num_caches"] == 1
+        engine.deallocate_cache(mine)

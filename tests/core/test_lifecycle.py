@@ -254,8 +254,8 @@ def test_a_forked_child_cannot_free_or_corrupt_the_parents_caches():
 
 
 def test_a_cache_of_an_earlier_initialization_never_stands_for_a_newer_one_with_its_id():
-    # Cache-manager mode numbers caches from 1 in each initialization: the old Cache's id now
-    # names a new cache, and its addresses the freed memory of the old one.
+    # The old Cache's addresses are the freed memory of the old cache, and v2 would give its id
+    # to the new one (llmdd's ids go on across initializations instead).
     options = {"llm.EnableCacheManager": "1"}
     with new_engine() as dd:
         assert dd.Initialize(options) == llmdd.LLM_SUCCESS
@@ -263,7 +263,7 @@ def test_a_cache_of_an_earlier_initialization_never_stands_for_a_newer_one_with_
         dd.Finalize()
         assert dd.Initialize(options) == llmdd.LLM_SUCCESS
         new = dd.allocate_cache(seed_desc())
-        assert new.cache_id == old.cache_id
+        assert new.cache_id != old.cache_id
         assert dd.CopyKvCache(old, new) == llmdd.LLM_KV_CACHE_NOT_EXIST
         assert dd.CopyKvCache(new, old) == llmdd.LLM_KV_CACHE_NOT_EXIST
         with pytest.raises(ValueError):

@@ -2,6 +2,7 @@
 the engine, copies, the transfer types, and what is not implemented yet."""
 import numpy
 import pytest
+from support.dropin import POOL, initialized, options
 
 import llmdd
 from llmdd.llm_datadist import (
@@ -73,8 +74,6 @@ def test_v2_cache_manager_allocates_from_the_pool_and_frees(datadist_v2):
 
 
 def test_v2_allocation_needs_the_pool_of_its_placement():
-    from support.dropin import initialized
-
     datadist = initialized(enable_cache_manager=True)
     try:
         with pytest.raises(LLMException, match="llm.MemPoolConfig"):
@@ -178,6 +177,57 @@ def test_a_finalized_llmdatadists_manager_refuses_every_call(datadist_v2):
         with pytest.raises(LLMException, match="finalized") as raised:
             call()
         assert raised.value.status_code is LLMStatusCode.LLM_FAILED
+
+
+V2_SETTINGS = {"enable_cache_manager": True, "mem_pool_cfg": POOL, "host_mem_pool_cfg": POOL}
+
+
+def allocate_and_deallocate(manager, blocks):
+    if blocks:
+        return manager.allocate_blocks_cache, manager.deallocate_blocks_cache
+    return manager.allocate_cache, manager.deallocate_cache
+
+
+@pytest.mark.parametrize("blocks", [False, True])
+def test_a_cache_of_an_earlier_initialization_names_no_cache_of_this_one(blocks):
+    # v2 numbers each initialization's caches from 1: the old Cache's id would be the new cache's.
+    desc = CacheDesc(1, [2, 8], DataType.DT_INT8)
+    datadist = initialized(**V2_SETTINGS)
+    try:
+        allocate, _ = allocate_and_deallocate(datadist.cache_manager, blocks)
+        stale = allocate(desc)
+        datadist.finalize()
+        datadist.init(options(**V2_SETTINGS))
+        manager = datadist.cache_manager
+        allocate, deallocate = allocate_and_deallocate(manager, blocks)
+        current = allocate(desc)
+        deallocate(stale)   # as for any cache that is not there: nothing happens, no exception
+        assert datadist._engine.memory_stats()["num_caches"] == 1
+        with pytest.raises(LLMException) as raised:
+            if blocks:
+                manager.pull_blocks(BlocksCacheKey(1), stale, [0], [0])
+            else:
+                manager.pull_cache(CacheKey(1, 1), stale)
+        assert raised.value.status_code is LLMStatusCode.LLM_KV_CACHE_NOT_EXIST
+        deallocate(current)
+        assert datadist._engine.memory_stats()["num_caches"] == 0
+    finally:
+        datadist.finalize()
+
+
+def test_a_cache_of_another_llmdatadist_names_no_cache_of_this_one():
+    desc = CacheDesc(1, [2, 8], DataType.DT_INT8)
+    first = initialized(**V2_SETTINGS)
+    stale = first.cache_manager.allocate_cache(desc)
+    first.finalize()
+    second = initialized(**V2_SETTINGS)
+    try:
+        current = second.cache_manager.allocate_cache(desc)
+        assert current.cache_id == stale.cache_id   # each LLMDataDist numbers its caches from 1
+        second.cache_manager.deallocate_cache(stale)
+        assert second._engine.memory_stats()["num_caches"] == 1
+    finally:
+        second.finalize()
 
 
 class Synchronizer(LayerSynchronizer):

@@ -4,12 +4,17 @@ from llmdd.llm_datadist import LLMConfig, LLMDataDist, LLMRole
 POOL = '{"memory_size": 16777216}'
 
 
-def initialized(**settings):
-    """An LLMDataDist initialized with an LLMConfig of these settings (device 0)."""
+def options(**settings):
+    """The options of an LLMConfig of these settings (device 0)."""
     config = LLMConfig()
     config.device_id = 0
     for name, value in settings.items():
         setattr(config, name, value)
+    return config.generate_options()
+
+
+def initialized(**settings):
+    """An LLMDataDist initialized with an LLMConfig of these settings (device 0)."""
     datadist = LLMDataDist(LLMRole.PROMPT, 0)
-    datadist.init(config.generate_options())
+    datadist.init(options(**settings))
     return datadist

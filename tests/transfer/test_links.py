@@ -9,7 +9,7 @@ import types
 
 import numpy
 import pytest
-from support.network import free_port, listening, mooncake_missing
+from support.network import free_port, listening, mooncake_missing, socket_inodes, sockets_on_port
 from support.registries import LocalRegistry
 
 import llmdd
@@ -232,6 +232,60 @@ def test_a_forked_child_leaves_the_parents_links_alone():
                 pytest.fail(f"the forked child did not exit in {CHILD_EXIT_SECONDS} s")
             time.sleep(0.05)
         assert pull() == S.LLM_SUCCESS
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs os.fork and /proc/self/fd")
+def test_a_forked_child_keeps_no_copy_of_the_parents_control_sockets():
+    # A copy would keep what the parent closes without a shutdown open, and (were the listener
+    # not shut down) its port bound: the parent could not listen on it again.
+    port = free_port()
+    to_prompt = [ClusterInfo(PROMPT, 0, [], [IpInfo("127.0.0.1", port)])]
+    with llmdd.LlmDataDist(PROMPT, llmdd.LlmRole.kPrompt) as prompt_engine, \
+            llmdd.LlmDataDist(DECODER, llmdd.LlmRole.kDecoder) as decoder_engine:
+        assert prompt_engine.Initialize({"llm.ListenIpInfo": f"127.0.0.1:{port}"}) == S.LLM_SUCCESS
+        assert decoder_engine.Initialize({}) == S.LLM_SUCCESS
+        assert decoder_engine.LinkLlmClusters(to_prompt, []) == S.LLM_SUCCESS
+        control = sockets_on_port(port)   # the listener and both ends of the link
+        forked, ready = os.pipe()
+        child = os.fork()
+        if child == 0:   # outlives what the parent does next; killed at the end
+            os.write(ready, b"1")   # its fork handlers have run
+            time.sleep(CHILD_EXIT_SECONDS)
+            os._exit(0)
+        os.close(ready)
+        try:
+            assert os.read(forked, 1) == b"1"
+            assert len(control) >= 3 and not control & socket_inodes(child)
+            prompt_engine.Finalize()
+            assert not listening(port)
+            assert prompt_engine.Initialize({"llm.ListenIpInfo": f"127.0.0.1:{port}"}) == S.LLM_SUCCESS
+            source = prompt_engine.allocate_cache(llmdd.CacheDesc(1, [2, 4096], llmdd.DT_UINT8))
+            destination = decoder_engine.allocate_cache(llmdd.CacheDesc(1, [2, 4096], llmdd.DT_UINT8))
+            assert decoder_engine.UnlinkLlmClusters(to_prompt, [], force_flag=True) == S.LLM_SUCCESS
+            assert decoder_engine.LinkLlmClusters(to_prompt, [], 3000) == S.LLM_SUCCESS
+            assert decoder_engine.PullKvCache(CacheIndex(PROMPT, source.cache_id, 0), destination) == S.LLM_SUCCESS
+        finally:
+            os.close(forked)
+            os.kill(child, 9)
+            os.waitpid(child, 0)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs os.fork and /proc/self/fd")
+def test_a_forked_child_keeps_no_copy_of_mooncakes_handshake_listeners(monkeypatch):
+    from llmdd.transfer import _mooncake
+    monkeypatch.setenv(_mooncake.ENGINES_VARIABLE, "1")   # stopping each takes 1 s
+    engines = _mooncake.MooncakeEngines("127.0.0.1", "tcp", "")
+    ports = list(engines.handshake_ports)
+    child = os.fork()
+    if child == 0:   # outlives what the parent does next; killed at the end
+        time.sleep(CHILD_EXIT_SECONDS)
+        os._exit(0)
+    try:
+        engines.close()
+        assert not [port for port in ports if listening(port)]
+    finally:
+        os.kill(child, 9)
+        os.waitpid(child, 0)
 
 
 def test_the_listening_side_may_pull_as_soon_as_the_linking_side_has_its_answer(monkeypatch):

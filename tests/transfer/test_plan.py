@@ -1,11 +1,14 @@
 """What a transfer moves: segments of one batch call, runs of blocks coalesced, every rule
 checked before a byte moves (pure arithmetic, no processes)."""
 import itertools
+import random
+import sys
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from llmdd.transfer import _plan
 from llmdd.transfer._plan import (
     Layout,
     PlanError,
@@ -112,6 +115,90 @@ def test_segments_join_across_tensors_only_inside_one_region_a_side():
     assert coalesce(segments, (), ()).lengths == [100, 100]   # unknown regions: nothing joins
     gap = Segments([1000, 1150], [5000, 5100], [100, 50])
     assert coalesce(gap, ((1000, 200),), ((5000, 200),)).lengths == [100, 50]
+
+
+def lines_run_in_plan(call):
+    """How many lines of _plan.py call() runs: the planning's work, counted without a clock."""
+    count = 0
+
+    def trace(frame, event, arg):
+        nonlocal count
+        if frame.f_code.co_filename != _plan.__file__:
+            return None
+        count += event == "line"
+        return trace
+    previous = sys.gettrace()
+    sys.settrace(trace)
+    try:
+        call()
+    finally:
+        sys.settrace(previous)
+    return count
+
+
+def scattered(count, region_bytes=4096):
+    """`count` regions a side (a cache of `count` tensors registered one by one) and a segment in
+    each, in shuffled order: segments that join none, each in a region found anywhere in the list."""
+    src_regions = [((1 << 30) + k * 2 * region_bytes, region_bytes) for k in range(count)]
+    dst_regions = [((1 << 40) + k * 2 * region_bytes, region_bytes) for k in range(count)]
+    order = list(range(count))
+    random.Random(count).shuffle(order)
+    segments = Segments([src_regions[k][0] for k in order], [dst_regions[k][0] for k in order],
+                        [region_bytes] * count)
+    return segments, src_regions, dst_regions
+
+
+def test_coalescing_work_grows_with_regions_and_segments_not_with_their_product():
+    # Before: each segment's region was looked for along the whole list (16,384 regions and as
+    # many segments took about 6 s). Doubling both now about doubles the work; quadratic work
+    # would take four times as much.
+    small, large = scattered(512), scattered(1024)
+    assert len(coalesce(*large).lengths) == 1024
+    assert lines_run_in_plan(lambda: coalesce(*large)) <= 2.5 * lines_run_in_plan(lambda: coalesce(*small))
+
+
+def region_end_by_scan(regions, address):
+    return next((start + nbytes for start, nbytes in regions if start <= address < start + nbytes), address)
+
+
+@given(st.lists(st.tuples(st.integers(0, 15), st.integers(1, 4)), max_size=12),
+       st.lists(st.tuples(st.integers(0, 63), st.integers(0, 63), st.integers(1, 8)), max_size=20),
+       st.randoms(use_true_random=False))
+def test_coalescing_joins_a_run_up_to_the_end_of_the_region_holding_its_start(cuts, pieces, shuffle):
+    # Regions that never overlap, in any order: (slot, slots) cuts of 16 slots of 4 bytes.
+    taken, regions = set(), []
+    for slot, slots in cuts:
+        if slot + slots <= 16 and not taken & set(range(slot, slot + slots)):
+            taken |= set(range(slot, slot + slots))
+            regions.append((100 + 4 * slot, 4 * slots))
+    shuffle.shuffle(regions)
+    segments = Segments([], [], [])
+    for src, dst, length in pieces:   # many continue the one before on both sides
+        continues = segments.lengths and src % 2
+        segments.src_addrs.append(segments.src_addrs[-1] + segments.lengths[-1] if continues else 100 + src)
+        segments.dst_addrs.append(segments.dst_addrs[-1] + segments.lengths[-1] if continues else 100 + dst)
+        segments.lengths.append(length)
+    joined = coalesce(segments, regions, regions)
+    expected = Segments([], [], [])
+    for src, dst, length in zip(segments.src_addrs, segments.dst_addrs, segments.lengths):
+        if (expected.lengths and src == expected.src_addrs[-1] + expected.lengths[-1]
+                and dst == expected.dst_addrs[-1] + expected.lengths[-1]
+                and src + length <= region_end_by_scan(regions, expected.src_addrs[-1])
+                and dst + length <= region_end_by_scan(regions, expected.dst_addrs[-1])):
+            expected.lengths[-1] += length
+        else:
+            expected.src_addrs.append(src)
+            expected.dst_addrs.append(dst)
+            expected.lengths.append(length)
+    assert (joined.src_addrs, joined.dst_addrs, joined.lengths) == \
+        (expected.src_addrs, expected.dst_addrs, expected.lengths)
+
+
+def test_overlapping_regions_join_a_run_only_inside_one_of_them():
+    # A peer's claim may overlap: a run goes as far as the furthest region holding its start.
+    segments = Segments([1000, 1100, 1200], [5000, 5100, 5200], [100, 100, 100])
+    joined = coalesce(segments, ((1000, 150), (1000, 200), (1100, 200)), ((5000, 300),))
+    assert (joined.src_addrs, joined.lengths) == ([1000, 1200], [200, 100])
 
 
 @given(st.lists(st.integers(0, 1 << 20), max_size=40), st.integers(1, 5), st.sampled_from([1, 4096, 1 << 18]))

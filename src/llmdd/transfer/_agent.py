@@ -26,6 +26,7 @@ from ._listener import ControlListener
 from ._mooncake import engine_module, engines_for, hand_back
 from ._mover import Mover
 from ._server import CacheServer
+from ._sockets import track
 
 log = logging.getLogger("llmdd.transfer")
 
@@ -319,6 +320,7 @@ class TransferAgent:
                 return LLMStatusCode.LLM_TIMEOUT
             connection = socket.create_connection(remote, timeout=remaining,
                                                   source_address=(local_ip, 0) if local_ip else None)
+            track(connection)
             connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             engine = self._mooncake_for_host(connection.getsockname()[0])
             if self._link_secret is not None:

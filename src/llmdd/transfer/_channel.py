@@ -18,6 +18,7 @@ import time
 
 from .._desc import LLMStatusCode
 from . import _protocol as wire
+from ._sockets import track
 
 log = logging.getLogger("llmdd.transfer")
 
@@ -72,7 +73,7 @@ class Channel:
         self.unlinked_by_peer = False
         self._reader = connection
         # The sender's own socket object over the same connection: each keeps its own timeout.
-        self._sender = connection.dup()
+        self._sender = track(connection.dup())
         self._server = server
         self._message_timeout_s = message_timeout_s
         self._on_end = on_end

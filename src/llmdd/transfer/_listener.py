@@ -15,6 +15,7 @@ from .._status import LLMException
 from .._desc import LLMStatusCode
 from . import _auth
 from . import _protocol as wire
+from ._sockets import track
 
 log = logging.getLogger("llmdd.transfer")
 
@@ -47,7 +48,7 @@ class ControlListener:
         self._closing = threading.Event()
         self._lock = threading.Lock()
         self._handshakes = {}   # socket -> (remote host, its thread), until the link is answered
-        self._socket = socket.create_server((host, port), backlog=MAX_CONNECTIONS)
+        self._socket = track(socket.create_server((host, port), backlog=MAX_CONNECTIONS))
         self._socket.settimeout(_POLL_SECONDS)
         self.address = self._socket.getsockname()[:2]
         self._thread = threading.Thread(target=self._accept_loop, name=f"llmdd-control-{self.address[1]}",
@@ -74,6 +75,7 @@ class ControlListener:
         while not self._closing.is_set():
             try:
                 connection, peer = self._socket.accept()
+                track(connection)
             except socket.timeout:
                 continue
             except OSError:

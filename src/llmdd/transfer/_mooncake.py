@@ -10,10 +10,12 @@ import logging
 import os
 import threading
 import time
+import weakref
 
 from .._desc import LLMStatusCode
 from .._status import LLMException
 from ._plan import shares
+from ._sockets import close_listeners_in_child
 
 log = logging.getLogger("llmdd.transfer")
 
@@ -73,6 +75,7 @@ MAX_IDLE_PER_KIND = 2
 _idle_lock = threading.Lock()
 _idle = {}             # (host, protocol, device name) -> [MooncakeEngines] no agent uses
 _kept_in_child = []    # a forked child's copy of the parent's idle engines: never stopped here
+_live = weakref.WeakSet()   # MooncakeEngines not closed: a forked child closes its copies of their ports
 _exiting = False       # at exit, engines handed back are stopped, not kept
 
 
@@ -135,7 +138,8 @@ class MooncakeEngines:
                 raise LLMException(f"Mooncake's TransferEngine.initialize({host!r}, 'P2PHANDSHAKE', {protocol!r}, "
                                    f"{device_name!r}) answered {status}", LLMStatusCode.LLM_LINK_FAILED)
             self._engines.append(engine)
-        self.address = ",".join(f"{host}:{engine.get_rpc_port()}" for engine in self._engines)
+        self.handshake_ports = [engine.get_rpc_port() for engine in self._engines]
+        self.address = ",".join(f"{host}:{port}" for port in self.handshake_ports)
         self.kind = (host, protocol, device_name)
         self.failed = False    # a transfer failed or timed out: not handed to another agent
         self.needs_local_registration = protocol != "tcp"
@@ -148,6 +152,7 @@ class MooncakeEngines:
         queue = os.environ.get(TCP_QUEUE_VARIABLE, "")
         queue = max(1, int(queue)) if queue.isdigit() else TCP_QUEUE_DEFAULT
         self._in_flight = max(1, min(IN_FLIGHT_PER_PAIR, queue // 2))
+        _live.add(self)
 
     def expose(self, regions):
         """Registers each (addr, nbytes) with every engine for one transfer; True on success (and
@@ -265,6 +270,7 @@ class MooncakeEngines:
         threads, holding the GIL, so the two of a tcp MooncakeEngines take 2 s)."""
         self.close_regions()
         self._engines = []
+        _live.discard(self)
 
 
 def engines_for(host, protocol, device_name):
@@ -309,5 +315,13 @@ def _forget_idle_engines_in_child():
     _idle.clear()
 
 
+def _close_handshake_listeners_in_child():
+    """The child's copies of every engine's handshake listener go, so that a port the parent
+    stops listening on is refused at once, not left to a child that never answers. Their data
+    ports stay: Mooncake does not say which they are (docs/architecture.md, "Fork")."""
+    close_listeners_in_child({port for engines in list(_live) for port in engines.handshake_ports})
+
+
 atexit.register(_stop_idle_engines)   # before the interpreter tears down what their threads need
 os.register_at_fork(after_in_child=_forget_idle_engines_in_child)
+os.register_at_fork(after_in_child=_close_handshake_listeners_in_child)

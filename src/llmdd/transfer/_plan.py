@@ -44,18 +44,29 @@ class Segments:
         return sum(self.lengths)
 
 
-def _region_end(regions, address):
-    """The end of the region holding `address`, or `address` itself when none does."""
-    for start, nbytes in regions:
-        if start <= address < start + nbytes:
-            return start + nbytes
-    return address
+class _RegionEnds:
+    """One side's regions, sorted once, so that finding the region holding an address is a
+    binary search (a peer may list MAX_TENSORS regions, and a scattered transfer as many segments)."""
+
+    def __init__(self, regions):
+        ordered = sorted(regions)
+        self._starts = [start for start, _ in ordered]
+        # The furthest end of the regions starting at or before each: with regions that do not
+        # overlap, the end of the one holding an address; with ones that do (only a peer's claim
+        # may), the furthest end of those holding it.
+        self._ends = list(itertools.accumulate((start + nbytes for start, nbytes in ordered), max))
+
+    def end(self, address):
+        """The end of the region holding `address`, or `address` itself when none does."""
+        last = bisect.bisect_right(self._starts, address) - 1
+        return self._ends[last] if last >= 0 and self._ends[last] > address else address
 
 
 def coalesce(segments, src_regions, dst_regions):
     """Joins segments that continue one another on both sides, as long as the joined segment
     stays inside one region on each side (Mooncake checks each segment against one registered
     buffer). A whole cache of an allocated slab becomes one segment instead of one per tensor."""
+    src_ends, dst_ends = _RegionEnds(src_regions), _RegionEnds(dst_regions)
     joined = Segments([], [], [])
     src_end = dst_end = src_limit = dst_limit = None
     for src, dst, length in zip(segments.src_addrs, segments.dst_addrs, segments.lengths):
@@ -65,7 +76,7 @@ def coalesce(segments, src_regions, dst_regions):
             joined.src_addrs.append(src)
             joined.dst_addrs.append(dst)
             joined.lengths.append(length)
-            src_limit, dst_limit = _region_end(src_regions, src), _region_end(dst_regions, dst)
+            src_limit, dst_limit = src_ends.end(src), dst_ends.end(dst)
         src_end, dst_end = src + length, dst + length
     return joined
 

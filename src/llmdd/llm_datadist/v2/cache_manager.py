@@ -162,13 +162,19 @@ class CacheManager:
         registered one is left as it is."""
         self._require_live()
         self._check_cache("cache", cache, blocks=False)
-        self._succeed(self._registry.deallocate(cache.cache_id), "deallocate_cache")
+        self._deallocate(cache, "deallocate_cache")
 
     def deallocate_blocks_cache(self, cache):
         """Drop the reference of a cache from allocate_blocks_cache, as deallocate_cache does."""
         self._require_live()
         self._check_cache("cache", cache, blocks=True)
-        self._succeed(self._registry.deallocate(cache.cache_id), "deallocate_blocks_cache")
+        self._deallocate(cache, "deallocate_blocks_cache")
+
+    def _deallocate(self, cache, call):
+        # A Cache of an earlier initialization, or of another LLMDataDist, is not there whatever
+        # its id (ids start again at 1): as for any cache not there, v2 frees nothing and succeeds.
+        if self._engine._holds(cache):
+            self._succeed(self._registry.deallocate(cache.cache_id), call)
 
     def remove_cache_key(self, cache_key):
         """Drop a key's reference: the key no longer names its cache to pulls, and the cache
