@@ -195,6 +195,24 @@ def _agent_side(cluster_id, listen_ip, registry_kind):
         status = agent.pull_blocks(remote, make_key(key), registry.entry(cache_id), src_blocks, dst_blocks)
         return {"status": int(status)}
 
+    def pull_blocks_at_once(pulls):
+        """Each pull (pull_blocks' arguments) on a thread of its own, all started together: their
+        statuses in order (a pull that raised: what it raised). The test's bound on the answer
+        bounds the threads too."""
+        statuses = [None] * len(pulls)
+
+        def run(index, pull):
+            try:
+                statuses[index] = pull_blocks(**pull)["status"]
+            except Exception as error:   # a transfer call must not raise: the test reports it
+                statuses[index] = f"raised {error!r}"
+        threads = [threading.Thread(target=run, args=item) for item in enumerate(pulls)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return {"statuses": statuses}
+
     def close():
         agent.close()
         if registry_kind == "engine":
@@ -202,7 +220,7 @@ def _agent_side(cluster_id, listen_ip, registry_kind):
 
     commands = {
         "allocate": allocate, "deallocate": deallocate, "link": link, "pull_blocks": pull_blocks,
-        "is_freed": lambda cache_id: {"freed": registry.is_freed(cache_id)},
+        "pull_blocks_at_once": pull_blocks_at_once, "is_freed": lambda cache_id: {"freed": registry.is_freed(cache_id)},
         "tensor": lambda cache_id, index: {"hex": registry.tensor(cache_id, index).tobytes().hex()},
     }
     return {"agent": agent, "registry": registry}, commands, agent.listen_address[1], close

@@ -1,10 +1,7 @@
 """Two hosts: a prompt and a decoder process in two network namespaces joined by a veth pair,
 made and removed by the test (needs root and `ip netns`; CI runs it as root)."""
-import os
-import shutil
-import subprocess
-
 import pytest
+from support.namespaces import network_namespaces
 from support.network import mooncake_missing
 from support.patterns import pattern
 from support.peer import Peer
@@ -16,43 +13,12 @@ PROMPT, DECODER = 11, 12
 BLOCK = 4096
 
 
-def ip(*arguments):
-    return subprocess.run(["ip", *arguments], capture_output=True, text=True, timeout=10)
-
-
 @pytest.fixture
 def two_hosts():
     if mooncake_missing() is not None:
         pytest.skip(mooncake_missing())
-    if shutil.which("ip") is None or os.geteuid() != 0:
-        pytest.skip("network namespaces need root and iproute2's `ip`")
-    tag = f"llmdd{os.getpid() % 100000}"
-    prompt_ns, decoder_ns = f"{tag}p", f"{tag}d"
-    made = ip("netns", "add", prompt_ns)
-    if made.returncode != 0:
-        pytest.skip(f"network namespaces are not allowed here: {made.stderr.strip()}")
-    try:
-        # A /24 from the test's pid, so two runs at once do not collide on addresses either.
-        subnet = f"10.{200 + os.getpid() % 50}.{os.getpid() % 250}"
-        steps = [
-            ("netns", "add", decoder_ns),
-            ("link", "add", f"{tag}a", "type", "veth", "peer", "name", f"{tag}b"),
-            ("link", "set", f"{tag}a", "netns", prompt_ns),
-            ("link", "set", f"{tag}b", "netns", decoder_ns),
-            ("-n", prompt_ns, "addr", "add", f"{subnet}.1/24", "dev", f"{tag}a"),
-            ("-n", decoder_ns, "addr", "add", f"{subnet}.2/24", "dev", f"{tag}b"),
-            ("-n", prompt_ns, "link", "set", f"{tag}a", "up"),
-            ("-n", decoder_ns, "link", "set", f"{tag}b", "up"),
-            ("-n", prompt_ns, "link", "set", "lo", "up"),
-            ("-n", decoder_ns, "link", "set", "lo", "up"),
-        ]
-        for step in steps:
-            result = ip(*step)
-            assert result.returncode == 0, f"ip {' '.join(step)}: {result.stderr}"
-        yield (prompt_ns, f"{subnet}.1"), (decoder_ns, f"{subnet}.2")
-    finally:
-        ip("netns", "del", prompt_ns)
-        ip("netns", "del", decoder_ns)
+    with network_namespaces(2) as hosts:
+        yield hosts
 
 
 def test_pull_blocks_between_two_network_namespaces(two_hosts):
