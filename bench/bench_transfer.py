@@ -9,9 +9,14 @@ decoder) and a prompt process, beside memcpy of the same bytes measured in the s
   per-peer queue's half);
 - link time (a link and unlink round trip on a started engine; the first link, which starts the
   engine, is reported apart);
-- registration of a 16 GiB region (reserved, never touched) with a Mooncake engine.
+- registration of a 16 GiB region (reserved, never touched) with a Mooncake engine;
+- latency: PullKvBlocks (the C++ API) of 1, 8, 32 and 128 blocks of 16 KiB from a prompt engine in
+  another process, back to back and after 50 ms idle, p50 and p99, each beside bare Mooncake
+  reading the same blocks between two engines of its own, one in each process.
 
-Each row reports GB/s (or ms) and its share of memcpy; bench/RESULTS.md has the numbers.
+Each throughput row reports GB/s (or ms) and its share of memcpy, each latency row its p50 and p99
+and the load average; bench/latency_table.py prints the latency rows as a table of ratios to bare
+Mooncake; bench/RESULTS.md has the numbers.
 """
 import ctypes
 import mmap
@@ -24,10 +29,12 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 from support.network import mooncake_missing  # noqa: E402
+from support.patterns import cache_tensor, pattern  # noqa: E402
 from support.peer import Peer  # noqa: E402
 from support.registries import LocalRegistry  # noqa: E402
 
-from llmdd import LLMStatusCode  # noqa: E402
+import llmdd  # noqa: E402
+from llmdd import CacheIndex, ClusterInfo, IpInfo, LLMStatusCode  # noqa: E402
 
 pytestmark = pytest.mark.skipif(mooncake_missing() is not None, reason=str(mooncake_missing()))
 
@@ -230,3 +237,121 @@ def test_register_a_16_gib_region(benchmark):
 def _rss_bytes():
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+# Latency: PullKvBlocks of a few 16 KiB blocks, a small model's token block, against bare Mooncake.
+LATENCY_PROMPT, LATENCY_DECODER = 3, 4
+LATENCY_BLOCK_BYTES, LATENCY_CACHE_BLOCKS = 16 << 10, 256
+IDLE_SECONDS = 0.05
+# Rounds a row times: enough that p99 is not the slowest round alone, few enough that an idle row
+# (a 50 ms pause before each round, untimed) takes 5 s.
+LATENCY_ROUNDS = {"back-to-back": 400, "after-50ms-idle": 100}
+bare_latency = {}   # (blocks, wait) -> (p50, p99) seconds of the bare Mooncake row of this run
+
+
+@pytest.fixture(scope="module")
+def latency_pair():
+    """This process's decoder engine linked to a prompt engine in a peer process (one cache of one
+    tensor x 256 blocks of 16 KiB each side), and beside them a bare Mooncake engine in each process
+    over the same source cache and a destination of its own. The bare engines start after the link,
+    so they run with the Mooncake settings llmdd puts in the environment at its first link."""
+    import mooncake.engine
+    prompt = Peer.engine(LATENCY_PROMPT)
+    cache_bytes = LATENCY_CACHE_BLOCKS * LATENCY_BLOCK_BYTES
+    try:
+        with llmdd.LlmDataDist(LATENCY_DECODER, llmdd.LlmRole.kDecoder) as decoder:
+            assert decoder.Initialize({"llm.SyncKvCacheWaitTime": "3000"}) == LLMStatusCode.LLM_SUCCESS
+            source_id = prompt.call("allocate", num_tensors=1, batch=LATENCY_CACHE_BLOCKS,
+                                    block_bytes=LATENCY_BLOCK_BYTES)["cache_id"]
+            cluster = ClusterInfo(LATENCY_PROMPT, 0, [], [IpInfo("127.0.0.1", prompt.port)])
+            assert decoder.LinkLlmClusters([cluster], [], 3000) == LLMStatusCode.LLM_SUCCESS
+            destinations = {}
+            for path in ("llmdd", "bare-mooncake"):
+                destinations[path] = llmdd.Cache()
+                desc = llmdd.CacheDesc(1, [LATENCY_CACHE_BLOCKS, LATENCY_BLOCK_BYTES], llmdd.DT_UINT8)
+                assert decoder.AllocateCache(desc, destinations[path]) == LLMStatusCode.LLM_SUCCESS
+            bare_source = prompt.run(
+                "import mooncake.engine\n"
+                "bare_engine = mooncake.engine.TransferEngine()\n"
+                "assert bare_engine.initialize('127.0.0.1', 'P2PHANDSHAKE', 'tcp', '') == 0\n"
+                f"address = caches[{source_id}].tensor_addrs[0]\n"
+                f"assert bare_engine.register_memory(address, {cache_bytes}) == 0\n"
+                "result = {'port': bare_engine.get_rpc_port(), 'address': address}")
+            bare_engine = mooncake.engine.TransferEngine()
+            assert bare_engine.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "") == 0
+            bare_destination = destinations["bare-mooncake"].tensor_addrs[0]
+            assert bare_engine.register_memory(bare_destination, cache_bytes) == 0
+            try:
+                yield {
+                    "decoder": decoder, "source": CacheIndex(LATENCY_PROMPT, source_id, 0),
+                    "destinations": destinations, "bare_engine": bare_engine,
+                    "bare_peer": f"127.0.0.1:{bare_source['port']}", "bare_source": bare_source["address"],
+                }
+            finally:
+                bare_engine.unregister_memory(bare_destination)
+                decoder.UnlinkLlmClusters([cluster], [], 3000)
+    finally:
+        prompt.close()
+
+
+def latency_block_lists(count):
+    """`count` distinct blocks a side; strides 3 and 5 (co-prime with 256) put no block after its
+    neighbour on both sides, so each block is a segment of its own, for llmdd as for bare Mooncake."""
+    return ([(3 * i) % LATENCY_CACHE_BLOCKS for i in range(count)],
+            [(5 * i) % LATENCY_CACHE_BLOCKS for i in range(count)])
+
+
+def latency_pull(pair, path, src_blocks, dst_blocks):
+    """The call a row times: llmdd's PullKvBlocks, or one batch_transfer_sync_read of the same
+    blocks as bare Mooncake's caller would make it."""
+    if path == "llmdd":
+        decoder, source, destination = pair["decoder"], pair["source"], pair["destinations"]["llmdd"]
+
+        def pull():
+            assert decoder.PullKvBlocks(source, destination, src_blocks, dst_blocks) == LLMStatusCode.LLM_SUCCESS
+        return pull
+    engine, peer = pair["bare_engine"], pair["bare_peer"]
+    local = [pair["destinations"][path].tensor_addrs[0] + b * LATENCY_BLOCK_BYTES for b in dst_blocks]
+    remote = [pair["bare_source"] + b * LATENCY_BLOCK_BYTES for b in src_blocks]
+    lengths = [LATENCY_BLOCK_BYTES] * len(src_blocks)
+
+    def read():
+        assert engine.batch_transfer_sync_read(peer, local, remote, lengths) == 0
+    return read
+
+
+def report_latency(benchmark, path, blocks, wait):
+    """p50 and p99 of the row's rounds and the load average in extra_info (bench/latency_table.py
+    reads them from --benchmark-json), and a line for the summary."""
+    if benchmark.stats is None:
+        return
+    p50, p99 = (float(value) for value in numpy.percentile(benchmark.stats.stats.data, [50, 99]))
+    load = os.getloadavg()[0]
+    benchmark.extra_info.update({"path": path, "blocks": blocks, "wait": wait, "p50_s": p50, "p99_s": p99,
+                                 "load_1min": load})
+    line = f"p50 {p50 * 1e6:.0f} us, p99 {p99 * 1e6:.0f} us, load {load:.2f}"
+    if path == "bare-mooncake":
+        bare_latency[blocks, wait] = p50, p99
+    elif (blocks, wait) in bare_latency:
+        bare_p50, bare_p99 = bare_latency[blocks, wait]
+        line += f"; {p50 / bare_p50:.2f}x / {p99 / bare_p99:.2f}x bare Mooncake's p50 / p99"
+    benchmark.extra_info["report"] = line
+
+
+# The topmost parameter varies fastest: each llmdd row runs right after its bare Mooncake row.
+@pytest.mark.parametrize("path", ("bare-mooncake", "llmdd"))
+@pytest.mark.parametrize("wait", tuple(LATENCY_ROUNDS))
+@pytest.mark.parametrize("blocks", (1, 8, 32, 128))
+@pytest.mark.benchmark(group="transfer-latency")
+def test_latency_of_16_kib_block_pulls(benchmark, latency_pair, blocks, wait, path):
+    src_blocks, dst_blocks = latency_block_lists(blocks)
+    destination = cache_tensor(latency_pair["destinations"][path], 0)
+    destination[:] = 0
+    pause = (lambda: time.sleep(IDLE_SECONDS)) if wait == "after-50ms-idle" else None
+    benchmark.pedantic(latency_pull(latency_pair, path, src_blocks, dst_blocks), setup=pause,
+                       rounds=LATENCY_ROUNDS[wait], iterations=1, warmup_rounds=2)
+    source = pattern(LATENCY_PROMPT, latency_pair["source"].cache_id, 0, destination.size)
+    for src_block, dst_block in zip(src_blocks, dst_blocks):
+        assert numpy.array_equal(destination.reshape(-1, LATENCY_BLOCK_BYTES)[dst_block],
+                                 source.reshape(-1, LATENCY_BLOCK_BYTES)[src_block])
+    report_latency(benchmark, path, blocks, wait)
