@@ -239,7 +239,7 @@ def _rss_bytes():
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-# Latency: PullKvBlocks of a few 16 KiB blocks, a small model's token block, against bare Mooncake.
+# Latency: PullKvBlocks of a few 16 KiB blocks, beside bare Mooncake reading the same blocks.
 LATENCY_PROMPT, LATENCY_DECODER = 3, 4
 LATENCY_BLOCK_BYTES, LATENCY_CACHE_BLOCKS = 16 << 10, 256
 IDLE_SECONDS = 0.05
