@@ -38,7 +38,7 @@ from llmdd import CacheIndex, ClusterInfo, IpInfo, LLMStatusCode  # noqa: E402
 
 pytestmark = pytest.mark.skipif(mooncake_missing() is not None, reason=str(mooncake_missing()))
 
-PROMPT, DECODER = 1, 2
+PROMPT, DECODER, TEARDOWN_DECODER = 1, 2, 5
 CACHE_TENSORS, CACHE_TENSOR_BYTES = 16, 4 << 20
 TENSORS, BLOCKS, BLOCK_BYTES = 64, 256, 64 << 10
 REGION_BYTES = 16 << 30
@@ -58,12 +58,12 @@ def session():
         assert agent.link([prompt.cluster()], 5000)[0] == LLMStatusCode.LLM_SUCCESS
         first_link_s = time.perf_counter() - started
         cache = prompt.call("allocate", num_tensors=CACHE_TENSORS, batch=1, block_bytes=CACHE_TENSOR_BYTES, fill=False)
-        prompt.call("allocate", num_tensors=TENSORS, batch=BLOCKS, block_bytes=BLOCK_BYTES, blocks=True,
-                    keys=[{"kind": "blocks", "cluster_id": PROMPT, "model_id": 0}], fill=False)
+        blocks = prompt.call("allocate", num_tensors=TENSORS, batch=BLOCKS, block_bytes=BLOCK_BYTES, blocks=True,
+                             keys=[{"kind": "blocks", "cluster_id": PROMPT, "model_id": 0}], fill=False)
         yield {
             "prompt": prompt, "registry": registry, "agent": agent, "first_link_s": first_link_s,
             "cache_key": CacheKeyByIdAndIndex(PROMPT, cache["cache_id"], 0),
-            "blocks_key": BlocksCacheKey(PROMPT, 0),
+            "blocks_key": BlocksCacheKey(PROMPT, 0), "blocks_id": blocks["cache_id"],
             "cache_dst": registry.allocate(CACHE_TENSORS, 1, CACHE_TENSOR_BYTES),
             "blocks_dst": registry.allocate(TENSORS, BLOCKS, BLOCK_BYTES, blocks=True),
         }
@@ -121,30 +121,41 @@ def bare_engine(session):
         engine.unregister_memory(region[0])
 
 
-def bare_read(session, bare_engine, key, local_addrs, remote_addrs_of, lengths):
-    """batch_transfer_sync_read calls of at most 4,096 segments from the peer's first engine;
-    remote_addrs_of(layout) gives the remote addresses once the peer has resolved `key`."""
-    from llmdd.transfer import _protocol as wire
-    link = session["agent"]._links[PROMPT]
-    peer = link.peer_engine.split(",")[0]
-    reply = link.request(wire.MessageType.RESOLVE, {"key": key, "write": False}, 5.0)
-    remote_addrs = remote_addrs_of(reply["layout"])
+def bare_read(session, bare_engine, cache_id, local_addrs, remote_addrs_of, lengths):
+    """batch_transfer_sync_read calls of at most 4,096 segments from a bare Mooncake engine in the
+    peer process, with the peer's cache `cache_id` registered on it for the row (llmdd registers
+    no source for a pull); remote_addrs_of(source tensor addresses) gives the remote addresses.
+    Returns the read and what ends the row."""
+    source = session["prompt"].run(
+        "import mooncake.engine\n"
+        "bare_engine = mooncake.engine.TransferEngine()\n"
+        "assert bare_engine.initialize('127.0.0.1', 'P2PHANDSHAKE', 'tcp', '') == 0\n"
+        f"entry = registry.entry({cache_id})\n"
+        "for address, nbytes in entry.regions:\n"
+        "    assert bare_engine.register_memory(address, nbytes) == 0\n"
+        "result = {'port': bare_engine.get_rpc_port(), 'tensor_addrs': list(entry.tensor_addrs)}")
+    peer = f"127.0.0.1:{source['port']}"
+    remote_addrs = remote_addrs_of(source["tensor_addrs"])
 
     def read():
         for start in range(0, len(lengths), 4096):
             assert bare_engine.batch_transfer_sync_read(peer, local_addrs[start:start + 4096],
                                                         remote_addrs[start:start + 4096],
                                                         lengths[start:start + 4096]) == 0
-    return read, lambda: link.request(wire.MessageType.UNPIN, {"pin": reply["pin"], "release_key": False}, 5.0)
+
+    def end():
+        session["prompt"].run("for address, _ in entry.regions:\n"
+                              "    bare_engine.unregister_memory(address)\n"
+                              "result = None")
+    return read, end
 
 
 @pytest.mark.benchmark(group="transfer-64MiB")
 def test_mooncake_read_64_mib(benchmark, session, bare_engine):
     """Bare Mooncake: one batch_transfer_sync_read of the same 64 MiB (one segment)."""
     nbytes = CACHE_TENSORS * CACHE_TENSOR_BYTES
-    key = {"kind": "id", "cluster_id": PROMPT, "cache_id": session["cache_key"].cache_id, "batch_index": 0}
-    read, unpin = bare_read(session, bare_engine, key, [session["cache_dst"].tensor_addrs[0]],
-                            lambda layout: [layout["tensor_addrs"][0]], [nbytes])
+    read, unpin = bare_read(session, bare_engine, session["cache_key"].cache_id,
+                            [session["cache_dst"].tensor_addrs[0]], lambda tensor_addrs: [tensor_addrs[0]], [nbytes])
     try:
         benchmark.pedantic(read, rounds=ROUNDS * 4, iterations=1, warmup_rounds=1)
     finally:
@@ -184,10 +195,9 @@ def test_mooncake_read_scattered_blocks(benchmark, session, bare_engine):
     dst = session["blocks_dst"]
     src_blocks, dst_blocks = scattered_block_lists()
     local_addrs = [dst.tensor_addrs[t] + b * BLOCK_BYTES for t in range(TENSORS) for b in dst_blocks]
-    key = {"kind": "blocks", "cluster_id": PROMPT, "model_id": 0}
-    read, unpin = bare_read(session, bare_engine, key, local_addrs,
-                            lambda layout: [layout["tensor_addrs"][t] + b * BLOCK_BYTES
-                                            for t in range(TENSORS) for b in src_blocks],
+    read, unpin = bare_read(session, bare_engine, session["blocks_id"], local_addrs,
+                            lambda tensor_addrs: [tensor_addrs[t] + b * BLOCK_BYTES
+                                                  for t in range(TENSORS) for b in src_blocks],
                             [BLOCK_BYTES] * len(local_addrs))
     try:
         benchmark.pedantic(read, rounds=ROUNDS, iterations=1, warmup_rounds=1)
@@ -211,6 +221,29 @@ def test_link_and_unlink_on_loopback(benchmark, session):
                                           f"(starts the engine) {session['first_link_s'] * 1e3:.1f} ms")
 
 
+@pytest.mark.benchmark(group="transfer-teardown")
+def test_finalize_of_an_engine_that_linked_and_pulled(benchmark, session):
+    """Finalize of a decoder engine right after it linked to the peer prompt and pulled (a serving
+    engine restarting a worker waits for it): the Mooncake engines go back to the process idle."""
+    prompt = session["prompt"]
+    engine = llmdd.LlmDataDist(TEARDOWN_DECODER, llmdd.LlmRole.kDecoder)   # the session's decoder stays linked
+
+    def linked_and_pulled():
+        assert engine.Initialize({}) == LLMStatusCode.LLM_SUCCESS
+        cluster = ClusterInfo(PROMPT, 0, [], [IpInfo("127.0.0.1", prompt.port)])
+        assert engine.LinkLlmClusters([cluster], [], 3000) == LLMStatusCode.LLM_SUCCESS
+        cache = llmdd.Cache()
+        desc = llmdd.CacheDesc(CACHE_TENSORS, [1, CACHE_TENSOR_BYTES], llmdd.DT_UINT8)
+        assert engine.AllocateCache(desc, cache) == LLMStatusCode.LLM_SUCCESS
+        assert engine.PullKvCache(CacheIndex(PROMPT, session["cache_key"].cache_id, 0), cache) == \
+            LLMStatusCode.LLM_SUCCESS
+        return (), {}
+    benchmark.pedantic(engine.Finalize, setup=linked_and_pulled, rounds=10, iterations=1)
+    if benchmark.stats is not None:
+        benchmark.extra_info["report"] = (f"Finalize after a link and a 64 MiB pull: "
+                                          f"{benchmark.stats.stats.median * 1e3:.2f} ms, load {os.getloadavg()[0]:.2f}")
+
+
 @pytest.mark.benchmark(group="transfer-register")
 def test_register_a_16_gib_region(benchmark):
     from llmdd.transfer._mooncake import MooncakeEngines
@@ -221,8 +254,8 @@ def test_register_a_16_gib_region(benchmark):
     rss_before = _rss_bytes()
 
     def register_unregister():
-        assert engine.register([(address, REGION_BYTES)])
-        engine.close_regions()
+        assert engine.expose([(address, REGION_BYTES)])
+        engine.withdraw([(address, REGION_BYTES)])
     try:
         benchmark.pedantic(register_unregister, rounds=20, iterations=1, warmup_rounds=1)
         grown = _rss_bytes() - rss_before
