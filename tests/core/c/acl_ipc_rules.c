@@ -2,6 +2,7 @@
  * across real processes: forked children import what this process exports. Built and run by
  * tests/core/test_ipc_memory.py; prints one line per check and exits non-zero if any failed. */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +25,23 @@ static int failures;
         printf("%s %s\n", ok_ ? "ok  " : "FAIL", what);                    \
         if (!ok_) failures++;                                              \
     } while (0)
+
+/* Entries of a /proc/self directory listing (fd) or lines of a /proc/self file (maps). */
+static int open_descriptors(void) {
+    int count = 0;
+    DIR *listing = opendir("/proc/self/fd");
+    while (readdir(listing) != NULL) count++;
+    closedir(listing);
+    return count;
+}
+
+static int mappings(void) {
+    int count = 0, c;
+    FILE *maps = fopen("/proc/self/maps", "r");
+    while ((c = fgetc(maps)) != EOF) count += c == '\n';
+    fclose(maps);
+    return count;
+}
 
 /* Runs `check` in a forked child once this process has let it go on (after the child's pid is
  * known, so that it can be allowed first); returns how many of the child's checks failed. */
@@ -66,6 +84,7 @@ static int run_child(child_check check, const char *key, void *argument) {
 static void import_and_write(const char *key, void *argument) {
     (void)argument;
     void *imported = NULL, *again = NULL, *mine = NULL;
+    int descriptors = open_descriptors(), maps = mappings();
     CHECK(aclrtIpcMemImportByKey(&imported, key, ACL_RT_IPC_MEM_IMPORT_FLAG_DEFAULT) == ACL_SUCCESS,
           "child: the allowed pid imports the key");
     if (imported == NULL) return;
@@ -87,6 +106,7 @@ static void import_and_write(const char *key, void *argument) {
     CHECK(aclrtIpcMemClose(key) == ACL_SUCCESS && aclrtIpcMemClose(key) == ACL_SUCCESS,
           "child: each import is closed on its own");
     CHECK(aclrtIpcMemClose(key) == REFUSED, "child: a third close finds no import");
+    CHECK(open_descriptors() == descriptors && mappings() == maps, "child: no descriptor or mapping is left behind");
 }
 
 static void import_open_export(const char *key, void *argument) {
@@ -123,6 +143,7 @@ int main(void) {
     char key[LLMDD_ACL_IPC_KEY_BYTES], other[LLMDD_ACL_IPC_KEY_BYTES], host[4096];
     int32_t pid;
 
+    int descriptors = open_descriptors();
     CHECK(aclrtIpcMemGetExportKey(host, 64, key, sizeof key, 0) == ACL_ERROR_UNINITIALIZE, "export before aclInit");
     CHECK(aclInit(NULL) == ACL_SUCCESS && aclrtSetDevice(0) == ACL_SUCCESS, "aclInit, device 0");
     CHECK(aclrtDeviceGetBareTgid(&pid) == ACL_SUCCESS && pid == getpid(), "the bare tgid is the pid");
@@ -219,6 +240,7 @@ int main(void) {
     aclrtFree(pooled);
     aclrtFree(small);
     CHECK(aclrtResetDevice(0) == ACL_SUCCESS && aclFinalize() == ACL_SUCCESS, "reset and aclFinalize");
+    CHECK(open_descriptors() == descriptors, "aclFinalize closes the arena");
     printf("%d failed\n", failures);
     return failures != 0;
 }
