@@ -1,4 +1,4 @@
-# The ACL runtime subset llmdd calls, declared as in acl/acl.h (docs/facts.md section 7).
+# The ACL runtime subset llmdd calls, declared as in acl/acl.h (docs/facts.md sections 7 and 10).
 # Declarations only. runtime.h decides whether CANN's runtime or llmdd's host runtime
 # provides them.
 from libc.stdint cimport int32_t, uint32_t, uint64_t
@@ -19,6 +19,13 @@ cdef extern from "runtime.h" nogil:
         ACL_ERROR_RT_INVALID_DEVICEID
         ACL_ERROR_RT_MEMORY_ALLOCATION
         ACL_ERROR_RT_DEVICE_OOM
+        ACL_ERROR_RT_PARAM_INVALID
+
+    # IPC memory flags (acl_rt.h)
+    enum:
+        ACL_RT_IPC_MEM_EXPORT_FLAG_DEFAULT
+        ACL_RT_IPC_MEM_IMPORT_FLAG_DEFAULT
+        ACL_RT_IPC_MEM_IMPORT_FLAG_ENABLE_PEER_ACCESS
 
     ctypedef enum aclrtMemMallocPolicy:
         ACL_MEM_MALLOC_HUGE_FIRST
@@ -61,3 +68,15 @@ cdef extern from "runtime.h" nogil:
     aclError aclrtMemset(void* devPtr, size_t maxCount, int32_t value, size_t count)
     aclError aclrtMemcpy(void* dst, size_t destMax, const void* src, size_t count, aclrtMemcpyKind kind)
     aclError aclrtGetMemInfo(aclrtMemAttr attr, size_t* free, size_t* total)
+
+    # IPC memory: device memory shared with another process of the host
+    aclError aclrtIpcMemGetExportKey(void* devPtr, size_t size, char* key, size_t len, uint64_t flags)
+    aclError aclrtIpcMemSetImportPid(const char* key, int32_t* pid, size_t num)
+    aclError aclrtIpcMemImportByKey(void** devPtr, const char* key, uint64_t flags)
+    aclError aclrtIpcMemClose(const char* key)
+    aclError aclrtDeviceGetBareTgid(int32_t* pid)
+
+
+cdef extern from "acl_ipc.h" nogil:
+    enum:
+        LLMDD_ACL_IPC_KEY_BYTES   # the key buffer aclrtIpcMemGetExportKey fills

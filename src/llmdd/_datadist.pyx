@@ -12,10 +12,11 @@ llmdd.transfer._cpp_api, imported on first use.
 """
 cimport cython
 from cpython.ref cimport PyObject
-from libc.stdint cimport INT64_MAX, UINT64_MAX
+from libc.stdint cimport INT32_MAX, INT64_MAX, UINT64_MAX
+from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
-from ._acl cimport ACL_SUCCESS, LLMDD_SIMULATED, aclError
+from ._acl cimport ACL_SUCCESS, LLMDD_ACL_IPC_KEY_BYTES, LLMDD_SIMULATED, aclError
 from ._desc cimport (
     DATA_TYPE_ENUM,
     PLACEMENT_ENUM,
@@ -86,6 +87,23 @@ cdef inline object _status(uint32_t code):
             _SUCCESS = enum_member(STATUS_ENUM, LLM_SUCCESS)
         return _SUCCESS
     return enum_member(STATUS_ENUM, code)
+
+
+cdef bint _in_range(object value, object low, object high):
+    return low <= value <= high
+
+
+cdef bytes _ipc_key(object key):
+    """An IPC key as the runtime takes it, or None for a str no runtime makes (a peer's
+    malformed key is a status, not an exception)."""
+    if not isinstance(key, str):
+        raise TypeError(f"an IPC key is a str, not {type(key).__name__}")
+    if not (<str>key).isascii():
+        return None
+    encoded = (<str>key).encode("ascii")
+    if not 0 < len(encoded) < LLMDD_ACL_IPC_KEY_BYTES or b"\0" in encoded:
+        return None
+    return encoded
 
 
 cdef object _refuse_copy(object owner):
@@ -395,6 +413,103 @@ cdef class EngineCore:
         if cache.live_engine() is not self:
             raise ValueError(f"cache {cache._cache_id} belongs to another engine")
         return self._caches.table.layout(cache._cache_id)
+
+    # Same-host transfers through the runtime's IPC memory (docs/facts.md section 10): the
+    # transfer layer exports device memory of this engine to one peer process (the pid from the
+    # peer's _ipc_pid), the peer imports the key and copies with _ipc_copy, and both close the key,
+    # the importer first, the exporter before the memory is freed. Each answers a status, with the
+    # runtime's error kept for LLMException; TypeError only for an argument of the wrong type.
+
+    def _ipc_pid(self):
+        """(status, pid): the pid under which this process imports, for exporters to allow."""
+        cdef int32_t pid = -1
+        cdef aclError error
+        if not self._initialized:
+            return _status(LLM_FAILED), -1
+        error = ipc_process_id(&pid)
+        if error != ACL_SUCCESS:
+            return _status(self._runtime.failure(error)), -1
+        return _status(LLM_SUCCESS), pid
+
+    def _ipc_export(self, address, nbytes, peer_pid):
+        """(status, key): device bytes [address, address + nbytes) exported to process `peer_pid`
+        alone; key is '' unless the status is LLM_SUCCESS. The bytes are a runtime allocation, or
+        part of one from a page boundary on (ACL's driver: a device page, 2 MiB for huge pages; the
+        host runtime: 4 KiB, and only allocations of 1 MiB or more)."""
+        cdef char key[LLMDD_ACL_IPC_KEY_BYTES]
+        cdef aclError error
+        address = as_integer(address, "address")
+        nbytes = as_integer(nbytes, "nbytes")
+        peer_pid = as_integer(peer_pid, "peer_pid")
+        if not self._initialized:
+            return _status(LLM_FAILED), ""
+        if (not _in_range(address, 1, <uintptr_t>-1) or not _in_range(nbytes, 1, <uintptr_t>-1 - address)
+                or not _in_range(peer_pid, 1, INT32_MAX)):
+            return _status(LLM_PARAM_INVALID), ""
+        self._runtime.last_error = ACL_SUCCESS
+        error = self._runtime.ipc_export(<void*><uintptr_t>address, nbytes, peer_pid, key)
+        if error != ACL_SUCCESS:
+            return _status(self._runtime.failure(error)), ""
+        return _status(LLM_SUCCESS), key.decode("ascii")
+
+    def _ipc_import(self, key, peer_access=False):
+        """(status, address): the exported bytes `key` names, mapped into this process; address
+        is 0 unless the status is LLM_SUCCESS. Importing a key again hands out the same address,
+        and each import is closed on its own. `peer_access`: the exporter is on another device."""
+        cdef void* address = NULL
+        cdef aclError error
+        encoded = _ipc_key(key)
+        if not self._initialized:
+            return _status(LLM_FAILED), 0
+        if encoded is None:
+            return _status(LLM_PARAM_INVALID), 0
+        self._runtime.last_error = ACL_SUCCESS
+        error = self._runtime.ipc_import(encoded, bool(peer_access), &address)
+        if error != ACL_SUCCESS:
+            return _status(self._runtime.failure(error)), 0
+        return _status(LLM_SUCCESS), <uintptr_t>address
+
+    def _ipc_close(self, key):
+        """Status of closing `key`: one import of it made by this process, or its export (which
+        no process can import from then on)."""
+        cdef aclError error
+        encoded = _ipc_key(key)
+        if not self._initialized:
+            return _status(LLM_FAILED)
+        if encoded is None:
+            return _status(LLM_PARAM_INVALID)
+        self._runtime.last_error = ACL_SUCCESS
+        error = self._runtime.ipc_close(encoded)
+        return _status(self._runtime.failure(error) if error != ACL_SUCCESS else LLM_SUCCESS)
+
+    def _ipc_copy(self, dst_addrs, src_addrs, sizes):
+        """Status of the device-to-device copies of sizes[i] bytes from src_addrs[i] to
+        dst_addrs[i], in order; a failure stops the rest. Either side may be imported memory."""
+        cdef Py_ssize_t count, i
+        cdef uint64_t* regions = NULL     # destinations, then sources, then sizes
+        cdef aclError error
+        dst_addrs, src_addrs, sizes = tuple(dst_addrs), tuple(src_addrs), tuple(sizes)
+        count = len(dst_addrs)
+        if not self._initialized:
+            return _status(LLM_FAILED)
+        if count == 0 or len(src_addrs) != count or len(sizes) != count:
+            return _status(LLM_PARAM_INVALID)
+        regions = <uint64_t*>malloc(3 * count * sizeof(uint64_t))
+        if regions == NULL:
+            raise MemoryError()
+        try:
+            for i in range(count):
+                dst, src, size = (as_integer(dst_addrs[i], "dst address"), as_integer(src_addrs[i], "src address"),
+                                  as_integer(sizes[i], "size"))
+                if (not _in_range(size, 1, <uintptr_t>-1) or not _in_range(dst, 1, <uintptr_t>-1 - size)
+                        or not _in_range(src, 1, <uintptr_t>-1 - size)):
+                    return _status(LLM_PARAM_INVALID)
+                regions[i], regions[count + i], regions[2 * count + i] = dst, src, size
+            self._runtime.last_error = ACL_SUCCESS
+            error = self._runtime.copy_device_regions(regions, regions + count, regions + 2 * count, count)
+            return _status(self._runtime.failure(error) if error != ACL_SUCCESS else LLM_SUCCESS)
+        finally:
+            free(regions)
 
     cdef object transfer_call(self, str call, tuple arguments):
         """Convert the arguments (their Python code may run, even re-enter this engine), then

@@ -14,18 +14,28 @@ from ._acl cimport (
     ACL_ERROR_RT_INVALID_DEVICEID,
     ACL_ERROR_RT_MEMORY_ALLOCATION,
     ACL_HBM_MEM,
+    ACL_MEMCPY_DEVICE_TO_DEVICE,
+    ACL_RT_IPC_MEM_EXPORT_FLAG_DEFAULT,
+    ACL_RT_IPC_MEM_IMPORT_FLAG_DEFAULT,
+    ACL_RT_IPC_MEM_IMPORT_FLAG_ENABLE_PEER_ACCESS,
     ACL_SUCCESS,
+    LLMDD_ACL_IPC_KEY_BYTES,
     LLMDD_SIMULATED,
     aclFinalize,
     aclGetRecentErrMsg,
     aclInit,
     aclrtCreateContext,
     aclrtDestroyContext,
+    aclrtDeviceGetBareTgid,
     aclrtFree,
     aclrtFreeHost,
     aclrtGetCurrentContext,
     aclrtGetMemInfo,
     aclrtGetVersion,
+    aclrtIpcMemClose,
+    aclrtIpcMemGetExportKey,
+    aclrtIpcMemImportByKey,
+    aclrtIpcMemSetImportPid,
     aclrtMalloc,
     aclrtMallocHost,
     aclrtMemcpy,
@@ -89,6 +99,10 @@ def runtime_version():
 
 cdef aclError copy_memory(void* dst, const void* src, size_t count, aclrtMemcpyKind kind) noexcept nogil:
     return aclrtMemcpy(dst, count, src, count, kind)
+
+
+cdef aclError ipc_process_id(int32_t* pid) noexcept nogil:
+    return aclrtDeviceGetBareTgid(pid)
 
 
 cdef class DeviceRuntime:
@@ -176,6 +190,80 @@ cdef class DeviceRuntime:
             error = self.bind_context(&previous)
             if error == ACL_SUCCESS:
                 error = aclrtGetMemInfo(ACL_HBM_MEM, free_bytes, total_bytes)
+                self.restore_context(previous)
+        self.calls_in_flight -= 1
+        return error
+
+    # IPC memory: the same-host path (docs/facts.md section 10). An exporter allows one pid, the
+    # importer maps the key, both close it (the importer first), and the importer copies between
+    # its memory and the imported bytes with device-to-device copies.
+
+    cdef aclError ipc_export(self, void* address, uint64_t nbytes, int32_t peer_pid, char* key):
+        """Export device bytes [address, address + nbytes) to process `peer_pid` alone; `key`
+        (LLMDD_ACL_IPC_KEY_BYTES bytes) receives the key. An export whose pid cannot be set is
+        closed again: no export is ever left open to every process."""
+        cdef aclError error
+        cdef aclrtContext previous = NULL
+        self.calls_in_flight += 1
+        with nogil:
+            error = self.bind_context(&previous)
+            if error == ACL_SUCCESS:
+                error = aclrtIpcMemGetExportKey(address, <size_t>nbytes, key, LLMDD_ACL_IPC_KEY_BYTES,
+                                                ACL_RT_IPC_MEM_EXPORT_FLAG_DEFAULT)
+                if error == ACL_SUCCESS:
+                    error = aclrtIpcMemSetImportPid(key, &peer_pid, 1)
+                    if error != ACL_SUCCESS:
+                        aclrtIpcMemClose(key)
+                self.restore_context(previous)
+        self.calls_in_flight -= 1
+        return error
+
+    cdef aclError ipc_import(self, const char* key, bint peer_access, void** address):
+        """Map another process's export into this one. `peer_access`: the exporter's device is
+        another one, and the runtime is to enable access to it."""
+        cdef aclError error
+        cdef aclrtContext previous = NULL
+        cdef uint64_t flags = ACL_RT_IPC_MEM_IMPORT_FLAG_DEFAULT
+        if peer_access:
+            flags = ACL_RT_IPC_MEM_IMPORT_FLAG_ENABLE_PEER_ACCESS
+        self.calls_in_flight += 1
+        with nogil:
+            error = self.bind_context(&previous)
+            if error == ACL_SUCCESS:
+                error = aclrtIpcMemImportByKey(address, key, flags)
+                self.restore_context(previous)
+        self.calls_in_flight -= 1
+        return error
+
+    cdef aclError ipc_close(self, const char* key):
+        """Close a key this process imported (one import of it) or exported (the export)."""
+        cdef aclError error
+        cdef aclrtContext previous = NULL
+        self.calls_in_flight += 1
+        with nogil:
+            error = self.bind_context(&previous)
+            if error == ACL_SUCCESS:
+                error = aclrtIpcMemClose(key)
+                self.restore_context(previous)
+        self.calls_in_flight -= 1
+        return error
+
+    cdef aclError copy_device_regions(self, const uint64_t* dsts, const uint64_t* srcs, const uint64_t* sizes,
+                                      Py_ssize_t count):
+        """Device-to-device copies of sizes[i] bytes from srcs[i] to dsts[i], in order, up to the
+        first that fails."""
+        cdef aclError error
+        cdef aclrtContext previous = NULL
+        cdef Py_ssize_t i
+        self.calls_in_flight += 1
+        with nogil:
+            error = self.bind_context(&previous)
+            if error == ACL_SUCCESS:
+                for i in range(count):
+                    error = copy_memory(<void*><uintptr_t>dsts[i], <const void*><uintptr_t>srcs[i],
+                                        <size_t>sizes[i], ACL_MEMCPY_DEVICE_TO_DEVICE)
+                    if error != ACL_SUCCESS:
+                        break
                 self.restore_context(previous)
         self.calls_in_flight -= 1
         return error

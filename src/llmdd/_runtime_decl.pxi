@@ -28,6 +28,12 @@ cdef class DeviceRuntime:
     cdef aclError malloc(self, void** address, uint64_t nbytes, bint on_host)
     cdef aclError free(self, void* address, bint on_host)
     cdef aclError memory_info(self, size_t* free_bytes, size_t* total_bytes)
+    # IPC memory, for transfers between engines of one host (docs/facts.md section 10)
+    cdef aclError ipc_export(self, void* address, uint64_t nbytes, int32_t peer_pid, char* key)
+    cdef aclError ipc_import(self, const char* key, bint peer_access, void** address)
+    cdef aclError ipc_close(self, const char* key)
+    cdef aclError copy_device_regions(self, const uint64_t* dsts, const uint64_t* srcs, const uint64_t* sizes,
+                                      Py_ssize_t count)
     cdef aclError bind_context(self, aclrtContext* previous) noexcept nogil
     cdef void restore_context(self, aclrtContext previous) noexcept nogil
     cdef uint32_t failure(self, aclError error)
@@ -37,6 +43,10 @@ cdef class DeviceRuntime:
 
 # aclrtMemcpy, for copies between caches (the caller binds the context and counts the call).
 cdef aclError copy_memory(void* dst, const void* src, size_t count, aclrtMemcpyKind kind) noexcept nogil
+
+
+# The pid this process has for the device's driver, which an exporter allows (aclrtDeviceGetBareTgid).
+cdef aclError ipc_process_id(int32_t* pid) noexcept nogil
 
 
 # After fork, in the child (LlmDataDist's fork handler calls it): no engine uses the runtime.

@@ -18,7 +18,11 @@
     X(LLMDD_SIM_MALLOC_HOST, "aclrtMallocHost")          \
     X(LLMDD_SIM_FREE_HOST, "aclrtFreeHost")              \
     X(LLMDD_SIM_MEMSET, "aclrtMemset")                   \
-    X(LLMDD_SIM_MEMCPY, "aclrtMemcpy")
+    X(LLMDD_SIM_MEMCPY, "aclrtMemcpy")                   \
+    X(LLMDD_SIM_IPC_EXPORT, "aclrtIpcMemGetExportKey")   \
+    X(LLMDD_SIM_IPC_SET_PID, "aclrtIpcMemSetImportPid")  \
+    X(LLMDD_SIM_IPC_IMPORT, "aclrtIpcMemImportByKey")    \
+    X(LLMDD_SIM_IPC_CLOSE, "aclrtIpcMemClose")
 
 #define LLMDD_AS_SIM_CALL_ENUM(call, name) call,
 typedef enum { LLMDD_FOR_EACH_SIM_CALL(LLMDD_AS_SIM_CALL_ENUM) LLMDD_SIM_CALL_COUNT } llmdd_sim_call;
