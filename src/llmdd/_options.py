@@ -45,6 +45,10 @@ TRANSFER_PROTOCOLS = ("tcp", "rdma", "ascend")
 # the environment variable, so that a drop-in user sets it without touching the code.
 LINK_SECRET = "llmdd.LinkSecret"
 LINK_SECRET_VARIABLE = "LLMDD_LINK_SECRET"
+# Which path a transfer's bytes take: "auto" (the runtime's IPC memory when the peer is on this
+# host, else Mooncake) or "network" (always Mooncake).
+TRANSFER_PATH = "llmdd.TransferPath"
+TRANSFER_PATHS = ("auto", "network")
 DEFAULT_SYNC_KV_WAIT_MS = 1000                 # LLM-DataDist's default wait for a transfer's peer
 
 DEFAULT_TENSOR_ALIGNMENT = 512  # LLM-DataDist v1 aligns every tensor to 512 bytes
@@ -88,7 +92,7 @@ class TransferOptions:
     """What the engine's transfer service takes (links, pulls and pushes)."""
 
     __slots__ = ("listen_ip_info", "sync_timeout_ms", "protocol", "device_name", "remote_cache_accessible",
-                 "link_secret")
+                 "link_secret", "transfer_path")
 
     def __init__(self):
         self.listen_ip_info = None     # "ip:port" to serve linking peers on, or None
@@ -97,6 +101,7 @@ class TransferOptions:
         self.device_name = ""
         self.remote_cache_accessible = False
         self.link_secret = None        # a str both sides of a link must hold, or None: anyone may link
+        self.transfer_path = "auto"    # one of TRANSFER_PATHS
 
 
 class PoolConfig:
@@ -209,6 +214,10 @@ def parse_options(options):
     if TRANSFER_DEVICE in options:
         parsed.transfer.device_name = options[TRANSFER_DEVICE]
     parsed.transfer.link_secret = parse_link_secret(options)
+    if TRANSFER_PATH in options:
+        if options[TRANSFER_PATH] not in TRANSFER_PATHS:
+            raise OptionError(f"{TRANSFER_PATH}={options[TRANSFER_PATH]!r} is not one of {', '.join(TRANSFER_PATHS)}")
+        parsed.transfer.transfer_path = options[TRANSFER_PATH]
     for switch in (ENABLE_SWITCH_ROLE, ENABLE_CACHE_MANAGER, ENABLE_REMOTE_CACHE_ACCESSIBLE):
         if switch in options and options[switch] not in ("0", "1"):
             raise OptionError(f"{switch}={options[switch]!r} is not '0' or '1'")

@@ -169,13 +169,14 @@ def test_a_pull_served_to_a_peer_whose_mooncake_answers_garbage_is_a_status_and_
     with broken_mooncake_peer() as engine, socket.create_connection(linked.prompt.listen_address, 5) as connection:
         deadline = time.monotonic() + ANSWER_SECONDS
         wire.send(connection, wire.MessageType.LINK, 0, {"cluster_id": 9, "to_cluster_id": PROMPT, "engine": engine,
-                                                         "protocol": "tcp"}, deadline)
+                                                         "protocol": "tcp", "host": "none", "pid": 0}, deadline)
         assert wire.receive(connection, deadline)[2]["status"] == S.LLM_SUCCESS
         destination = {"tensor_addrs": [1 << 20, 2 << 20], "tensor_bytes": 8 * BLOCK, "batch": 8,
                        "block_bytes": BLOCK, "is_blocks_cache": True, "regions": [[1 << 20, 16 * BLOCK]]}
         pull = {"key": wire.key_fields(BlocksCacheKey(PROMPT, 0)), "release_key": False, "mode": "blocks",
                 "kind_rules": True, "destination": destination, "batch_index": 0, "size": -1, "src_blocks": [0],
-                "dst_blocks": [0], "src_layer_range": None, "dst_layer_range": None, "tensor_num_per_layer": 1}
+                "dst_blocks": [0], "src_layer_range": None, "dst_layer_range": None, "tensor_num_per_layer": 1,
+                "ipc": None}
         for request_id in (1, 2):
             wire.send(connection, wire.MessageType.PULL, request_id, pull, deadline)
             assert wire.receive(connection, deadline) == (wire.MessageType.PULL_REPLY, request_id,
@@ -190,7 +191,7 @@ def test_a_push_to_a_peer_whose_mooncake_answers_garbage_is_a_status(stranger):
     source = registry.allocate(2, 8, BLOCK, blocks=True)
     layout = {"cache_id": 1, "tensor_addrs": [1 << 20, 2 << 20], "tensor_bytes": 8 * BLOCK, "batch": 8,
               "block_bytes": BLOCK, "is_blocks_cache": True, "remote_accessible": True, "batch_index": 0,
-              "regions": [[1 << 20, 16 * BLOCK]]}
+              "regions": [[1 << 20, 16 * BLOCK]], "ipc": None}
     with broken_mooncake_peer() as engine, socket.create_server(("127.0.0.1", 0)) as listener, \
             TransferAgent(registry, DECODER, sync_timeout_ms=3000) as agent:
         def answer():
@@ -202,7 +203,8 @@ def test_a_push_to_a_peer_whose_mooncake_answers_garbage_is_a_status(stranger):
                         message_type, request_id, _ = wire.receive(connection, deadline)
                     except (OSError, wire.ProtocolError):
                         return
-                    replies = {wire.MessageType.LINK: {"status": 0, "cluster_id": PROMPT, "engine": engine},
+                    replies = {wire.MessageType.LINK: {"status": 0, "cluster_id": PROMPT, "engine": engine,
+                                                       "host": "none", "pid": 0},
                                wire.MessageType.RESOLVE: {"status": 0, "pin": 1, "layout": layout},
                                wire.MessageType.UNPIN: {"status": 0}}
                     wire.send(connection, wire.REPLY_TO[message_type], request_id, replies[message_type], deadline)

@@ -93,7 +93,8 @@ def answer_of(connection):
 
 
 def link_body(cluster_id, to_cluster_id=PROMPT):
-    return {"cluster_id": cluster_id, "to_cluster_id": to_cluster_id, "engine": "127.0.0.1:1", "protocol": "tcp"}
+    return {"cluster_id": cluster_id, "to_cluster_id": to_cluster_id, "engine": "127.0.0.1:1", "protocol": "tcp",
+            "host": "none", "pid": 0}
 
 
 def send(connection, message_type, body, request_id=0):

@@ -19,14 +19,16 @@ CLUSTER = 1
 ANSWER_SECONDS = 2.0
 
 VALID = {
-    wire.MessageType.LINK: {"cluster_id": 2, "to_cluster_id": CLUSTER, "engine": "127.0.0.1:1", "protocol": "tcp"},
-    wire.MessageType.LINK_REPLY: {"status": 0, "cluster_id": 1, "engine": "127.0.0.1:2"},
+    wire.MessageType.LINK: {"cluster_id": 2, "to_cluster_id": CLUSTER, "engine": "127.0.0.1:1", "protocol": "tcp",
+                            "host": "none", "pid": 0},
+    wire.MessageType.LINK_REPLY: {"status": 0, "cluster_id": 1, "engine": "127.0.0.1:2", "host": "none", "pid": 0},
     wire.MessageType.UNLINK: {"cluster_id": 2},
     wire.MessageType.UNLINK_REPLY: {"status": int(S.LLM_UNLINK_FAILED)},
     wire.MessageType.RESOLVE: {"key": {"kind": "blocks", "cluster_id": 1, "model_id": 0}},
     wire.MessageType.RESOLVE_REPLY: {"status": 0, "pin": 3, "layout": {
         "cache_id": 4, "tensor_addrs": [4096, 8192], "tensor_bytes": 64, "batch": 4, "block_bytes": 16,
-        "is_blocks_cache": True, "remote_accessible": False, "batch_index": 0, "regions": [[4096, 8192]]}},
+        "is_blocks_cache": True, "remote_accessible": False, "batch_index": 0, "regions": [[4096, 8192]],
+        "ipc": [[4096, 8192, "0000002a"]]}},
     wire.MessageType.UNPIN: {"pin": 3},
     wire.MessageType.UNPIN_REPLY: {"status": 0},
     wire.MessageType.PULL: {
@@ -35,7 +37,7 @@ VALID = {
             "tensor_addrs": [4096, 8192], "tensor_bytes": 64, "batch": 4, "block_bytes": 16, "is_blocks_cache": False,
             "regions": [[4096, 8192]]},
         "batch_index": 1, "size": -1, "src_blocks": [], "dst_blocks": [], "src_layer_range": [0, 2, 1],
-        "dst_layer_range": None, "tensor_num_per_layer": 1},
+        "dst_layer_range": None, "tensor_num_per_layer": 1, "ipc": None},
     wire.MessageType.PULL_REPLY: {"status": 0},
     wire.MessageType.AUTH_HELLO: {"nonce": "0f" * 32},
     wire.MessageType.AUTH_CHALLENGE: {"nonce": "a5" * 32},

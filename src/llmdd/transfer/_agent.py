@@ -25,6 +25,7 @@ from ._channel import DRAIN_SECONDS, Channel, Keepalive, LinkFailure
 from ._listener import ControlListener
 from ._mooncake import engine_module, engines_for, hand_back
 from ._mover import Mover
+from ._same_host import NOT_SHARED
 from ._server import CacheServer
 from ._sockets import track
 
@@ -127,7 +128,7 @@ class TransferAgent:
     block is a batch entry of any cache."""
 
     def __init__(self, registry, cluster_id, listen_ip_info=None, protocol="tcp", device_name="",
-                 sync_timeout_ms=1000, link_secret=None):
+                 sync_timeout_ms=1000, link_secret=None, same_host=None):
         _check_int("cluster_id", cluster_id, UINT64)
         require(link_secret is None or (isinstance(link_secret, str) and link_secret),
                 "link_secret must be None or a non-empty str", PARAM_INVALID)
@@ -150,8 +151,13 @@ class TransferAgent:
         self._in_use = 0        # transfers and registrations using self._mooncake now
         self._unused = threading.Condition(self._lock)
         self._keepalive = Keepalive(f"llmdd-keepalive-{cluster_id}")
-        self._server = CacheServer(registry, self._using_mooncake)
-        mover = Mover(registry, self._link_for_transfer, self._using_mooncake, self._sync_timeout_s)
+        # The same-host path (_same_host): what this side tells a peer at LINK, whose answer in
+        # kind says whether the two share IPC memory (_peer_pid).
+        self._same_host = same_host
+        self._same_host_fields = ({"host": same_host.host, "pid": same_host.pid} if same_host is not None
+                                  else {"host": NOT_SHARED, "pid": 0})
+        self._server = CacheServer(registry, self._using_mooncake, same_host)
+        mover = Mover(registry, self._link_for_transfer, self._using_mooncake, self._sync_timeout_s, same_host)
         self.pull_cache, self.pull_blocks = mover.pull_cache, mover.pull_blocks
         self.push_cache, self.push_blocks = mover.push_cache, mover.push_blocks
         self._listener = None
@@ -160,7 +166,7 @@ class TransferAgent:
             try:
                 self._listener = ControlListener(host, port, cluster_id, self._mooncake_for_host, self._accept_link,
                                                  self._activate, self._sync_timeout_s, self._links_from,
-                                                 self._link_secret)
+                                                 self._link_secret, self._same_host_fields)
             except OSError as error:
                 # An address this host does not have is a bad option; a port in use is not.
                 status = PARAM_INVALID if error.errno == errno.EADDRNOTAVAIL else LLMStatusCode.LLM_FAILED
@@ -230,7 +236,7 @@ class TransferAgent:
         try:
             if current is None or current.over():
                 channel = Channel(connection, remote_cluster_id, body["engine"], self._server, self._sync_timeout_s,
-                                  self._link_ended)
+                                  self._link_ended, self._peer_pid(body))
             else:
                 log.warning("a link claiming cluster %d, which is linked already, refused", remote_cluster_id)
         finally:
@@ -263,6 +269,14 @@ class TransferAgent:
         """How many links `host` made to this agent (the listener caps them with handshakes)."""
         with self._lock:
             return sum(channel.peer_host == host for channel in self._accepted.values())
+
+    def _peer_pid(self, fields):
+        """The pid of a peer that shares this host's IPC memory (its LINK or LINK_REPLY), else 0.
+        Two engines of one process copy nothing through it: the runtime refuses a self-import."""
+        own = self._same_host_fields
+        if own["host"] == NOT_SHARED or fields["host"] != own["host"] or fields["pid"] in (0, own["pid"]):
+            return 0
+        return fields["pid"]
 
     def _link_ended(self, channel, unlinked):
         """A channel's reader stopped. A link the peer made, or one it unlinked, is gone; a link
@@ -326,7 +340,7 @@ class TransferAgent:
             if self._link_secret is not None:
                 _auth.authenticate_listening_side(connection, self._link_secret, deadline)
             body = {"cluster_id": self.cluster_id, "to_cluster_id": remote_cluster_id, "engine": engine.address,
-                    "protocol": self._protocol}
+                    "protocol": self._protocol, **self._same_host_fields}
             wire.send(connection, wire.MessageType.LINK, 0, body, deadline)
             reply_type, reply_id, reply = wire.receive(connection, deadline)
             if reply_type != wire.MessageType.LINK_REPLY or reply_id != 0:
@@ -335,7 +349,7 @@ class TransferAgent:
                 log.warning("cluster %d at %s:%d refused the link: %d", remote_cluster_id, *remote, reply["status"])
                 return LLMStatusCode.LLM_LINK_FAILED
             channel = Channel(connection, remote_cluster_id, reply["engine"], self._server, self._sync_timeout_s,
-                              self._link_ended)
+                              self._link_ended, self._peer_pid(reply))
             connection = None
             with self._lock:
                 closed = self._closed

@@ -62,9 +62,10 @@ class Channel:
     bear a second call): unlinked is True when the peer unlinked, False when the connection
     failed or was closed."""
 
-    def __init__(self, connection, remote_cluster_id, peer_engine, server, message_timeout_s, on_end):
+    def __init__(self, connection, remote_cluster_id, peer_engine, server, message_timeout_s, on_end, peer_pid=0):
         self.remote_cluster_id = remote_cluster_id
         self.peer_engine = peer_engine
+        self.peer_pid = peer_pid   # the peer's pid when it shares this host's IPC memory, else 0
         self.peer_host = connection.getpeername()[0]
         # Held by a transfer from RESOLVE to UNPIN, and by whoever ends the link: the peer's pins
         # must outlive the bytes moving under them.
@@ -224,7 +225,7 @@ class Channel:
                     waiter.reply = body
                     waiter.event.set()
                 elif message_type == wire.MessageType.RESOLVE:
-                    reply = (self._server.resolve(body, self._pins) if not self._draining
+                    reply = (self._server.resolve(body, self._pins, self.peer_pid) if not self._draining
                              else self._server.refused(LLMStatusCode.LLM_NOT_YET_LINK))   # the link is ending
                     self._send(wire.MessageType.RESOLVE_REPLY, request_id, reply, deadline)
                 elif message_type == wire.MessageType.PULL:
@@ -233,7 +234,7 @@ class Channel:
                     self._serving = True   # before looking at _draining, which drain() sets before looking here
                     try:
                         reply = ({"status": int(LLMStatusCode.LLM_NOT_YET_LINK)} if self._draining
-                                 else self._server.pull(body, self.peer_engine))
+                                 else self._server.pull(body, self.peer_engine, self.peer_pid))
                     finally:
                         self._serving = False
                     self._send(wire.MessageType.PULL_REPLY, request_id, reply,

@@ -37,8 +37,9 @@ class ControlListener:
     link_secret: the bytes a linking side must prove it holds, or None."""
 
     def __init__(self, host, port, cluster_id, mooncake_for_host, on_link, on_linked, message_timeout_s,
-                 links_from, link_secret):
+                 links_from, link_secret, same_host):
         self._cluster_id = cluster_id
+        self._same_host = same_host   # {"host": ..., "pid": ...} this side tells a linking peer
         self._links_from = links_from
         self._link_secret = link_secret
         self._mooncake_for_host = mooncake_for_host
@@ -136,7 +137,8 @@ class ControlListener:
                 connection.close()
 
     def _link(self, body, connection):
-        failed = {"status": int(LLMStatusCode.LLM_LINK_FAILED), "cluster_id": self._cluster_id, "engine": "none"}
+        failed = {"status": int(LLMStatusCode.LLM_LINK_FAILED), "cluster_id": self._cluster_id, "engine": "none",
+                  **self._same_host}
         if body["to_cluster_id"] != self._cluster_id:
             log.warning("a link for cluster %d reached cluster %d", body["to_cluster_id"], self._cluster_id)
             return failed
@@ -146,4 +148,4 @@ class ControlListener:
         except LLMException as error:
             log.warning("cannot serve a link: %s", error)
             return dict(failed, status=int(error.status_code))
-        return {"status": _SUCCESS, "cluster_id": self._cluster_id, "engine": engine.address}
+        return {"status": _SUCCESS, "cluster_id": self._cluster_id, "engine": engine.address, **self._same_host}

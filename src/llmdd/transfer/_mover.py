@@ -18,6 +18,7 @@ from .._status import LLMException, engine_status
 from . import _plan
 from . import _protocol as wire
 from ._channel import LinkFailure
+from ._writes import write_segments
 
 log = logging.getLogger("llmdd.transfer")
 
@@ -73,11 +74,12 @@ class Mover:
     """Pulls and pushes over an agent's links. registry: the agent's (entry, find, pin,
     release_key); link_for(cluster id): the link a transfer takes, or None; using_mooncake(): a
     context that holds the agent's Mooncake engines for one transfer (None once the agent closed);
-    sync_timeout_s bounds each control round trip.
+    sync_timeout_s bounds each control round trip; same_host: the agent's SameHostMemory, or None.
     Which rules a transfer follows is its local cache's (_kind_rules)."""
 
-    def __init__(self, registry, link_for, using_mooncake, sync_timeout_s):
+    def __init__(self, registry, link_for, using_mooncake, sync_timeout_s, same_host):
         self._registry = registry
+        self._same_host = same_host   # this side's SameHostMemory, or None: the network path only
         self._link_for = link_for
         self._using_mooncake = using_mooncake
         self._sync_timeout_s = sync_timeout_s
@@ -185,16 +187,23 @@ class Mover:
             status = self._pin_local(local_entry, hold)
             if status != SUCCESS:
                 return status
-            if not engine.expose(regions):
+            # Exposed to the peer's writes for this pull only: exported to its pid alone when it
+            # shares this host's IPC memory and the runtime can export the cache, else registered
+            # with Mooncake.
+            exported = self._same_host.export(regions, link.peer_pid) if link.peer_pid and self._same_host else None
+            if exported is not None:
+                hold.callback(self._same_host.close, [key for _, _, key in exported])
+            elif engine.expose(regions):
+                hold.callback(engine.withdraw, regions)
+            else:
                 return LLMStatusCode.LLM_FAILED
-            hold.callback(engine.withdraw, regions)
             destination = {"tensor_addrs": list(local_entry.tensor_addrs), "tensor_bytes": local_entry.tensor_bytes,
                            "batch": local_entry.batch, "block_bytes": local_entry.block_bytes,
                            "is_blocks_cache": bool(local_entry.is_blocks_cache),
                            "regions": [list(region) for region in regions]}
             body = dict(request, key=wire.key_fields(key), release_key=mode == "cache" and key.KIND == "cache",
                         mode=mode, kind_rules=kind_rules, destination=destination, src_layer_range=layer_ranges[0],
-                        dst_layer_range=layer_ranges[1], src_blocks=blocks[0], dst_blocks=blocks[1])
+                        dst_layer_range=layer_ranges[1], src_blocks=blocks[0], dst_blocks=blocks[1], ipc=exported)
             # The answer comes once the bytes have moved: the wait is the sync wait and the time
             # the most bytes this pull may write take at the slowest rate we accept.
             timeout_s = self._sync_timeout_s + _most_bytes(local_entry, mode, request) / SLOWEST_BYTES_PER_S
@@ -244,16 +253,7 @@ class Mover:
             return PARAM_INVALID
         local_regions = tuple(tuple(region) for region in local_entry.regions)
         segments = _plan.coalesce(segments, local_regions, remote.regions)
-        with contextlib.ExitStack() as hold:
-            # Over tcp Mooncake reads a local source by address; other transports need it registered.
-            if engine.needs_local_registration:
-                if not engine.expose(local_regions):
-                    return LLMStatusCode.LLM_FAILED
-                hold.callback(engine.withdraw, local_regions)
-            # The caller holds link.transfer_lock: one transfer at a time per link, so that the batches
-            # of two never overflow Mooncake's per-peer queue together (_mooncake.TCP_QUEUE_VARIABLE).
-            if engine.write(link.peer_engine, segments.src_addrs, segments.dst_addrs, segments.lengths) != 0:
-                log.warning("Mooncake write of %d bytes to cluster %d at %s failed", segments.nbytes,
-                            link.remote_cluster_id, link.peer_engine)
-                return LLMStatusCode.LLM_LINK_FAILED
-        return SUCCESS
+        # The caller holds link.transfer_lock: one transfer at a time per link, so that the batches
+        # of two never overflow Mooncake's per-peer queue together (_mooncake.TCP_QUEUE_VARIABLE).
+        exported = layout_fields["ipc"] if link.peer_pid else None
+        return write_segments(segments, exported, self._same_host, engine, link.peer_engine, local_regions)

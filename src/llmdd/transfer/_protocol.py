@@ -100,6 +100,10 @@ def _list_of(check_item, max_items):
     return lambda value: type(value) is list and len(value) <= max_items and all(check_item(v) for v in value)
 
 
+def _or_none(check):
+    return lambda value: value is None or check(value)
+
+
 _u32 = _int_in(0, UINT32_MAX)
 _u64 = _int_in(0, UINT64_MAX)
 _i64 = _int_in(INT64_MIN, INT64_MAX)
@@ -118,6 +122,11 @@ KEY_FIELDS = {
 _regions = _list_of(lambda region: type(region) is list and len(region) == 2 and _int_in(1, UINT64_MAX)(region[0])
                    and _int_in(1, INT64_MAX)(region[1]), MAX_TENSORS)
 
+# Regions exported as IPC memory for the peer (the same-host path): [start, nbytes, key] each.
+_exported_or_none = _or_none(_list_of(lambda region: type(region) is list and len(region) == 3
+                                      and _int_in(1, UINT64_MAX)(region[0]) and _int_in(1, INT64_MAX)(region[1])
+                                      and _text(region[2]), MAX_TENSORS))
+
 LAYOUT_FIELDS = {
     "cache_id": _i64,
     "tensor_addrs": _list_of(_int_in(1, UINT64_MAX), MAX_TENSORS),
@@ -128,6 +137,7 @@ LAYOUT_FIELDS = {
     "remote_accessible": _is_bool,
     "batch_index": _u32,
     "regions": _regions,
+    "ipc": _exported_or_none,
 }
 
 
@@ -177,8 +187,9 @@ def is_layer_range(value):
 PULL_MODES = ("cache", "blocks", "entry_blocks")
 
 MESSAGE_FIELDS = {
-    MessageType.LINK: {"cluster_id": _u64, "to_cluster_id": _u64, "engine": _text, "protocol": _text},
-    MessageType.LINK_REPLY: {"status": _status, "cluster_id": _u64, "engine": _text},
+    MessageType.LINK: {"cluster_id": _u64, "to_cluster_id": _u64, "engine": _text, "protocol": _text,
+                       "host": _text, "pid": _u32},
+    MessageType.LINK_REPLY: {"status": _status, "cluster_id": _u64, "engine": _text, "host": _text, "pid": _u32},
     MessageType.UNLINK: {"cluster_id": _u64},
     MessageType.UNLINK_REPLY: {"status": _status},
     MessageType.RESOLVE: {"key": is_key},
@@ -189,7 +200,7 @@ MESSAGE_FIELDS = {
                        "destination": _destination, "batch_index": _u32, "size": _int_in(-1, INT64_MAX),
                        "src_blocks": _list_of(_u64, MAX_BLOCKS), "dst_blocks": _list_of(_u64, MAX_BLOCKS),
                        "src_layer_range": is_layer_range, "dst_layer_range": is_layer_range,
-                       "tensor_num_per_layer": _u32},
+                       "tensor_num_per_layer": _u32, "ipc": _exported_or_none},
     MessageType.PULL_REPLY: {"status": _status},
     MessageType.AUTH_HELLO: {"nonce": _hex_bytes(NONCE_BYTES)},
     MessageType.AUTH_CHALLENGE: {"nonce": _hex_bytes(NONCE_BYTES)},

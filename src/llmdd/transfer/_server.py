@@ -15,6 +15,7 @@ from .._status import LLMException
 from .._desc import LLMStatusCode
 from . import _plan
 from . import _protocol as wire
+from ._writes import write_segments
 
 log = logging.getLogger("llmdd.transfer")
 
@@ -53,9 +54,10 @@ class CacheServer:
     the cache's pin and exposure) live in the dict of the link they came on, so that a link that
     ends, however it ends, releases them."""
 
-    def __init__(self, registry, using_mooncake):
+    def __init__(self, registry, using_mooncake, same_host):
         self._registry = registry
         self._using_mooncake = using_mooncake
+        self._same_host = same_host   # this side's SameHostMemory, or None: the network path only
         self._pin_ids = itertools.count(1)   # next() of a count is atomic: readers share it
 
     def _lookup(self, fields):
@@ -77,8 +79,11 @@ class CacheServer:
             return False
         return True
 
-    def pull(self, body, peer_engine):
-        """Writes what the PULL asks into the peer's exposed cache at `peer_engine`."""
+    def pull(self, body, peer_engine, peer_pid):
+        """Writes what the PULL asks into the peer's exposed cache: at `peer_engine` with Mooncake,
+        or through the IPC memory it exported for us (peer_pid: it shares this host's, else 0)."""
+        if body["ipc"] is not None and not peer_pid:
+            return {"status": _PARAM_INVALID}
         entry, batch_index, key = self._lookup(body["key"])
         if entry is None:
             return {"status": _NOT_EXIST}
@@ -94,16 +99,9 @@ class CacheServer:
                 log.warning("a pull of cache %d refused: %s", entry.cache_id, error)
                 return {"status": _PARAM_INVALID}
             engine = hold.enter_context(self._using_mooncake())
-            if engine is None:
-                return {"status": int(LLMStatusCode.LLM_LINK_FAILED)}
-            # Over tcp Mooncake reads a local source by address; other transports need it registered.
-            if engine.needs_local_registration:
-                if not engine.expose(source.regions):
-                    return {"status": int(LLMStatusCode.LLM_FAILED)}
-                hold.callback(engine.withdraw, source.regions)
-            if engine.write(peer_engine, segments.src_addrs, segments.dst_addrs, segments.lengths) != 0:
-                log.warning("Mooncake write of %d bytes to %s failed", segments.nbytes, peer_engine)
-                return {"status": int(LLMStatusCode.LLM_LINK_FAILED)}
+            status = write_segments(segments, body["ipc"], self._same_host, engine, peer_engine, source.regions)
+            if status != LLMStatusCode.LLM_SUCCESS:
+                return {"status": int(status)}
             # Dropped under the pin, so a cache already deallocated is freed when the pin goes.
             status = self._registry.release_key(key) if body["release_key"] else LLMStatusCode.LLM_SUCCESS
         return {"status": int(status)}
@@ -112,8 +110,10 @@ class CacheServer:
     def refused(status):
         return {"status": int(status), "pin": 0, "layout": None}
 
-    def resolve(self, body, pins):
-        """A push's first step: the key's cache pinned and exposed to the peer's writes until UNPIN."""
+    def resolve(self, body, pins, peer_pid):
+        """A push's first step: the key's cache pinned and exposed to the peer's writes until UNPIN:
+        exported as IPC memory for peer_pid when it shares this host's (and the runtime can), else
+        registered with Mooncake."""
         entry, batch_index, _ = self._lookup(body["key"])
         if entry is None:
             return self.refused(_NOT_EXIST)
@@ -127,17 +127,21 @@ class CacheServer:
             undo.push(hold)
             if not self._pin(entry, hold):
                 return self.refused(_NOT_EXIST)
-            engine = hold.enter_context(self._using_mooncake())
-            if engine is None or not engine.expose(entry.regions):
-                return self.refused(LLMStatusCode.LLM_FAILED)
-            hold.callback(engine.withdraw, entry.regions)
+            exported = self._same_host.export(entry.regions, peer_pid) if peer_pid and self._same_host else None
+            if exported is not None:
+                hold.callback(self._same_host.close, [key for _, _, key in exported])
+            else:
+                engine = hold.enter_context(self._using_mooncake())
+                if engine is None or not engine.expose(entry.regions):
+                    return self.refused(LLMStatusCode.LLM_FAILED)
+                hold.callback(engine.withdraw, entry.regions)
             undo.pop_all()
         pin_id = next(self._pin_ids)
         pins[pin_id] = hold
         layout = {"cache_id": entry.cache_id, "tensor_addrs": list(entry.tensor_addrs),
                   "tensor_bytes": entry.tensor_bytes, "batch": entry.batch, "block_bytes": entry.block_bytes,
                   "is_blocks_cache": bool(entry.is_blocks_cache), "remote_accessible": True,
-                  "batch_index": batch_index, "regions": [list(region) for region in entry.regions]}
+                  "batch_index": batch_index, "regions": [list(region) for region in entry.regions], "ipc": exported}
         return {"status": _SUCCESS, "pin": pin_id, "layout": layout}
 
     @staticmethod

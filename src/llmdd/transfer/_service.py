@@ -8,6 +8,7 @@ links.
 import weakref
 
 from ._agent import TransferAgent
+from ._same_host import SameHostMemory
 
 
 class TransferService:
@@ -17,9 +18,11 @@ class TransferService:
     def __init__(self, engine, options, registry):
         """options: the engine's parsed _options.TransferOptions; registry: the engine's CacheRegistry."""
         self.registry = registry
+        same_host = SameHostMemory(engine) if options.transfer_path == "auto" else None
         self.agent = TransferAgent(self.registry, engine.cluster_id, listen_ip_info=options.listen_ip_info,
                                    protocol=options.protocol, device_name=options.device_name,
-                                   sync_timeout_ms=options.sync_timeout_ms, link_secret=options.link_secret)
+                                   sync_timeout_ms=options.sync_timeout_ms, link_secret=options.link_secret,
+                                   same_host=same_host)
         self._closer = weakref.finalize(engine, self.agent.close)
 
     def close(self):

@@ -1,0 +1,112 @@
+"""The same-host path: engines on one host move a transfer's bytes through the runtime's IPC
+memory, as CANN does within a node, instead of through Mooncake.
+
+The side that receives the bytes exports its destination for the sending side's pid only
+(aclrtIpcMemGetExportKey, aclrtIpcMemSetImportPid); the sender imports the keys, copies device to
+device from its own memory into them, and closes its imports; the receiver then closes the
+exports. As with Mooncake, a destination is exposed for one transfer, to the one process that
+writes it, and a pull's source is never exposed. Memory the runtime cannot export (in the host
+runtime, allocations under 1 MiB and memory llmdd did not allocate) takes the network path.
+"""
+import bisect
+import logging
+import os
+import weakref
+
+from .._desc import LLMStatusCode
+
+log = logging.getLogger("llmdd.transfer")
+
+NOT_SHARED = "none"   # the host token of a side that takes the network path only
+# Exports start at a page (docs/facts.md section 10): a region's export starts at the page
+# holding it, and the region is found at its offset inside.
+EXPORT_PAGE_BYTES = 4096
+_SUCCESS = LLMStatusCode.LLM_SUCCESS
+
+
+def host_token():
+    """What two sides compare to know they share IPC memory: this boot of this host, and the pid
+    namespace (a pid must name the same process to both)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as boot_id:
+            boot = boot_id.read().strip()
+        return f"{boot}/{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return NOT_SHARED
+
+
+class SameHostMemory:
+    """An engine's IPC memory calls, for its transfer service. The engine is held weakly: the
+    service must not keep it alive."""
+
+    def __init__(self, engine):
+        self._engine = weakref.ref(engine)
+        status, pid = engine._ipc_pid()
+        self.pid = pid if status == _SUCCESS else 0
+        self.host = host_token() if self.pid else NOT_SHARED
+
+    def _call(self, name, *arguments):
+        engine = self._engine()
+        if engine is None:
+            return LLMStatusCode.LLM_FAILED, None
+        return getattr(engine, name)(*arguments)
+
+    def export(self, regions, peer_pid):
+        """[[start, nbytes, key], ...] exporting each region for peer_pid only, or None (nothing
+        left exported) when the runtime refuses one."""
+        exported = []
+        for address, nbytes in regions:
+            start = address - address % EXPORT_PAGE_BYTES
+            status, key = self._call("_ipc_export", start, nbytes + address - start, peer_pid)
+            if status != _SUCCESS:
+                self.close([key for _, _, key in exported])
+                return None
+            exported.append([start, nbytes + address - start, key])
+        return exported
+
+    def close(self, keys):
+        for key in keys:
+            status = self._call("_ipc_close", key)
+            if status != _SUCCESS:
+                log.warning("closing IPC memory %s answered %s", key, status)
+
+    def imported(self, exported):
+        """The peer's exported regions mapped here (an ImportedRegions), or None when one is refused."""
+        regions = []
+        for start, nbytes, key in sorted(exported):
+            status, address = self._call("_ipc_import", key)
+            if status != _SUCCESS:
+                self.close(key for _, _, key, _ in regions)
+                return None
+            regions.append((start, nbytes, key, address))
+        return ImportedRegions(self, regions)
+
+    def copy(self, dst_addrs, src_addrs, lengths):
+        return self._call("_ipc_copy", dst_addrs, src_addrs, lengths) == _SUCCESS
+
+
+class ImportedRegions:
+    """A peer's exported regions mapped into this process: addresses translated from the peer's
+    to ours, only inside a region."""
+
+    def __init__(self, memory, regions):
+        self._memory = memory
+        self._regions = regions   # sorted (peer's start, nbytes, key, our address)
+        self._starts = [start for start, _, _, _ in regions]
+
+    def translated(self, addrs, lengths):
+        """Our addresses of the peer's segments, or None when one leaves every region."""
+        ours = []
+        for address, length in zip(addrs, lengths):
+            index = bisect.bisect_right(self._starts, address) - 1
+            if index < 0:
+                return None
+            start, nbytes, _, mapped = self._regions[index]
+            if address + length > start + nbytes:
+                return None
+            ours.append(mapped + address - start)
+        return ours
+
+    def close(self):
+        self._memory.close(key for _, _, key, _ in self._regions)
+        self._regions = []
