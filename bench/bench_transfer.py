@@ -34,11 +34,13 @@ from support.peer import Peer  # noqa: E402
 from support.registries import LocalRegistry  # noqa: E402
 
 import llmdd  # noqa: E402
+import llmdd.sim  # noqa: E402
 from llmdd import CacheIndex, ClusterInfo, IpInfo, LLMStatusCode  # noqa: E402
 
 pytestmark = pytest.mark.skipif(mooncake_missing() is not None, reason=str(mooncake_missing()))
 
 PROMPT, DECODER, TEARDOWN_DECODER = 1, 2, 5
+SAME_HOST_PROMPT, SAME_HOST_DECODER = 6, 7
 CACHE_TENSORS, CACHE_TENSOR_BYTES = 16, 4 << 20
 TENSORS, BLOCKS, BLOCK_BYTES = 64, 256, 64 << 10
 REGION_BYTES = 16 << 30
@@ -204,6 +206,58 @@ def test_mooncake_read_scattered_blocks(benchmark, session, bare_engine):
     finally:
         unpin()
     report(benchmark, TENSORS * BLOCKS * BLOCK_BYTES, "bare Mooncake, sync reads of the scattered blocks")
+
+
+@pytest.fixture(scope="module")
+def same_host_pair():
+    """This process's decoder engine and a prompt engine in a peer process of this host, linked
+    with llmdd.TransferPath auto (the default): their transfers move through the runtime's IPC
+    memory. The same two caches as the session's, each side."""
+    prompt = Peer.engine(SAME_HOST_PROMPT)
+    try:
+        with llmdd.LlmDataDist(SAME_HOST_DECODER, llmdd.LlmRole.kDecoder) as decoder:
+            assert decoder.Initialize({"llm.SyncKvCacheWaitTime": "30000"}) == LLMStatusCode.LLM_SUCCESS
+            cluster = ClusterInfo(SAME_HOST_PROMPT, 0, [], [IpInfo("127.0.0.1", prompt.port)])
+            assert decoder.LinkLlmClusters([cluster], [], 3000) == LLMStatusCode.LLM_SUCCESS
+            shapes = {"cache": (CACHE_TENSORS, 1, CACHE_TENSOR_BYTES), "blocks": (TENSORS, BLOCKS, BLOCK_BYTES)}
+            pair = {"decoder": decoder}
+            for name, (tensors, batch, block_bytes) in shapes.items():
+                source_id = prompt.call("allocate", num_tensors=tensors, batch=batch, block_bytes=block_bytes)["cache_id"]
+                destination = llmdd.Cache()
+                desc = llmdd.CacheDesc(tensors, [batch, block_bytes], llmdd.DT_UINT8)
+                assert decoder.AllocateCache(desc, destination) == LLMStatusCode.LLM_SUCCESS
+                pair[name] = (CacheIndex(SAME_HOST_PROMPT, source_id, 0), destination)
+            yield pair
+            decoder.UnlinkLlmClusters([cluster], [], 3000)
+    finally:
+        prompt.close()
+
+
+@pytest.mark.benchmark(group="transfer-64MiB")
+def test_same_host_pull_cache_64_mib(benchmark, same_host_pair):
+    """PullKvCache of the same 64 MiB between engines of one host: through IPC memory."""
+    decoder, (source, destination) = same_host_pair["decoder"], same_host_pair["cache"]
+    before = llmdd.sim.call_count("aclrtIpcMemGetExportKey")
+
+    def pull():
+        assert decoder.PullKvCache(source, destination) == LLMStatusCode.LLM_SUCCESS
+    benchmark.pedantic(pull, rounds=ROUNDS * 4, iterations=1, warmup_rounds=1)
+    assert llmdd.sim.call_count("aclrtIpcMemGetExportKey") > before   # it took the same-host path
+    report(benchmark, CACHE_TENSORS * CACHE_TENSOR_BYTES, "same-host PullKvCache")
+
+
+@pytest.mark.benchmark(group="transfer-blocks-1GiB")
+def test_same_host_pull_blocks_scattered(benchmark, same_host_pair):
+    """PullKvBlocks of the same scattered blocks between engines of one host: through IPC memory."""
+    decoder, (source, destination) = same_host_pair["decoder"], same_host_pair["blocks"]
+    src_blocks, dst_blocks = scattered_block_lists()
+    before = llmdd.sim.call_count("aclrtIpcMemGetExportKey")
+
+    def pull():
+        assert decoder.PullKvBlocks(source, destination, src_blocks, dst_blocks) == LLMStatusCode.LLM_SUCCESS
+    benchmark.pedantic(pull, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    assert llmdd.sim.call_count("aclrtIpcMemGetExportKey") > before
+    report(benchmark, TENSORS * BLOCKS * BLOCK_BYTES, "same-host PullKvBlocks, scattered")
 
 
 @pytest.mark.benchmark(group="transfer-link")
