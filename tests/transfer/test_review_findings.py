@@ -2,11 +2,12 @@
 a serving engine do. Each test fails on the code it was written against (main at c4a250e)."""
 import os
 import socket
+import threading
 import time
 
 import pytest
 from support.network import free_port, mooncake_missing
-from support.patterns import cache_tensor
+from support.patterns import cache_tensor, memory
 from support.peer import Peer
 
 import llmdd
@@ -111,3 +112,68 @@ def test_a_pull_cannot_write_beyond_the_ipc_memory_its_peer_exported(server, exp
         server._ipc_close(key)
     assert (cache_tensor(victim, 0) == 0).all(), "the pull wrote into memory of the server's never exported"
     assert status == S.LLM_PARAM_INVALID
+
+
+def answer_one_pull(listener, importer, seen):
+    """A hostile serving side: answers the LINK, imports what the PULL exported and keeps what the
+    mapping shows at each address of `seen["look_at"]`, answers the pull a success."""
+    connection, _ = listener.accept()
+    with connection:
+        deadline = time.monotonic() + 3 * ANSWER_SECONDS
+        _, request_id, _ = wire.receive(connection, deadline)
+        wire.send(connection, wire.MessageType.LINK_REPLY, request_id,
+                  {"status": 0, "cluster_id": SERVER, "engine": "127.0.0.1:1", "host": host_token(),
+                   "pid": os.getpid()}, deadline)
+        message_type = wire.MessageType.PING
+        while message_type == wire.MessageType.PING:
+            message_type, request_id, body = wire.receive(connection, deadline)
+        seen["exported"] = body["ipc"]
+        seen["destination"] = body["destination"]["regions"]
+        for start, nbytes, key in body["ipc"] or []:
+            status, mapped = importer._ipc_import(key)
+            assert status == S.LLM_SUCCESS
+            seen["read"] = [bytes(memory(mapped + address - start, size))
+                            for address, size in seen["look_at"] if start <= address < start + nbytes]
+            importer._ipc_close(key)
+        wire.send(connection, wire.MessageType.PULL_REPLY, request_id, {"status": 0}, deadline)
+
+
+def test_a_pull_exports_no_byte_of_the_puller_beyond_its_destination(exporter):
+    # Exports start at a page (4 KiB here, a 2 MiB device page on Ascend), so a destination carved
+    # out of a pool of 1 KiB pages is exported together with the cache in front of it: the serving
+    # peer imports the export and reads (and may write) another cache of the puller's.
+    importer = llmdd.LlmDataDist(SERVER, llmdd.LlmRole.kPrompt)
+    assert importer.Initialize({}) == S.LLM_SUCCESS
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(3 * ANSWER_SECONDS)
+        seen = {}
+        exporter.run(
+            "import llmdd\nfrom support.patterns import memory\n"
+            "pooled = llmdd.LlmDataDist(3, llmdd.LlmRole.kDecoder)\n"
+            "assert pooled.Initialize({'llm.MemPoolConfig': '{\"memory_size\": 4194304, \"page_shift\": 10}',\n"
+            "                          'llm.SyncKvCacheWaitTime': '5000'}) == 0\n"
+            "neighbour, destination = llmdd.Cache(), llmdd.Cache()\n"
+            "for cache in (neighbour, destination):\n"
+            "    assert pooled.AllocateCache(llmdd.CacheDesc(1, [1, 1024], llmdd.DT_UINT8), cache) == 0\n"
+            "memory(neighbour.tensor_addrs[0], 1024)[:] = 0x5A\n"
+            "result = [neighbour.tensor_addrs[0], destination.tensor_addrs[0]]")
+        neighbour, destination = exporter.run("result = [neighbour.tensor_addrs[0], destination.tensor_addrs[0]]")
+        seen["look_at"] = [(neighbour, 1024)]
+        serving = threading.Thread(target=answer_one_pull, args=(listener, importer, seen), daemon=True)
+        serving.start()
+        try:
+            status = exporter.run(
+                f"cluster = llmdd.ClusterInfo({SERVER}, 0, [], [llmdd.IpInfo('127.0.0.1', {listener.getsockname()[1]})])\n"
+                "assert pooled.LinkLlmClusters([cluster], [], 5000) == 0\n"
+                f"result = int(pooled.PullKvCache(llmdd.CacheIndex({SERVER}, 1, 0), destination))\n"
+                "pooled.UnlinkLlmClusters([cluster], [], 1000, True)\n"
+                "pooled.Finalize()")
+        finally:
+            serving.join(3 * ANSWER_SECONDS)
+            importer.Finalize()
+    assert status == S.LLM_SUCCESS
+    assert seen["exported"] is not None   # the same-host path was taken
+    assert seen.get("read", []) == [], "the pull's export shows the puller's other cache to the serving peer"
+    for start, nbytes, _ in seen["exported"]:
+        assert any(region_start <= start and start + nbytes <= region_start + region_bytes
+                   for region_start, region_bytes in seen["destination"])
