@@ -9,8 +9,11 @@ import pytest
 from support.network import free_port, mooncake_missing
 from support.patterns import cache_tensor, memory
 from support.peer import Peer
+from support.registries import Cluster, LocalRegistry
 
 import llmdd
+from llmdd.llm_datadist import BlocksCacheKey
+from llmdd.transfer import TransferAgent
 from llmdd.transfer import _protocol as wire
 from llmdd.transfer._same_host import host_token
 
@@ -177,3 +180,17 @@ def test_a_pull_exports_no_byte_of_the_puller_beyond_its_destination(exporter):
     for start, nbytes, _ in seen["exported"]:
         assert any(region_start <= start and start + nbytes <= region_start + region_bytes
                    for region_start, region_bytes in seen["destination"])
+
+
+def test_a_pull_whose_request_does_not_fit_a_frame_is_a_status_not_an_exception():
+    # Each list is within MAX_BLOCKS, but the PULL's body is over MAX_BODY_BYTES: encode's
+    # ProtocolError went through Channel.request and out of the transfer call.
+    prompt_registry, decoder_registry = LocalRegistry(), LocalRegistry()
+    with TransferAgent(prompt_registry, SERVER, "127.0.0.1:0", sync_timeout_ms=3000) as prompt, \
+            TransferAgent(decoder_registry, PEER, sync_timeout_ms=3000) as decoder:
+        assert decoder.link([Cluster(SERVER, "127.0.0.1", prompt.listen_address[1])], 3000)[0] == S.LLM_SUCCESS
+        prompt_registry.allocate(1, 8, 64, blocks=True, keys=[BlocksCacheKey(SERVER, 0)])
+        destination = decoder_registry.allocate(1, 8, 64, blocks=True)
+        blocks = [10**9 + index for index in range(wire.MAX_BLOCKS)]
+        status = decoder.pull_blocks(SERVER, BlocksCacheKey(SERVER, 0), destination, blocks, blocks)
+        assert status == S.LLM_PARAM_INVALID
