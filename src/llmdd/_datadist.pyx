@@ -453,21 +453,26 @@ cdef class EngineCore:
         return _status(LLM_SUCCESS), key.decode("ascii")
 
     def _ipc_import(self, key, peer_access=False):
-        """(status, address): the exported bytes `key` names, mapped into this process; address
-        is 0 unless the status is LLM_SUCCESS. Importing a key again hands out the same address,
-        and each import is closed on its own. `peer_access`: the exporter is on another device."""
+        """(status, address, nbytes): the exported bytes `key` names, mapped into this process;
+        address is 0 unless the status is LLM_SUCCESS. nbytes: how many bytes the export holds, 0
+        where the runtime does not say (ACL has no such query; the host runtime does). Importing
+        a key again hands out the same address, and each import is closed on its own.
+        `peer_access`: the exporter is on another device."""
         cdef void* address = NULL
+        cdef uint64_t nbytes = 0
         cdef aclError error
         encoded = _ipc_key(key)
         if not self._initialized:
-            return _status(LLM_FAILED), 0
+            return _status(LLM_FAILED), 0, 0
         if encoded is None:
-            return _status(LLM_PARAM_INVALID), 0
+            return _status(LLM_PARAM_INVALID), 0, 0
         self._runtime.last_error = ACL_SUCCESS
         error = self._runtime.ipc_import(encoded, bool(peer_access), &address)
         if error != ACL_SUCCESS:
-            return _status(self._runtime.failure(error)), 0
-        return _status(LLM_SUCCESS), <uintptr_t>address
+            return _status(self._runtime.failure(error)), 0, 0
+        if llmdd_sim_ipc_import_bytes(address, &nbytes) != 0:
+            nbytes = 0
+        return _status(LLM_SUCCESS), <uintptr_t>address, nbytes
 
     def _ipc_close(self, key):
         """Status of closing `key`: one import of it made by this process, or its export (which

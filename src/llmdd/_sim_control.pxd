@@ -9,3 +9,4 @@ cdef extern from "runtime.h" nogil:
     int llmdd_sim_inject_failure(int call, uint64_t nth, int error)
     uint64_t llmdd_sim_call_count(int call)
     int llmdd_sim_device_usage(int32_t device, uint64_t* bytes_charged, uint64_t* allocations)
+    int llmdd_sim_ipc_import_bytes(const void* address, uint64_t* bytes)

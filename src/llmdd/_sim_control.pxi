@@ -6,6 +6,7 @@ from ._sim_control cimport (
     llmdd_sim_call_names,
     llmdd_sim_device_usage,
     llmdd_sim_inject_failure,
+    llmdd_sim_ipc_import_bytes,
 )
 
 SIM_CALLS = tuple(llmdd_sim_call_names[i].decode("ascii") for i in range(LLMDD_SIM_CALL_COUNT))

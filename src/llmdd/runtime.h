@@ -29,6 +29,10 @@ static inline int llmdd_sim_device_usage(int32_t device, uint64_t *bytes_charged
     (void)device, (void)bytes_charged, (void)allocations;
     return -1;
 }
+static inline int llmdd_sim_ipc_import_bytes(const void *address, uint64_t *bytes) {
+    (void)address, (void)bytes;
+    return -1;
+}
 #endif
 
 #endif

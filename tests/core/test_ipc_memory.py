@@ -56,7 +56,7 @@ def peer_pid(peer):
 def import_in(peer, key):
     """(status, the first byte there) of the peer importing `key`."""
     return peer.run("import ctypes\n"
-                    f"status, address = engine._ipc_import({key!r})\n"
+                    f"status, address, nbytes = engine._ipc_import({key!r})\n"
                     "result = [int(status), ctypes.string_at(address, 1)[0] if address else None]")
 
 
@@ -94,7 +94,8 @@ def test_the_peer_copies_both_ways_between_its_cache_and_the_import(engine, expo
     _, key = engine._ipc_export(address, MIB, peer_pid(importer))
     answer = importer.run(
         "import ctypes\n"
-        f"status, imported = engine._ipc_import({key!r})\n"
+        f"status, imported, nbytes = engine._ipc_import({key!r})\n"
+        f"assert nbytes == {MIB}, nbytes\n"
         "mine = engine.allocate_cache(llmdd.CacheDesc(1, [8192], llmdd.DT_UINT8))\n"
         "local = mine.tensor_addrs[0]\n"
         "pulled = engine._ipc_copy([local], [imported + 4096], [8192])\n"
@@ -148,7 +149,7 @@ def test_memory_the_runtime_cannot_share_is_refused(engine, exported_cache):
 
 def test_the_exporting_process_cannot_import_its_own_key(engine, exported_cache):
     _, key = engine._ipc_export(exported_cache.tensor_addrs[0], MIB, os.getpid())
-    status, address = engine._ipc_import(key)
+    status, address, _ = engine._ipc_import(key)
     assert (status, address) == (llmdd.LLM_FAILED, 0)
     assert acl_error(engine, status, "import") == 107017   # ACL_ERROR_RT_INVALID_HANDLE
     engine._ipc_close(key)
@@ -163,9 +164,9 @@ def test_bad_arguments_are_statuses_and_wrong_types_raise(engine, exported_cache
     assert engine._ipc_export(address, MIB, 1 << 31) == (invalid, "")
     assert engine._ipc_export(address, (1 << 64) - address, 1) == (invalid, "")
     for key in ["", "k" * 65, "ключ", "a\0b"]:
-        assert engine._ipc_import(key) == (invalid, 0)
+        assert engine._ipc_import(key) == (invalid, 0, 0)
         assert engine._ipc_close(key) == invalid
-    assert engine._ipc_import("llmdd-not-a-key") == (llmdd.LLM_FAILED, 0)
+    assert engine._ipc_import("llmdd-not-a-key") == (llmdd.LLM_FAILED, 0, 0)
     assert engine._ipc_copy([], [], []) == invalid
     assert engine._ipc_copy([address], [address + 64], []) == invalid
     assert engine._ipc_copy([address], [address + 64], [0]) == invalid
@@ -193,7 +194,7 @@ def test_an_engine_that_is_not_initialized_fails_every_ipc_call():
     failed = llmdd.LLM_FAILED
     assert engine._ipc_pid() == (failed, -1)
     assert engine._ipc_export(4096, MIB, 1) == (failed, "")
-    assert engine._ipc_import("llmdd") == (failed, 0)
+    assert engine._ipc_import("llmdd") == (failed, 0, 0)
     assert engine._ipc_close("llmdd") == failed
     assert engine._ipc_copy([4096], [8192], [1]) == failed
 

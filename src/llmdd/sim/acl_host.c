@@ -997,6 +997,17 @@ uint64_t llmdd_sim_call_count(int call) {
     return count;
 }
 
+int llmdd_sim_ipc_import_bytes(const void *address, uint64_t *bytes) {
+    pthread_mutex_lock(&sim.lock);
+    for (uint32_t i = 0; i < sim.import_count; i++) {
+        if (sim.imports[i].address == address) {
+            *bytes = sim.imports[i].bytes;
+            return (int)unlock_with(0);
+        }
+    }
+    return (int)unlock_with(-1);
+}
+
 int llmdd_sim_device_usage(int32_t device, uint64_t *bytes_charged, uint64_t *allocations) {
     pthread_mutex_lock(&sim.lock);
     if (!sim.initialized || !valid_device(device)) return (int)unlock_with(-1);

@@ -42,4 +42,9 @@ uint64_t llmdd_sim_call_count(int call);
  * before aclInit. */
 int llmdd_sim_device_usage(int32_t device, uint64_t *bytes_charged, uint64_t *allocations);
 
+/* The bytes of the import mapped at `address` (aclrtIpcMemImportByKey's answer): 0 with the size,
+ * -1 when no import is there. ACL has no such query; llmdd's transfers need it to bound the
+ * copies a peer asks for to what the peer really exported. */
+int llmdd_sim_ipc_import_bytes(const void *address, uint64_t *bytes);
+
 #endif

@@ -101,6 +101,12 @@ def _link_target(cluster):
     return remote_cluster_id, remote, local_ip
 
 
+def _engine_on(engine_address, peer_ip):
+    """Whether every Mooncake engine a peer names listens at the address its control connection
+    comes from: a peer may not point this side's writes at a third party's engine."""
+    return all(part.rpartition(":")[0] == peer_ip for part in engine_address.split(","))
+
+
 class LinkTarget:
     """A cluster to link or unlink, as the agent takes it from either API: its id, and its local
     and remote (dotted ip, port) pairs."""
@@ -227,6 +233,10 @@ class TransferAgent:
         made to the cluster stays apart (CANN's hixl sample links both ways). The listener answers
         the link, then _activate()s it."""
         remote_cluster_id = body["cluster_id"]
+        if not _engine_on(body["engine"], connection.getpeername()[0]):
+            log.warning("a link from %s naming Mooncake engines at %s refused", connection.getpeername()[0],
+                        body["engine"])
+            return None
         with self._lock:
             if self._closed or len(self._accepted) >= MAX_ACCEPTED_LINKS or remote_cluster_id in self._answering:
                 return None
@@ -345,7 +355,8 @@ class TransferAgent:
             reply_type, reply_id, reply = wire.receive(connection, deadline)
             if reply_type != wire.MessageType.LINK_REPLY or reply_id != 0:
                 raise wire.ProtocolError(f"{reply_type.name} #{reply_id} answers LINK #0")
-            if reply["status"] != SUCCESS or reply["cluster_id"] != remote_cluster_id:
+            if reply["status"] != SUCCESS or reply["cluster_id"] != remote_cluster_id \
+                    or not _engine_on(reply["engine"], remote[0]):
                 log.warning("cluster %d at %s:%d refused the link: %d", remote_cluster_id, *remote, reply["status"])
                 return LLMStatusCode.LLM_LINK_FAILED
             channel = Channel(connection, remote_cluster_id, reply["engine"], self._server, self._sync_timeout_s,

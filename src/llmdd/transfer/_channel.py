@@ -94,18 +94,25 @@ class Channel:
         self._thread.start()
 
     def request(self, message_type, body, timeout_s):
-        """The reply body of one round trip; LinkFailure(LLM_TIMEOUT or LLM_LINK_FAILED) otherwise."""
+        """The reply body of one round trip; LinkFailure(LLM_TIMEOUT or LLM_LINK_FAILED) otherwise,
+        and LinkFailure(LLM_PARAM_INVALID), with the link untouched, for a body no frame can carry
+        (more than MAX_BODY_BYTES)."""
         with self._request_lock:
             if self.broken:
                 raise LinkFailure(LLMStatusCode.LLM_LINK_FAILED)
             waiter = _Waiter(next(self._request_ids) & wire.UINT32_MAX, wire.REPLY_TO[message_type])
+            try:
+                frame = wire.encode(message_type, waiter.request_id, body)
+            except wire.ProtocolError as error:
+                log.warning("a %s to cluster %d not sent: %s", message_type.name, self.remote_cluster_id, error)
+                raise LinkFailure(LLMStatusCode.LLM_PARAM_INVALID) from None
             self._waiter = waiter
             deadline = time.monotonic() + timeout_s
             try:
                 # The reader sets `broken` before it wakes the waiter it finds: one of us sees the other.
                 if self.broken:
                     raise LinkFailure(LLMStatusCode.LLM_LINK_FAILED)
-                self._send(message_type, waiter.request_id, body, deadline)
+                self._send_frame(frame, deadline)
                 if not waiter.event.wait(max(0.0, deadline - time.monotonic())):
                     self._break(f"no answer to {message_type.name} in {timeout_s * 1000:.0f} ms")
                     raise LinkFailure(LLMStatusCode.LLM_TIMEOUT)
@@ -152,7 +159,8 @@ class Channel:
         try:
             # The reader closes the socket, under this lock, once it broke; a closing link is let be.
             if not (self.broken or self._closing.is_set()):
-                self._send_with_lock_held(wire.MessageType.PING, 0, {}, time.monotonic() + self._message_timeout_s)
+                self._send_with_lock_held(wire.encode(wire.MessageType.PING, 0, {}),
+                                          time.monotonic() + self._message_timeout_s)
         except OSError as error:   # socket.timeout included: the peer reads nothing
             if not self._closing.is_set():
                 self._break(f"keepalive: {error}")
@@ -173,11 +181,14 @@ class Channel:
             self._thread.join(2 * _POLL_SECONDS + self._message_timeout_s)
 
     def _send(self, message_type, request_id, body, deadline):
-        with self._send_lock:
-            self._send_with_lock_held(message_type, request_id, body, deadline)
+        self._send_frame(wire.encode(message_type, request_id, body), deadline)
 
-    def _send_with_lock_held(self, message_type, request_id, body, deadline):
-        wire.send(self._sender, message_type, request_id, body, deadline)
+    def _send_frame(self, frame, deadline):
+        with self._send_lock:
+            self._send_with_lock_held(frame, deadline)
+
+    def _send_with_lock_held(self, frame, deadline):
+        wire.send_frame(self._sender, frame, deadline)
         self._last_sent = time.monotonic()
 
     def _break(self, reason):
@@ -227,7 +238,13 @@ class Channel:
                 elif message_type == wire.MessageType.RESOLVE:
                     reply = (self._server.resolve(body, self._pins, self.peer_pid) if not self._draining
                              else self._server.refused(LLMStatusCode.LLM_NOT_YET_LINK))   # the link is ending
-                    self._send(wire.MessageType.RESOLVE_REPLY, request_id, reply, deadline)
+                    try:
+                        frame = wire.encode(wire.MessageType.RESOLVE_REPLY, request_id, reply)
+                    except wire.ProtocolError:   # a layout no frame carries (over 16,384 tensors)
+                        self._server.unpin({"pin": reply["pin"]}, self._pins)
+                        frame = wire.encode(wire.MessageType.RESOLVE_REPLY, request_id,
+                                            self._server.refused(LLMStatusCode.LLM_PARAM_INVALID))
+                    self._send_frame(frame, deadline)
                 elif message_type == wire.MessageType.PULL:
                     # Served here, on the reader: the peer waits for this answer, and its bytes are
                     # written by Mooncake's threads, so nothing else this link carries is held up long.

@@ -284,7 +284,11 @@ def receive(sock, deadline):
 
 
 def send(sock, message_type, request_id, body, deadline):
-    frame = encode(message_type, request_id, body)
+    send_frame(sock, encode(message_type, request_id, body), deadline)
+
+
+def send_frame(sock, frame, deadline):
+    """Sends an encoded frame whole before `deadline` (time.monotonic()), or socket.timeout."""
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise socket.timeout("no time left to send a control message")

@@ -13,13 +13,15 @@ import logging
 import os
 import weakref
 
+from .._datadist import SIMULATED
 from .._desc import LLMStatusCode
 
 log = logging.getLogger("llmdd.transfer")
 
 NOT_SHARED = "none"   # the host token of a side that takes the network path only
-# Exports start at a page (docs/facts.md section 10): a region's export starts at the page
-# holding it, and the region is found at its offset inside.
+# The host runtime exports whole 4 KiB pages (docs/facts.md section 10). A region that does not
+# start and end on one takes the network path: exporting the pages around it would hand the peer
+# a neighbouring cache's bytes too.
 EXPORT_PAGE_BYTES = 4096
 _SUCCESS = LLMStatusCode.LLM_SUCCESS
 
@@ -37,52 +39,62 @@ def host_token():
 
 class SameHostMemory:
     """An engine's IPC memory calls, for its transfer service. The engine is held weakly: the
-    service must not keep it alive."""
+    service must not keep it alive, and once it is gone nothing is exported, imported or copied."""
 
     def __init__(self, engine):
         self._engine = weakref.ref(engine)
         status, pid = engine._ipc_pid()
         self.pid = pid if status == _SUCCESS else 0
-        self.host = host_token() if self.pid else NOT_SHARED
-
-    def _call(self, name, *arguments):
-        engine = self._engine()
-        if engine is None:
-            return LLMStatusCode.LLM_FAILED, None
-        return getattr(engine, name)(*arguments)
+        # A side writes into what its peer exported only up to what the runtime says the import
+        # holds, never what the peer claims. ACL does not say, so its build takes the network
+        # path (docs/security.md).
+        self.host = host_token() if self.pid and SIMULATED else NOT_SHARED
 
     def export(self, regions, peer_pid):
         """[[start, nbytes, key], ...] exporting each region for peer_pid only, or None (nothing
-        left exported) when the runtime refuses one."""
+        left exported) when the runtime refuses one or a region is not whole pages."""
+        engine = self._engine()
+        if engine is None or any(address % EXPORT_PAGE_BYTES or nbytes % EXPORT_PAGE_BYTES
+                                 for address, nbytes in regions):
+            return None
         exported = []
         for address, nbytes in regions:
-            start = address - address % EXPORT_PAGE_BYTES
-            status, key = self._call("_ipc_export", start, nbytes + address - start, peer_pid)
+            status, key = engine._ipc_export(address, nbytes, peer_pid)
             if status != _SUCCESS:
                 self.close([key for _, _, key in exported])
                 return None
-            exported.append([start, nbytes + address - start, key])
+            exported.append([address, nbytes, key])
         return exported
 
     def close(self, keys):
+        engine = self._engine()
         for key in keys:
-            status = self._call("_ipc_close", key)
+            status = LLMStatusCode.LLM_FAILED if engine is None else engine._ipc_close(key)
             if status != _SUCCESS:
                 log.warning("closing IPC memory %s answered %s", key, status)
 
     def imported(self, exported):
-        """The peer's exported regions mapped here (an ImportedRegions), or None when one is refused."""
+        """(LLM_SUCCESS, the peer's exported regions mapped here: an ImportedRegions), or (a
+        status, None) with nothing left imported: LLM_FAILED when the runtime refuses one,
+        LLM_PARAM_INVALID when one holds fewer bytes than the peer claims or overlaps another."""
+        engine = self._engine()
+        if engine is None:
+            return LLMStatusCode.LLM_FAILED, None
         regions = []
         for start, nbytes, key in sorted(exported):
-            status, address = self._call("_ipc_import", key)
+            status, address, held = engine._ipc_import(key)
             if status != _SUCCESS:
                 self.close(key for _, _, key, _ in regions)
-                return None
+                return LLMStatusCode.LLM_FAILED, None
             regions.append((start, nbytes, key, address))
-        return ImportedRegions(self, regions)
+            if held < nbytes or (len(regions) > 1 and regions[-2][0] + regions[-2][1] > start):
+                self.close(key for _, _, key, _ in regions)
+                return LLMStatusCode.LLM_PARAM_INVALID, None
+        return _SUCCESS, ImportedRegions(self, regions)
 
     def copy(self, dst_addrs, src_addrs, lengths):
-        return self._call("_ipc_copy", dst_addrs, src_addrs, lengths) == _SUCCESS
+        engine = self._engine()
+        return engine is not None and engine._ipc_copy(dst_addrs, src_addrs, lengths) == _SUCCESS
 
 
 class ImportedRegions:

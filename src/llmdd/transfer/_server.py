@@ -20,6 +20,10 @@ from ._writes import write_segments
 log = logging.getLogger("llmdd.transfer")
 
 MAX_PINS_PER_LINK = 256
+# The most segments a PULL may plan (tensor pairs x block runs): a peer names up to 65,536 blocks
+# and 16,384 tensors, whose product would take GBs to plan on the link's reader. 2**21 covers a
+# pull of every block of a 160-tensor cache of 13,000 blocks.
+MAX_PULL_SEGMENTS = 1 << 21
 _SUCCESS = int(LLMStatusCode.LLM_SUCCESS)
 _NOT_EXIST = int(LLMStatusCode.LLM_KV_CACHE_NOT_EXIST)
 _PARAM_INVALID = int(LLMStatusCode.LLM_PARAM_INVALID)
@@ -39,6 +43,9 @@ def _plan_pull(source, source_batch_index, body):
     layer_ranges = [None if value is None else range(*value)
                     for value in (body["src_layer_range"], body["dst_layer_range"])]
     pairs = _plan.tensor_pairs(source, local, *layer_ranges, body["tensor_num_per_layer"])
+    if len(pairs) * max(1, len(body["dst_blocks"])) > MAX_PULL_SEGMENTS:
+        raise _plan.PlanError(f"{len(pairs)} tensors x {len(body['dst_blocks'])} blocks is more than "
+                              f"{MAX_PULL_SEGMENTS} segments")
     if mode == "cache":
         segments = _plan.cache_segments(source, local, source_batch_index, body["batch_index"], body["size"], pairs)
     elif mode == "blocks":

@@ -16,9 +16,9 @@ def write_segments(segments, exported, same_host, engine, peer_engine, source_re
     if exported is not None:
         if same_host is None:
             return LLMStatusCode.LLM_PARAM_INVALID   # the peer sent keys to a side that takes none
-        imported = same_host.imported(exported)
+        status, imported = same_host.imported(exported)
         if imported is None:
-            return LLMStatusCode.LLM_FAILED
+            return status
         try:
             destinations = imported.translated(segments.dst_addrs, segments.lengths)
             if destinations is None:
