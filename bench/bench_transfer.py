@@ -327,7 +327,8 @@ def _rss_bytes():
 
 
 # Latency: PullKvBlocks of a few 16 KiB blocks, beside bare Mooncake reading the same blocks.
-LATENCY_PROMPT, LATENCY_DECODER = 3, 4
+LATENCY_PROMPT, LATENCY_DECODER, LATENCY_SAME_HOST_DECODER = 3, 4, 8
+LATENCY_PATHS = ("bare-mooncake", "llmdd-network", "llmdd-same-host")
 LATENCY_BLOCK_BYTES, LATENCY_CACHE_BLOCKS = 16 << 10, 256
 IDLE_SECONDS = 0.05
 # Rounds a row times: enough that p99 is not the slowest round alone, few enough that an idle row
@@ -338,25 +339,32 @@ bare_latency = {}   # (blocks, wait) -> (p50, p99) seconds of the bare Mooncake 
 
 @pytest.fixture(scope="module")
 def latency_pair():
-    """This process's decoder engine linked to a prompt engine in a peer process (one cache of one
-    tensor x 256 blocks of 16 KiB each side), and beside them a bare Mooncake engine in each process
-    over the same source cache and a destination of its own. The bare engines start after the link,
-    so they run with the Mooncake settings llmdd puts in the environment at its first link."""
+    """Two decoder engines of this process linked to a prompt engine in a peer process (one cache
+    of one tensor x 256 blocks of 16 KiB each side): one with llmdd.TransferPath network (Mooncake),
+    one with the default (the same-host path: the runtime's IPC memory). Beside them a bare Mooncake
+    engine in each process over the same source cache and a destination of its own. The bare
+    engines start after the links, so they run with the Mooncake settings llmdd puts in the
+    environment at its first link."""
     import mooncake.engine
     prompt = Peer.engine(LATENCY_PROMPT)
     cache_bytes = LATENCY_CACHE_BLOCKS * LATENCY_BLOCK_BYTES
     try:
-        with llmdd.LlmDataDist(LATENCY_DECODER, llmdd.LlmRole.kDecoder) as decoder:
-            assert decoder.Initialize({"llm.SyncKvCacheWaitTime": "3000"}) == LLMStatusCode.LLM_SUCCESS
+        with llmdd.LlmDataDist(LATENCY_DECODER, llmdd.LlmRole.kDecoder) as decoder, \
+                llmdd.LlmDataDist(LATENCY_SAME_HOST_DECODER, llmdd.LlmRole.kDecoder) as same_host_decoder:
+            assert decoder.Initialize({"llm.SyncKvCacheWaitTime": "3000", "llmdd.TransferPath": "network"}) == \
+                LLMStatusCode.LLM_SUCCESS
+            assert same_host_decoder.Initialize({"llm.SyncKvCacheWaitTime": "3000"}) == LLMStatusCode.LLM_SUCCESS
             source_id = prompt.call("allocate", num_tensors=1, batch=LATENCY_CACHE_BLOCKS,
                                     block_bytes=LATENCY_BLOCK_BYTES)["cache_id"]
             cluster = ClusterInfo(LATENCY_PROMPT, 0, [], [IpInfo("127.0.0.1", prompt.port)])
-            assert decoder.LinkLlmClusters([cluster], [], 3000) == LLMStatusCode.LLM_SUCCESS
+            decoders = {"llmdd-network": decoder, "bare-mooncake": decoder, "llmdd-same-host": same_host_decoder}
+            for engine in (decoder, same_host_decoder):
+                assert engine.LinkLlmClusters([cluster], [], 3000) == LLMStatusCode.LLM_SUCCESS
             destinations = {}
-            for path in ("llmdd", "bare-mooncake"):
+            for path in LATENCY_PATHS:
                 destinations[path] = llmdd.Cache()
                 desc = llmdd.CacheDesc(1, [LATENCY_CACHE_BLOCKS, LATENCY_BLOCK_BYTES], llmdd.DT_UINT8)
-                assert decoder.AllocateCache(desc, destinations[path]) == LLMStatusCode.LLM_SUCCESS
+                assert decoders[path].AllocateCache(desc, destinations[path]) == LLMStatusCode.LLM_SUCCESS
             bare_source = prompt.run(
                 "import mooncake.engine\n"
                 "bare_engine = mooncake.engine.TransferEngine()\n"
@@ -370,13 +378,14 @@ def latency_pair():
             assert bare_engine.register_memory(bare_destination, cache_bytes) == 0
             try:
                 yield {
-                    "decoder": decoder, "source": CacheIndex(LATENCY_PROMPT, source_id, 0),
+                    "decoders": decoders, "source": CacheIndex(LATENCY_PROMPT, source_id, 0),
                     "destinations": destinations, "bare_engine": bare_engine,
                     "bare_peer": f"127.0.0.1:{bare_source['port']}", "bare_source": bare_source["address"],
                 }
             finally:
                 bare_engine.unregister_memory(bare_destination)
-                decoder.UnlinkLlmClusters([cluster], [], 3000)
+                for engine in (decoder, same_host_decoder):
+                    engine.UnlinkLlmClusters([cluster], [], 3000)
     finally:
         prompt.close()
 
@@ -389,10 +398,10 @@ def latency_block_lists(count):
 
 
 def latency_pull(pair, path, src_blocks, dst_blocks):
-    """The call a row times: llmdd's PullKvBlocks, or one batch_transfer_sync_read of the same
-    blocks as bare Mooncake's caller would make it."""
-    if path == "llmdd":
-        decoder, source, destination = pair["decoder"], pair["source"], pair["destinations"]["llmdd"]
+    """The call a row times: llmdd's PullKvBlocks (over Mooncake or the same-host path), or one
+    batch_transfer_sync_read of the same blocks as bare Mooncake's caller would make it."""
+    if path != "bare-mooncake":
+        decoder, source, destination = pair["decoders"][path], pair["source"], pair["destinations"][path]
 
         def pull():
             assert decoder.PullKvBlocks(source, destination, src_blocks, dst_blocks) == LLMStatusCode.LLM_SUCCESS
@@ -426,7 +435,7 @@ def report_latency(benchmark, path, blocks, wait):
 
 
 # The topmost parameter varies fastest: each llmdd row runs right after its bare Mooncake row.
-@pytest.mark.parametrize("path", ("bare-mooncake", "llmdd"))
+@pytest.mark.parametrize("path", LATENCY_PATHS)
 @pytest.mark.parametrize("wait", tuple(LATENCY_ROUNDS))
 @pytest.mark.parametrize("blocks", (1, 8, 32, 128))
 @pytest.mark.benchmark(group="transfer-latency")

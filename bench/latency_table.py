@@ -22,20 +22,25 @@ def latency_rows(run):
 
 def table(run):
     lines = [
-        "| pull | wait | llmdd p50 | bare p50 | p50 ratio | llmdd p99 | bare p99 | p99 ratio | load (1 min) |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| pull | wait | llmdd path | llmdd p50 | bare p50 | p50 ratio | llmdd p99 | bare p99 | p99 ratio | load (1 min) |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for (blocks, wait), paths in sorted(latency_rows(run).items()):
-        llmdd, bare = paths.get("llmdd"), paths.get("bare-mooncake")
-        if llmdd is None or bare is None:
-            continue
-        cells = [f"{blocks} x 16 KiB", wait]
-        for percentile in ("p50_s", "p99_s"):
-            cells += [f"{llmdd[percentile] * 1e6:.0f} us", f"{bare[percentile] * 1e6:.0f} us",
-                      f"{llmdd[percentile] / bare[percentile]:.2f}x"]
-        cells.append(f"{llmdd['load_1min']:.2f} / {bare['load_1min']:.2f}")
-        lines.append("| " + " | ".join(cells) + " |")
+        bare = paths.get("bare-mooncake")
+        for name, llmdd in sorted(paths.items()):
+            if name != "bare-mooncake" and bare is not None:
+                lines.append(_line(blocks, wait, name, llmdd, bare))
     return "\n".join(lines)
+
+
+def _line(blocks, wait, name, llmdd, bare):
+    """One llmdd path's row of a (blocks, wait) pair, beside bare Mooncake's."""
+    cells = [f"{blocks} x 16 KiB", wait, name]
+    for percentile in ("p50_s", "p99_s"):
+        cells += [f"{llmdd[percentile] * 1e6:.0f} us", f"{bare[percentile] * 1e6:.0f} us",
+                  f"{llmdd[percentile] / bare[percentile]:.2f}x"]
+    cells.append(f"{llmdd['load_1min']:.2f} / {bare['load_1min']:.2f}")
+    return "| " + " | ".join(cells) + " |"
 
 
 def main(paths):
