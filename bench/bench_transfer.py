@@ -308,8 +308,8 @@ def test_register_a_16_gib_region(benchmark):
     rss_before = _rss_bytes()
 
     def register_unregister():
-        assert engine.expose([(address, REGION_BYTES)])
-        engine.withdraw([(address, REGION_BYTES)])
+        assert engine.register_regions([(address, REGION_BYTES)])
+        engine.unregister_regions([(address, REGION_BYTES)])
     try:
         benchmark.pedantic(register_unregister, rounds=20, iterations=1, warmup_rounds=1)
         grown = _rss_bytes() - rss_before

@@ -49,6 +49,10 @@ LINK_SECRET_VARIABLE = "LLMDD_LINK_SECRET"
 # host, else Mooncake) or "network" (always Mooncake).
 TRANSFER_PATH = "llmdd.TransferPath"
 TRANSFER_PATHS = ("auto", "network")
+# "1": Mooncake runs in the engine's process rather than in a data-plane helper process, for those
+# who accept that its ports then bind every interface and a malformed message to them aborts the
+# process (docs/transfer.md, "The data plane").
+MOONCAKE_IN_PROCESS = "llmdd.MooncakeInProcess"
 DEFAULT_SYNC_KV_WAIT_MS = 1000                 # LLM-DataDist's default wait for a transfer's peer
 
 DEFAULT_TENSOR_ALIGNMENT = 512  # LLM-DataDist v1 aligns every tensor to 512 bytes
@@ -92,7 +96,7 @@ class TransferOptions:
     """What the engine's transfer service takes (links, pulls and pushes)."""
 
     __slots__ = ("listen_ip_info", "sync_timeout_ms", "protocol", "device_name", "remote_cache_accessible",
-                 "link_secret", "transfer_path")
+                 "link_secret", "transfer_path", "mooncake_in_process")
 
     def __init__(self):
         self.listen_ip_info = None     # "ip:port" to serve linking peers on, or None
@@ -102,6 +106,7 @@ class TransferOptions:
         self.remote_cache_accessible = False
         self.link_secret = None        # a str both sides of a link must hold, or None: anyone may link
         self.transfer_path = "auto"    # one of TRANSFER_PATHS
+        self.mooncake_in_process = False
 
 
 class PoolConfig:
@@ -218,11 +223,12 @@ def parse_options(options):
         if options[TRANSFER_PATH] not in TRANSFER_PATHS:
             raise OptionError(f"{TRANSFER_PATH}={options[TRANSFER_PATH]!r} is not one of {', '.join(TRANSFER_PATHS)}")
         parsed.transfer.transfer_path = options[TRANSFER_PATH]
-    for switch in (ENABLE_SWITCH_ROLE, ENABLE_CACHE_MANAGER, ENABLE_REMOTE_CACHE_ACCESSIBLE):
+    for switch in (ENABLE_SWITCH_ROLE, ENABLE_CACHE_MANAGER, ENABLE_REMOTE_CACHE_ACCESSIBLE, MOONCAKE_IN_PROCESS):
         if switch in options and options[switch] not in ("0", "1"):
             raise OptionError(f"{switch}={options[switch]!r} is not '0' or '1'")
     parsed.cache_manager_mode = options.get(ENABLE_CACHE_MANAGER) == "1"
     parsed.transfer.remote_cache_accessible = options.get(ENABLE_REMOTE_CACHE_ACCESSIBLE) == "1"
+    parsed.transfer.mooncake_in_process = options.get(MOONCAKE_IN_PROCESS) == "1"
     if MEM_POOL_CONFIG in options:
         parsed.device_pool = parse_pool_config(options[MEM_POOL_CONFIG], MEM_POOL_CONFIG)
     if HOST_MEM_POOL_CONFIG in options:

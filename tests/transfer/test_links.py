@@ -314,7 +314,7 @@ def test_a_closed_agent_hands_its_mooncake_engines_back_unregistered_and_the_nex
     # Stopping a Mooncake engine takes about a second holding the GIL: a Finalize hands its engines
     # back idle, with no region left for a peer to read, and the next initialization reuses them.
     from llmdd.llm_datadist import BlocksCacheKey
-    from llmdd.transfer import _mooncake
+    from llmdd.transfer import _engines
     with TransferAgent(LocalRegistry(), PROMPT, "127.0.0.1:0", sync_timeout_ms=3000) as first:
         source = blocks_of(first._registry)
         with TransferAgent(LocalRegistry(), DECODER, sync_timeout_ms=3000) as puller:
@@ -324,12 +324,12 @@ def test_a_closed_agent_hands_its_mooncake_engines_back_unregistered_and_the_nex
         engines = first._mooncake
         assert engines is not None and source.regions
     assert first._mooncake is None
-    assert engines in _mooncake._idle[engines.kind] and engines._exposed == {}
+    assert engines in _engines._idle[engines.kind] and engines._exposed == {}
     with TransferAgent(LocalRegistry(), PROMPT, "127.0.0.1:0", sync_timeout_ms=3000) as second, \
             TransferAgent(LocalRegistry(), DECODER, sync_timeout_ms=3000) as linking:
         assert linking.link([cluster(PROMPT, second.listen_address[1])], 3000)[0] == S.LLM_SUCCESS
         assert engines in (second._mooncake, linking._mooncake)
-        assert engines not in _mooncake._idle.get(engines.kind, [])
+        assert engines not in _engines._idle.get(engines.kind, [])
 
 
 def test_an_engine_that_neither_listens_nor_opened_remote_access_serves_no_cache_by_id():

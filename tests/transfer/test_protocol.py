@@ -29,7 +29,8 @@ VALID = {
         "cache_id": 4, "tensor_addrs": [4096, 8192], "tensor_bytes": 64, "batch": 4, "block_bytes": 16,
         "is_blocks_cache": True, "remote_accessible": False, "batch_index": 0, "regions": [[4096, 8192]],
         "ipc": [[4096, 8192, "0000002a"]]}},
-    wire.MessageType.UNPIN: {"pin": 3},
+    wire.MessageType.UNPIN: {"pin": 3, "written": {"mode": "blocks", "batch_index": 0, "size": -1, "dst_blocks": [2, 3],
+                                                   "dst_layer_range": [0, 2, 1], "tensor_num_per_layer": 1}},
     wire.MessageType.UNPIN_REPLY: {"status": 0},
     wire.MessageType.PULL: {
         "key": {"kind": "cache", "cluster_id": 1, "req_id": 2, "prefix_id": 3, "model_id": 4}, "release_key": True,
@@ -70,6 +71,7 @@ LINK = VALID[wire.MessageType.LINK]
 RESOLVE = VALID[wire.MessageType.RESOLVE]
 LAYOUT = VALID[wire.MessageType.RESOLVE_REPLY]["layout"]
 PULL = VALID[wire.MessageType.PULL]
+UNPIN = VALID[wire.MessageType.UNPIN]
 DESTINATION = PULL["destination"]
 
 
@@ -92,7 +94,12 @@ DESTINATION = PULL["destination"]
     (wire.MessageType.RESOLVE_REPLY, {"status": 0, "pin": 1, "layout": _with(LAYOUT, tensor_addrs=[1] * 16385)}),
     (wire.MessageType.RESOLVE_REPLY, {"status": 0, "pin": 1, "layout": _with(LAYOUT, regions=[[4096]])}),
     (wire.MessageType.RESOLVE_REPLY, {"status": 0, "pin": 1, "layout": _with(LAYOUT, regions=[[4096, 0]])}),
-    (wire.MessageType.UNPIN, {"pin": -3}),
+    (wire.MessageType.UNPIN, {"pin": -3, "written": None}),
+    (wire.MessageType.UNPIN, {"pin": 3}),
+    (wire.MessageType.UNPIN, _with(UNPIN, written=_with(UNPIN["written"], mode="entry_blocks"))),
+    (wire.MessageType.UNPIN, _with(UNPIN, written=_with(UNPIN["written"], dst_blocks=[0] * (wire.MAX_BLOCKS + 1)))),
+    (wire.MessageType.UNPIN, _with(UNPIN, written=_with(UNPIN["written"], extra=1))),
+    (wire.MessageType.UNPIN, _with(UNPIN, written=[])),
     (wire.MessageType.PULL, _with(PULL, mode="all")),
     (wire.MessageType.PULL, _with(PULL, size=-2)),
     (wire.MessageType.PULL, _with(PULL, src_blocks=[-1])),
@@ -232,8 +239,11 @@ def test_a_linked_peer_gets_answers_and_a_dropped_connection_releases_its_pins(s
             S.LLM_KV_CACHE_NOT_EXIST
         reply = round_trip(connection, wire.MessageType.RESOLVE, RESOLVE)
         assert reply["status"] == S.LLM_SUCCESS
-        assert reply["layout"]["tensor_addrs"] == list(entry.tensor_addrs)
-        assert round_trip(connection, wire.MessageType.UNPIN, {"pin": reply["pin"] + 1}) == \
+        # The cache as the peer writes it: its own addresses, or a data-plane helper's mirror of it.
+        region = reply["layout"]["regions"][0][0]
+        assert [addr - region for addr in reply["layout"]["tensor_addrs"]] == \
+            [addr - entry.regions[0][0] for addr in entry.tensor_addrs]
+        assert round_trip(connection, wire.MessageType.UNPIN, {"pin": reply["pin"] + 1, "written": None}) == \
             {"status": S.LLM_PARAM_INVALID}
         round_trip(connection, wire.MessageType.RESOLVE, RESOLVE)   # two pins the connection never gives back
         registry.deallocate(entry.cache_id)

@@ -23,7 +23,8 @@ from . import _auth
 from . import _protocol as wire
 from ._channel import DRAIN_SECONDS, Channel, Keepalive, LinkFailure
 from ._listener import ControlListener
-from ._mooncake import engine_module, engines_for, hand_back
+from ._engines import engines_for, hand_back
+from ._mooncake import engine_module
 from ._mover import Mover
 from ._same_host import NOT_SHARED
 from ._server import CacheServer
@@ -107,6 +108,23 @@ def _engine_on(engine_address, peer_ip):
     return all(part.rpartition(":")[0] == peer_ip for part in engine_address.split(","))
 
 
+def _drop_dead_mooncake(agent):
+    """When an agent's data-plane helper died (a peer crashed it, or it was killed), the agent
+    forgets its engines, and its links end too: their peers know the helper's ports, which are
+    gone. A link this side made stays broken until unlinked, and can then be made again, on the
+    new engines the next link starts."""
+    with agent._lock:
+        engine = agent._mooncake
+        if engine is None or engine.alive:
+            return
+        agent._mooncake = None
+        channels = [*agent._links.values(), *agent._accepted.values()]
+    log.warning("the Mooncake engines at %s are gone: %d links end", engine.address, len(channels))
+    for channel in channels:
+        channel.shutdown()
+    engine.close()
+
+
 class LinkTarget:
     """A cluster to link or unlink, as the agent takes it from either API: its id, and its local
     and remote (dotted ip, port) pairs."""
@@ -129,12 +147,14 @@ class TransferAgent:
     sync_timeout_ms (llm.SyncKvCacheWaitTime) bounds each control round trip of a transfer, and
     the whole handshake of a link made to this side. link_secret (llmdd.LinkSecret): a str both
     sides of every link must prove they hold (docs/security.md), or None: anyone may link.
+    mooncake_in_process (llmdd.MooncakeInProcess): Mooncake in this process rather than in a
+    data-plane helper process (_engines).
     Which rules a transfer follows is its local cache's (_kind_rules): CANN's Python rules, where
     blocks caches and whole caches are apart and keys say which is meant, or the C++ API's, where a
     block is a batch entry of any cache."""
 
     def __init__(self, registry, cluster_id, listen_ip_info=None, protocol="tcp", device_name="",
-                 sync_timeout_ms=1000, link_secret=None, same_host=None):
+                 sync_timeout_ms=1000, link_secret=None, same_host=None, mooncake_in_process=False):
         _check_int("cluster_id", cluster_id, UINT64)
         require(link_secret is None or (isinstance(link_secret, str) and link_secret),
                 "link_secret must be None or a non-empty str", PARAM_INVALID)
@@ -146,6 +166,7 @@ class TransferAgent:
         self.cluster_id = cluster_id
         self._protocol = protocol
         self._device_name = device_name
+        self._mooncake_in_process = bool(mooncake_in_process)
         self._sync_timeout_s = sync_timeout_ms / 1000
         self._link_secret = None if link_secret is None else link_secret.encode()
         self._lock = threading.Lock()
@@ -187,13 +208,14 @@ class TransferAgent:
         return None if self._listener is None else self._listener.address
 
     def _mooncake_for_host(self, host):
-        """This agent's Mooncake engine, started on `host` the first time one is needed (the
-        address peers reach us at, so it is the right interface in a multi-homed host)."""
+        """This agent's Mooncake engines, started on `host` (the address peers reach us at) the
+        first time one is needed, and again after its data-plane helper died."""
+        _drop_dead_mooncake(self)
         with self._lock:
             if self._closed:
                 raise LLMException("the transfer agent is closed", LLMStatusCode.LLM_FAILED)
             if self._mooncake is None:
-                self._mooncake = engines_for(host, self._protocol, self._device_name)
+                self._mooncake = engines_for(host, self._protocol, self._device_name, self._mooncake_in_process)
             return self._mooncake
 
     def close(self):
@@ -446,8 +468,9 @@ class TransferAgent:
 
     @contextlib.contextmanager
     def _using_mooncake(self):
-        """This agent's Mooncake engines for one transfer or registration, or None once it closed;
-        close() hands them back to the process only when nothing uses them."""
+        """This agent's Mooncake engines for one transfer or registration, or None once it closed
+        or its helper died; close() hands them back to the process only when nothing uses them."""
+        _drop_dead_mooncake(self)
         with self._lock:
             engine = self._mooncake
             if engine is not None:

@@ -121,6 +121,9 @@ class ControlListener:
                 channel = self._on_link(connection, body)
                 if channel is None:
                     reply = dict(reply, status=int(LLMStatusCode.LLM_LINK_FAILED), engine="none")
+            # The reply's time counts from the engines' start, which may have started a data-plane
+            # helper process (hundreds of milliseconds); the linking side's link timeout bounds both.
+            deadline = time.monotonic() + self._message_timeout_s
             wire.send(connection, wire.MessageType.LINK_REPLY, request_id, reply, deadline)
             if channel is not None:
                 log.info("cluster %d linked from %s", body["cluster_id"], peer)

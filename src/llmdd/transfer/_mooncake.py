@@ -1,9 +1,10 @@
 """The one place llmdd touches Mooncake's Transfer Engine (`mooncake.engine`), imported on first use.
 
 `import llmdd` and `import llmdd.transfer` never import Mooncake: it loads libibverbs and starts
-nothing until a link needs an engine.
+nothing until a link needs an engine. MooncakeEngines run in the data-plane helper process
+(_dataplane_main), or in the engine's own process when the user accepts the risk
+(llmdd.MooncakeInProcess; docs/transfer.md).
 """
-import atexit
 import collections
 import ctypes
 import logging
@@ -62,21 +63,14 @@ LAST_PAUSE_S = 500e-6
 TRANSFER_TIMEOUT_VARIABLE = "MC_TRANSFER_TIMEOUT"
 TRANSFER_TIMEOUT_DEFAULT_S = 30
 
+# MooncakeEngines.kind's last part: where the engines run (_dataplane.DataPlane's is "helper").
+IN_PROCESS = "in-process"
+
 _module_lock = threading.Lock()
 _module = None
 _import_error = None
 
-# Stopping a Mooncake engine takes about 1 s, holding the GIL (it joins its threads). An agent that
-# closes hands its MooncakeEngines back here, with nothing registered (no peer reads or writes a
-# byte through them), and the next agent on the same host and protocol takes them: a process
-# that finalizes and initializes again (a serving engine restarting a worker, a test suite) pays
-# the stop once, at exit, instead of at every Finalize.
-MAX_IDLE_PER_KIND = 2
-_idle_lock = threading.Lock()
-_idle = {}             # (host, protocol, device name) -> [MooncakeEngines] no agent uses
-_kept_in_child = []    # a forked child's copy of the parent's idle engines: never stopped here
-_live = weakref.WeakSet()   # MooncakeEngines not closed: a forked child closes its copies of their ports
-_exiting = False       # at exit, engines handed back are stopped, not kept
+_live = weakref.WeakSet()   # in-process MooncakeEngines not closed: a forked child closes its copies of their ports
 
 
 def engine_module():
@@ -140,7 +134,7 @@ class MooncakeEngines:
             self._engines.append(engine)
         self.handshake_ports = [engine.get_rpc_port() for engine in self._engines]
         self.address = ",".join(f"{host}:{port}" for port in self.handshake_ports)
-        self.kind = (host, protocol, device_name)
+        self.kind = (host, protocol, device_name, IN_PROCESS)
         self.failed = False    # a transfer failed or timed out: not handed to another agent
         self.needs_local_registration = protocol != "tcp"
         self._lock = threading.Lock()
@@ -154,13 +148,23 @@ class MooncakeEngines:
         self._in_flight = max(1, min(IN_FLIGHT_PER_PAIR, queue // 2))
         _live.add(self)
 
+    @property
+    def alive(self):
+        """In-process engines live as long as the process: only a data-plane helper dies alone."""
+        return True
+
     def expose(self, regions):
-        """Registers each (addr, nbytes) with every engine for one transfer; True on success (and
-        then the caller must withdraw() the same regions), False with nothing left registered.
+        """A RegisteredWindow: each (addr, nbytes) registered with every engine for one transfer,
+        so the peer writes the memory itself; None, with nothing left registered, on failure."""
+        return RegisteredWindow(self, regions) if self.register_regions(regions) else None
+
+    def register_regions(self, regions):
+        """Registers each (addr, nbytes) with every engine; True on success (the caller then
+        unregister_regions() the same regions), False with nothing left registered.
 
         A Mooncake registration lets any peer that reaches the engines read and write the region
         (its TCP transport checks only that an address lies in one), so a region stays registered
-        only while a transfer needs it: transfers that expose one region at once count it."""
+        only while a transfer needs it: transfers that register one region at once count it."""
         done = []
         with self._lock:
             for region in regions:
@@ -171,8 +175,8 @@ class MooncakeEngines:
                 done.append(region)
         return True
 
-    def withdraw(self, regions):
-        """Ends one transfer's expose() of `regions`: unregistered once no transfer needs them."""
+    def unregister_regions(self, regions):
+        """Ends one register_regions() of `regions`: unregistered once no transfer needs them."""
         with self._lock:
             self._withdraw_locked(regions)
 
@@ -273,55 +277,45 @@ class MooncakeEngines:
         _live.discard(self)
 
 
-def engines_for(host, protocol, device_name):
-    """MooncakeEngines on `host`: idle ones an earlier agent handed back, or new ones."""
-    with _idle_lock:
-        idle = _idle.get((host, protocol, device_name))
-        if idle:
-            return idle.pop()
-    return MooncakeEngines(host, protocol, device_name)
+class RegisteredWindow:
+    """One transfer's regions registered with in-process MooncakeEngines: the peer reads and
+    writes them where they are, so addresses are the cache's own and nothing is copied. The
+    interface of _dataplane.MirrorWindow, which the transfer layer uses."""
+
+    def __init__(self, engines, regions):
+        self._engines = engines
+        self.regions = [tuple(region) for region in regions]
+        self._open = True
+
+    @staticmethod
+    def address(addr):
+        """The address the peer writes for `addr` of the regions: the same one."""
+        return addr
+
+    @staticmethod
+    def stage(extents):
+        """Nothing to stage: the peer writes the memory itself."""
+        return True
+
+    def close(self, written=()):
+        """Unregisters the regions (once); `written` is already in place."""
+        if self._open:
+            self._open = False
+            self._engines.unregister_regions(self.regions)
 
 
-def hand_back(engines):
-    """An agent is done with `engines`: nothing stays registered, and they wait idle for the next
-    agent (up to MAX_IDLE_PER_KIND of a kind; more are stopped)."""
-    engines.close_regions()
-    with _idle_lock:
-        idle = _idle.setdefault(engines.kind, [])
-        # Engines that failed a transfer may keep failing (TCP_QUEUE_VARIABLE) or still hold
-        # batches Mooncake gave up on: a new agent gets fresh ones, as a new process would.
-        if not _exiting and not engines.failed and len(idle) < MAX_IDLE_PER_KIND:
-            idle.append(engines)
-            return
-    engines.close()
-
-
-def _stop_idle_engines():
-    global _exiting
-    with _idle_lock:
-        _exiting = True   # an agent closed by a later exit hook stops its engines itself
-        idle = [engines for kind in _idle.values() for engines in kind]
-        _idle.clear()
-    for engines in idle:
-        engines.close()
-
-
-def _forget_idle_engines_in_child():
-    """The idle engines' threads and sockets are the parent's: the child never stops them. The
-    locks are made anew: a thread of the parent may have held one at the fork."""
-    global _idle_lock, _module_lock
-    _idle_lock, _module_lock = threading.Lock(), threading.Lock()
-    _kept_in_child.extend(engines for kind in _idle.values() for engines in kind)
-    _idle.clear()
+def _fresh_module_lock_in_child():
+    """A thread of the parent may have held the lock at the fork."""
+    global _module_lock
+    _module_lock = threading.Lock()
 
 
 def _close_handshake_listeners_in_child():
-    """The child's copies of every engine's handshake listener go, so that a port the parent
-    stops listening on is refused at once, not left to a child that never answers. Their data
-    ports stay: Mooncake does not say which they are (docs/architecture.md, "Fork")."""
+    """The child's copies of every in-process engine's handshake listener go, so that a port the
+    parent stops listening on is refused at once, not left to a child that never answers. Their
+    data ports stay: Mooncake does not say which they are (docs/architecture.md, "Fork")."""
     close_listeners_in_child({port for engines in list(_live) for port in engines.handshake_ports})
 
 
-atexit.register(_stop_idle_engines)   # before the interpreter tears down what their threads need
-os.register_at_fork(after_in_child=_forget_idle_engines_in_child)
+os.register_at_fork(after_in_child=_fresh_module_lock_in_child)
 os.register_at_fork(after_in_child=_close_handshake_listeners_in_child)

@@ -64,6 +64,17 @@ def _require_kind(layout, blocks, side):
         raise _plan.PlanError(f"the {side} cache must {'' if blocks else 'not '}be a blocks cache")
 
 
+def _wire_layer_range(layer_range):
+    return None if layer_range is None else [layer_range.start, layer_range.stop, layer_range.step]
+
+
+def _written(mode, batch_index, size, dst_blocks, dst_layer_range, tensor_num_per_layer):
+    """UNPIN's `written`: the destination's side of a push that moved, from which the peer finds
+    the bytes it copies back (_plan.destination_extents), whatever the number of segments."""
+    return {"mode": mode, "batch_index": batch_index, "size": size, "dst_blocks": list(dst_blocks),
+            "dst_layer_range": _wire_layer_range(dst_layer_range), "tensor_num_per_layer": tensor_num_per_layer}
+
+
 def _most_bytes(entry, mode, request):
     """The most bytes a pull into `entry` may write: every tensor's blocks or batch entry."""
     entries = 1 if mode == "cache" else len(request["dst_blocks"])
@@ -134,7 +145,10 @@ class Mover:
             if kind_rules:
                 _require_kind(remote, False, "destination")
             pairs = _plan.tensor_pairs(local, remote, src_layer_range, dst_layer_range, tensor_num_per_layer)
-            return _plan.cache_segments(local, remote, src_batch_index, remote_batch_index, size, pairs)
+            segments = _plan.cache_segments(local, remote, src_batch_index, remote_batch_index, size, pairs)
+            # size is -1: each tensor's whole source entry, local.block_bytes bytes.
+            return segments, _written("cache", remote_batch_index, local.block_bytes, [], dst_layer_range,
+                                      tensor_num_per_layer)
         return self._push(remote_cluster_id, dst_key, src_entry, plan)
 
     def push_blocks(self, remote_cluster_id, dst_key, src_entry, src_blocks=(), dst_blocks=(),
@@ -153,7 +167,8 @@ class Mover:
             if kind_rules:
                 _require_kind(remote, True, "destination")
             pairs = _plan.tensor_pairs(local, remote, src_layer_range, dst_layer_range, tensor_num_per_layer)
-            return _plan.blocks_segments(local, remote, src_blocks, dst_blocks, pairs)
+            segments = _plan.blocks_segments(local, remote, src_blocks, dst_blocks, pairs)
+            return segments, _written("blocks", 0, -1, dst_blocks, dst_layer_range, tensor_num_per_layer)
         return self._push(remote_cluster_id, dst_key, src_entry, plan)
 
     def _pin_local(self, entry, hold):
@@ -168,39 +183,50 @@ class Mover:
     def _pull(self, remote_cluster_id, local_entry, key, mode, kind_rules, **request):
         """One PULL: local_entry is pinned and exposed to the peer's writes until the peer answers
         (it plans, writes and unpins its own cache: one round trip). The peer checks what depends
-        on its cache; what a pull names that no wire message can carry is refused here."""
-        blocks, layer_ranges = (request["src_blocks"], request["dst_blocks"]), []
-        for layer_range in (request["src_layer_range"], request["dst_layer_range"]):
-            layer_ranges.append(None if layer_range is None else
-                                [layer_range.start, layer_range.stop, layer_range.step])
+        on its cache; what a pull names that no wire message can carry, or that does not fit the
+        local cache, is refused here."""
+        blocks = (request["src_blocks"], request["dst_blocks"])
+        layer_ranges = [_wire_layer_range(request["src_layer_range"]), _wire_layer_range(request["dst_layer_range"])]
         if not all(len(side) <= wire.MAX_BLOCKS and all(0 <= block <= UINT64[1] for block in side) for side in blocks) \
                 or not all(wire.is_layer_range(layer_range) for layer_range in layer_ranges):
             return PARAM_INVALID
         link = self._link_for(remote_cluster_id)
         if link is None:
             return LLMStatusCode.LLM_NOT_YET_LINK
+        try:
+            # What the peer may write here: staged before PULL, copied back after its success.
+            extents = _plan.destination_extents(_plan.Layout.of_entry(local_entry), mode, request["batch_index"],
+                                                request["size"], request["dst_blocks"], request["dst_layer_range"],
+                                                request["tensor_num_per_layer"])
+        except _plan.PlanError as error:
+            log.warning("a pull into cache %d refused: %s", local_entry.cache_id, error)
+            return PARAM_INVALID
         regions = [tuple(region) for region in local_entry.regions]
         with link.transfer_lock, contextlib.ExitStack() as hold:
             engine = hold.enter_context(self._using_mooncake())
-            if engine is None:   # the agent closed since the link was looked up
+            if engine is None:   # the agent closed, or its data-plane helper died, since the link was looked up
                 return LLMStatusCode.LLM_LINK_FAILED
             status = self._pin_local(local_entry, hold)
             if status != SUCCESS:
                 return status
             # Exposed to the peer's writes for this pull only: exported to its pid alone when it
-            # shares this host's IPC memory and the runtime can export the cache, else registered
-            # with Mooncake.
+            # shares this host's IPC memory and the runtime can export the cache, else through a
+            # Mooncake window (a data-plane helper's mirror of the cache, or the cache in-process).
             exported = self._same_host.export(regions, link.peer_pid) if link.peer_pid and self._same_host else None
+            window = None
             if exported is not None:
                 hold.callback(self._same_host.close, [key for _, _, key in exported])
-            elif engine.expose(regions):
-                hold.callback(engine.withdraw, regions)
             else:
+                window = engine.expose(regions)
+                if window is None:
+                    return LLMStatusCode.LLM_FAILED
+                hold.callback(window.close)   # nothing copied back, unless the pull succeeds below
+            destination = _exposed_layout(window, local_entry)
+            # What a success may leave unwritten must come back as it was: through a helper's
+            # mirror, the bytes are staged there first (in-process, there is nothing to stage).
+            if destination is None or not (window is None or _plan.writes_every_extent(mode, request["size"])
+                                           or window.stage(extents)):
                 return LLMStatusCode.LLM_FAILED
-            destination = {"tensor_addrs": list(local_entry.tensor_addrs), "tensor_bytes": local_entry.tensor_bytes,
-                           "batch": local_entry.batch, "block_bytes": local_entry.block_bytes,
-                           "is_blocks_cache": bool(local_entry.is_blocks_cache),
-                           "regions": [list(region) for region in regions]}
             body = dict(request, key=wire.key_fields(key), release_key=mode == "cache" and key.KIND == "cache",
                         mode=mode, kind_rules=kind_rules, destination=destination, src_layer_range=layer_ranges[0],
                         dst_layer_range=layer_ranges[1], src_blocks=blocks[0], dst_blocks=blocks[1], ipc=exported)
@@ -211,7 +237,10 @@ class Mover:
                 reply = link.request(wire.MessageType.PULL, body, timeout_s)
             except LinkFailure as failure:
                 return failure.status
-            return engine_status(reply["status"])
+            status = engine_status(reply["status"])
+            if window is not None:
+                window.close(extents if status == SUCCESS else ())
+            return status
 
     def _push(self, remote_cluster_id, key, local_entry, plan):
         """RESOLVE (the peer pins its cache and exposes it to our writes), plan, one batch write,
@@ -221,7 +250,7 @@ class Mover:
             return LLMStatusCode.LLM_NOT_YET_LINK
         with link.transfer_lock, contextlib.ExitStack() as hold:
             engine = hold.enter_context(self._using_mooncake())
-            if engine is None:   # the agent closed since the link was looked up
+            if engine is None:   # the agent closed, or its data-plane helper died, since the link was looked up
                 return LLMStatusCode.LLM_LINK_FAILED
             status = self._pin_local(local_entry, hold)
             if status != SUCCESS:
@@ -232,9 +261,10 @@ class Mover:
                 return failure.status
             if reply["status"] != SUCCESS or reply["layout"] is None:
                 return engine_status(reply["status"])
-            status = self._write(link, engine, reply["layout"], local_entry, plan)
+            status, written = self._write(link, engine, reply["layout"], local_entry, plan)
             try:
-                unpinned = link.request(wire.MessageType.UNPIN, {"pin": reply["pin"]}, self._sync_timeout_s)
+                unpinned = link.request(wire.MessageType.UNPIN, {"pin": reply["pin"], "written": written},
+                                        self._sync_timeout_s)
             except LinkFailure as failure:
                 # The peer drops the pin with the connection.
                 return failure.status if status == SUCCESS else status
@@ -243,17 +273,37 @@ class Mover:
             return status
 
     def _write(self, link, engine, layout_fields, local_entry, plan):
+        """(status, UNPIN's `written`: None unless every byte moved)."""
         remote = _plan.Layout(tuple(layout_fields["tensor_addrs"]), layout_fields["tensor_bytes"],
                               layout_fields["batch"], layout_fields["block_bytes"], layout_fields["is_blocks_cache"],
                               tuple(tuple(region) for region in layout_fields["regions"]))
         try:
-            segments = plan(remote, layout_fields["batch_index"])
+            segments, written = plan(remote, layout_fields["batch_index"])
         except _plan.PlanError as error:
             log.warning("transfer with cluster %d refused: %s", link.remote_cluster_id, error)
-            return PARAM_INVALID
+            return PARAM_INVALID, None
         local_regions = tuple(tuple(region) for region in local_entry.regions)
         segments = _plan.coalesce(segments, local_regions, remote.regions)
         # The caller holds link.transfer_lock: one transfer at a time per link, so that the batches
         # of two never overflow Mooncake's per-peer queue together (_mooncake.TCP_QUEUE_VARIABLE).
         exported = layout_fields["ipc"] if link.peer_pid else None
-        return write_segments(segments, exported, self._same_host, engine, link.peer_engine, local_regions)
+        status = write_segments(segments, exported, self._same_host, engine, link.peer_engine, local_regions)
+        return status, written if status == SUCCESS else None
+
+
+def _exposed_layout(window, entry):
+    """PULL's `destination`: the cache as the peer writes it, through `window` (None: the cache's
+    own addresses, exported to the peer); None when a tensor lies outside the cache's regions
+    (which no registry allows)."""
+    if window is None:
+        return {"tensor_addrs": list(entry.tensor_addrs), "tensor_bytes": entry.tensor_bytes, "batch": entry.batch,
+                "block_bytes": entry.block_bytes, "is_blocks_cache": bool(entry.is_blocks_cache),
+                "regions": [list(region) for region in entry.regions]}
+    try:
+        tensor_addrs = [window.address(addr) for addr in entry.tensor_addrs]
+    except LookupError as error:
+        log.warning("cache %d cannot be exposed: %s", entry.cache_id, error)
+        return None
+    return {"tensor_addrs": tensor_addrs, "tensor_bytes": entry.tensor_bytes, "batch": entry.batch,
+            "block_bytes": entry.block_bytes, "is_blocks_cache": bool(entry.is_blocks_cache),
+            "regions": [list(region) for region in window.regions]}

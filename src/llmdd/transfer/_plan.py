@@ -81,27 +81,62 @@ def coalesce(segments, src_regions, dst_regions):
     return joined
 
 
+def _side_tensors(side, layout, layer_range, tensor_num_per_layer):
+    """One side's layers as a step-1 range, checked against its layout (docs/facts.md section 1:
+    n = tensor_num_per_layer is in [1, num_tensors] and divides num_tensors; layer i is tensors
+    [i * n, (i + 1) * n); a range left None is every layer)."""
+    if not 1 <= tensor_num_per_layer <= layout.num_tensors or layout.num_tensors % tensor_num_per_layer:
+        raise PlanError(f"tensor_num_per_layer {tensor_num_per_layer} does not divide the {side} cache's "
+                        f"{layout.num_tensors} tensors")
+    num_layers = layout.num_tensors // tensor_num_per_layer
+    if layer_range is None:
+        layer_range = range(num_layers)
+    if layer_range.step != 1 or not 0 <= layer_range.start < layer_range.stop <= num_layers:
+        raise PlanError(f"{side}_layer_range {layer_range} is not a step-1 range inside the {side} cache's "
+                        f"{num_layers} layers")
+    return layer_range
+
+
 def tensor_pairs(src, dst, src_layer_range, dst_layer_range, tensor_num_per_layer):
-    """(src tensor, dst tensor) index pairs: layer i is tensors [i * n, (i + 1) * n) with
-    n = tensor_num_per_layer; a range left None is every layer of its side (docs/facts.md section 1:
-    n is in [1, num_tensors] and divides num_tensors, the ranges have equal spans)."""
-    for side, layout in (("src", src), ("dst", dst)):
-        if not 1 <= tensor_num_per_layer <= layout.num_tensors or layout.num_tensors % tensor_num_per_layer:
-            raise PlanError(f"tensor_num_per_layer {tensor_num_per_layer} does not divide the {side} cache's "
-                            f"{layout.num_tensors} tensors")
-    ranges = []
-    for side, layout, layer_range in (("src", src, src_layer_range), ("dst", dst, dst_layer_range)):
-        num_layers = layout.num_tensors // tensor_num_per_layer
-        if layer_range is None:
-            layer_range = range(num_layers)
-        if layer_range.step != 1 or not 0 <= layer_range.start < layer_range.stop <= num_layers:
-            raise PlanError(f"{side}_layer_range {layer_range} is not a step-1 range inside the {side} cache's "
-                            f"{num_layers} layers")
-        ranges.append(layer_range)
+    """(src tensor, dst tensor) index pairs of the layers each side names; the ranges must span
+    equal numbers of layers."""
+    ranges = [_side_tensors("src", src, src_layer_range, tensor_num_per_layer),
+              _side_tensors("dst", dst, dst_layer_range, tensor_num_per_layer)]
     if len(ranges[0]) != len(ranges[1]):
         raise PlanError(f"src_layer_range {ranges[0]} and dst_layer_range {ranges[1]} span different numbers of layers")
     n = tensor_num_per_layer
     return [(s * n + k, d * n + k) for s, d in zip(*ranges) for k in range(n)]
+
+
+def destination_extents(dst, mode, batch_index, size, dst_blocks, dst_layer_range, tensor_num_per_layer):
+    """The (addr, nbytes) extents of `dst` a transfer may write, from the destination's side of it
+    alone: in each tensor of dst_layer_range, the batch entry batch_index (mode "cache": `size`
+    bytes, -1 the whole entry) or the runs of dst_blocks ("blocks", "entry_blocks": whole blocks,
+    though an entry cut into blocks may leave its last one short). No extent crosses a tensor.
+    PlanError when the destination's side of the transfer breaks a rule."""
+    layers = _side_tensors("dst", dst, dst_layer_range, tensor_num_per_layer)
+    n = tensor_num_per_layer
+    if mode == "cache":
+        _check_index("destination batch index", batch_index, dst.batch)
+        nbytes = dst.block_bytes if size == -1 else size
+        if type(nbytes) is not int or not 0 < nbytes <= dst.block_bytes:
+            raise PlanError(f"{nbytes} bytes do not fit a batch entry of the destination ({dst.block_bytes} bytes)")
+        runs = [(batch_index, nbytes)]
+    else:
+        if not dst_blocks:
+            raise PlanError("no destination blocks")
+        for block in dst_blocks:
+            _check_index("a block of dst_blocks", block, dst.batch)
+        runs = [(first, count * dst.block_bytes) for first, _, count in _block_runs(dst_blocks, dst_blocks)]
+    return [(dst.tensor_addrs[layer * n + k] + first * dst.block_bytes, nbytes)
+            for layer in layers for k in range(n) for first, nbytes in runs]
+
+
+def writes_every_extent(mode, size):
+    """Whether a transfer that succeeds writes every byte of its destination_extents: blocks do,
+    and so does an entry of `size` bytes; a whole entry (size -1) may be shorter than the
+    destination's, and an entry cut into blocks may leave its last one short."""
+    return mode == "blocks" or (mode == "cache" and size != -1)
 
 
 def _check_index(name, index, limit):

@@ -28,7 +28,7 @@ from .._cache_keys import KEY_TYPES
 from .._limits import INT64, UINT32, UINT64
 
 MAGIC = b"LDDC"
-PROTOCOL_VERSION = 3   # 2: a link's connection carries requests both ways; 3: PULL, authentication, PING
+PROTOCOL_VERSION = 4   # 2: requests both ways on a link; 3: PULL, authentication, PING; 4: UNPIN's written
 HEADER = struct.Struct("!4sBBHII")
 # A layout of the largest cache we describe (MAX_TENSORS addresses of up to 20 digits) fits
 # several times over; anything bigger is not one of our messages.
@@ -51,7 +51,7 @@ class MessageType(enum.IntEnum):
     UNLINK_REPLY = 4
     RESOLVE = 5       # a push: pin the cache this key names and expose it to my writes
     RESOLVE_REPLY = 6
-    UNPIN = 7         # the push's bytes moved (or not): unpin, withdraw
+    UNPIN = 7         # the push's bytes moved (or not): keep what was written, unpin, withdraw
     UNPIN_REPLY = 8
     PULL = 9          # write what this key names into my exposed cache, then answer
     PULL_REPLY = 10
@@ -186,6 +186,22 @@ def is_layer_range(value):
 # batch entry into blocks ("entry_blocks").
 PULL_MODES = ("cache", "blocks", "entry_blocks")
 
+# UNPIN's `written`: the destination's side of the push that moved (the serving side copies those
+# bytes back when its peer wrote into a data-plane helper's mirror), or null when it did not move.
+WRITTEN_FIELDS = {
+    "mode": _one_of("cache", "blocks"),
+    "batch_index": _u32,
+    "size": _int_in(-1, INT64_MAX),
+    "dst_blocks": _list_of(_u64, MAX_BLOCKS),
+    "dst_layer_range": is_layer_range,
+    "tensor_num_per_layer": _u32,
+}
+
+
+def _written_or_none(value):
+    return value is None or (type(value) is dict and _fields_valid(value, WRITTEN_FIELDS))
+
+
 MESSAGE_FIELDS = {
     MessageType.LINK: {"cluster_id": _u64, "to_cluster_id": _u64, "engine": _text, "protocol": _text,
                        "host": _text, "pid": _u32},
@@ -194,7 +210,7 @@ MESSAGE_FIELDS = {
     MessageType.UNLINK_REPLY: {"status": _status},
     MessageType.RESOLVE: {"key": is_key},
     MessageType.RESOLVE_REPLY: {"status": _status, "pin": _u64, "layout": _layout_or_none},
-    MessageType.UNPIN: {"pin": _u64},
+    MessageType.UNPIN: {"pin": _u64, "written": _written_or_none},
     MessageType.UNPIN_REPLY: {"status": _status},
     MessageType.PULL: {"key": is_key, "release_key": _is_bool, "mode": _one_of(*PULL_MODES), "kind_rules": _is_bool,
                        "destination": _destination, "batch_index": _u32, "size": _int_in(-1, INT64_MAX),

@@ -57,9 +57,9 @@ def _plan_pull(source, source_batch_index, body):
 
 class CacheServer:
     """Answers PULL, RESOLVE and UNPIN from `registry`. using_mooncake(): a context holding the
-    agent's Mooncake engines (None once it closed). A push's pins (pin id -> an ExitStack holding
-    the cache's pin and exposure) live in the dict of the link they came on, so that a link that
-    ends, however it ends, releases them."""
+    agent's Mooncake engines (None once it closed). A push's pins (pin id -> a _Pin holding the
+    cache's pin and window) live in the dict of the link they came on, so that a link that ends,
+    however it ends, releases them."""
 
     def __init__(self, registry, using_mooncake, same_host):
         self._registry = registry
@@ -120,7 +120,8 @@ class CacheServer:
     def resolve(self, body, pins, peer_pid):
         """A push's first step: the key's cache pinned and exposed to the peer's writes until UNPIN:
         exported as IPC memory for peer_pid when it shares this host's (and the runtime can), else
-        registered with Mooncake."""
+        through a Mooncake window. The layout answered is the cache as the peer writes it: its own
+        addresses (exported, or in-process), or a data-plane helper's mirror of it."""
         entry, batch_index, _ = self._lookup(body["key"])
         if entry is None:
             return self.refused(_NOT_EXIST)
@@ -135,32 +136,66 @@ class CacheServer:
             if not self._pin(entry, hold):
                 return self.refused(_NOT_EXIST)
             exported = self._same_host.export(entry.regions, peer_pid) if peer_pid and self._same_host else None
+            window = None
+            tensor_addrs, regions = list(entry.tensor_addrs), [list(region) for region in entry.regions]
             if exported is not None:
                 hold.callback(self._same_host.close, [key for _, _, key in exported])
             else:
                 engine = hold.enter_context(self._using_mooncake())
-                if engine is None or not engine.expose(entry.regions):
+                window = None if engine is None else engine.expose(entry.regions)
+                if window is None:
                     return self.refused(LLMStatusCode.LLM_FAILED)
-                hold.callback(engine.withdraw, entry.regions)
+                hold.callback(window.close)   # nothing copied back, unless UNPIN says what was written
+                try:
+                    tensor_addrs = [window.address(addr) for addr in entry.tensor_addrs]
+                except LookupError as error:
+                    log.warning("cache %d cannot be exposed: %s", entry.cache_id, error)
+                    return self.refused(LLMStatusCode.LLM_FAILED)
+                regions = [list(region) for region in window.regions]
             undo.pop_all()
         pin_id = next(self._pin_ids)
-        pins[pin_id] = hold
-        layout = {"cache_id": entry.cache_id, "tensor_addrs": list(entry.tensor_addrs),
+        pins[pin_id] = _Pin(hold, window, _plan.Layout.of_entry(entry))
+        layout = {"cache_id": entry.cache_id, "tensor_addrs": tensor_addrs,
                   "tensor_bytes": entry.tensor_bytes, "batch": entry.batch, "block_bytes": entry.block_bytes,
                   "is_blocks_cache": bool(entry.is_blocks_cache), "remote_accessible": True,
-                  "batch_index": batch_index, "regions": [list(region) for region in entry.regions], "ipc": exported}
+                  "batch_index": batch_index, "regions": regions, "ipc": exported}
         return {"status": _SUCCESS, "pin": pin_id, "layout": layout}
 
     @staticmethod
     def unpin(body, pins):
-        hold = pins.pop(body["pin"], None)
-        if hold is None:
+        """A push's end: the bytes UNPIN says were written are copied back into the cache (from a
+        helper's mirror; in-process or exported they are in place), the window closes, the pin ends."""
+        pin = pins.pop(body["pin"], None)
+        if pin is None:
             return {"status": _PARAM_INVALID}
-        hold.close()
-        return {"status": _SUCCESS}
+        status, written = _SUCCESS, ()
+        if body["written"] is not None:
+            fields = body["written"]
+            layer_range = None if fields["dst_layer_range"] is None else range(*fields["dst_layer_range"])
+            try:
+                written = _plan.destination_extents(pin.layout, fields["mode"], fields["batch_index"], fields["size"],
+                                                    fields["dst_blocks"], layer_range, fields["tensor_num_per_layer"])
+            except _plan.PlanError as error:
+                log.warning("an UNPIN names bytes outside its cache: %s", error)
+                status = _PARAM_INVALID
+        if pin.window is not None:   # else the cache was exported: the bytes are in place
+            pin.window.close(written)
+        pin.hold.close()
+        return {"status": status}
 
     @staticmethod
     def release(pins):
-        for hold in pins.values():
-            hold.close()
+        for pin in pins.values():
+            pin.hold.close()
         pins.clear()
+
+
+class _Pin:
+    """A push's pin on this side: what holds the cache (its pin, its window) and its layout."""
+
+    __slots__ = ("hold", "window", "layout")
+
+    def __init__(self, hold, window, layout):
+        self.hold = hold
+        self.window = window
+        self.layout = layout

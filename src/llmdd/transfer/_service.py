@@ -22,7 +22,7 @@ class TransferService:
         self.agent = TransferAgent(self.registry, engine.cluster_id, listen_ip_info=options.listen_ip_info,
                                    protocol=options.protocol, device_name=options.device_name,
                                    sync_timeout_ms=options.sync_timeout_ms, link_secret=options.link_secret,
-                                   same_host=same_host)
+                                   same_host=same_host, mooncake_in_process=options.mooncake_in_process)
         self._closer = weakref.finalize(engine, self.agent.close)
 
     def close(self):

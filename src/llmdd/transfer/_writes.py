@@ -34,9 +34,10 @@ def write_segments(segments, exported, same_host, engine, peer_engine, source_re
     with contextlib.ExitStack() as hold:
         # Over tcp Mooncake reads a local source by address; other transports need it registered.
         if engine.needs_local_registration:
-            if not engine.expose(source_regions):
+            window = engine.expose(source_regions)
+            if window is None:
                 return LLMStatusCode.LLM_FAILED
-            hold.callback(engine.withdraw, source_regions)
+            hold.callback(window.close)
         if engine.write(peer_engine, segments.src_addrs, segments.dst_addrs, segments.lengths) != 0:
             log.warning("Mooncake write of %d bytes to %s failed", segments.nbytes, peer_engine)
             return LLMStatusCode.LLM_LINK_FAILED
