@@ -259,11 +259,20 @@ class TransferAgent:
             log.warning("a link from %s naming Mooncake engines at %s refused", connection.getpeername()[0],
                         body["engine"])
             return None
-        with self._lock:
-            if self._closed or len(self._accepted) >= MAX_ACCEPTED_LINKS or remote_cluster_id in self._answering:
+        # One link of a cluster is answered at a time: a LINK that comes while the cluster's
+        # previous one is being answered (its peer had the answer and closed at once) waits for it.
+        deadline = time.monotonic() + self._sync_timeout_s
+        while True:
+            with self._lock:
+                if self._closed or len(self._accepted) >= MAX_ACCEPTED_LINKS:
+                    return None
+                earlier = self._answering.get(remote_cluster_id)
+                if earlier is None:
+                    answering = self._answering[remote_cluster_id] = threading.Event()
+                    current = self._accepted.get(remote_cluster_id)
+                    break
+            if not earlier.wait(max(0.0, deadline - time.monotonic())):
                 return None
-            answering = self._answering[remote_cluster_id] = threading.Event()   # one link answered at a time
-            current = self._accepted.get(remote_cluster_id)
         channel = None
         try:
             if current is None or current.over():
