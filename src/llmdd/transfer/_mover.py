@@ -180,6 +180,15 @@ class Mover:
             return LLMStatusCode.LLM_KV_CACHE_NOT_EXIST
         return SUCCESS
 
+    def _engine_and_pin(self, local_entry, hold):
+        """(the agent's Mooncake engines, SUCCESS), both held in `hold` for one transfer; (None,
+        LLM_LINK_FAILED) when the agent closed, or its data-plane helper died, since the link was
+        looked up; or the pin's failure."""
+        engine = hold.enter_context(self._using_mooncake())
+        if engine is None:
+            return None, LLMStatusCode.LLM_LINK_FAILED
+        return engine, self._pin_local(local_entry, hold)
+
     def _pull(self, remote_cluster_id, local_entry, key, mode, kind_rules, **request):
         """One PULL: local_entry is pinned and exposed to the peer's writes until the peer answers
         (it plans, writes and unpins its own cache: one round trip). The peer checks what depends
@@ -203,10 +212,7 @@ class Mover:
             return PARAM_INVALID
         regions = [tuple(region) for region in local_entry.regions]
         with link.transfer_lock, contextlib.ExitStack() as hold:
-            engine = hold.enter_context(self._using_mooncake())
-            if engine is None:   # the agent closed, or its data-plane helper died, since the link was looked up
-                return LLMStatusCode.LLM_LINK_FAILED
-            status = self._pin_local(local_entry, hold)
+            engine, status = self._engine_and_pin(local_entry, hold)
             if status != SUCCESS:
                 return status
             # Exposed to the peer's writes for this pull only: exported to its pid alone when it
@@ -249,10 +255,7 @@ class Mover:
         if link is None:
             return LLMStatusCode.LLM_NOT_YET_LINK
         with link.transfer_lock, contextlib.ExitStack() as hold:
-            engine = hold.enter_context(self._using_mooncake())
-            if engine is None:   # the agent closed, or its data-plane helper died, since the link was looked up
-                return LLMStatusCode.LLM_LINK_FAILED
-            status = self._pin_local(local_entry, hold)
+            engine, status = self._engine_and_pin(local_entry, hold)
             if status != SUCCESS:
                 return status
             try:
