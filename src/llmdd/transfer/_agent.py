@@ -26,7 +26,7 @@ from ._listener import ControlListener
 from ._engines import engines_for, hand_back
 from ._mooncake import engine_module
 from ._mover import Mover
-from ._same_host import NOT_SHARED
+from ._same_host import link_fields, shared_pid
 from ._server import CacheServer
 from ._sockets import track
 
@@ -179,10 +179,9 @@ class TransferAgent:
         self._unused = threading.Condition(self._lock)
         self._keepalive = Keepalive(f"llmdd-keepalive-{cluster_id}")
         # The same-host path (_same_host): what this side tells a peer at LINK, whose answer in
-        # kind says whether the two share IPC memory (_peer_pid).
+        # kind says whether the two share IPC memory.
         self._same_host = same_host
-        self._same_host_fields = ({"host": same_host.host, "pid": same_host.pid} if same_host is not None
-                                  else {"host": NOT_SHARED, "pid": 0})
+        self._same_host_fields = link_fields(same_host)
         self._server = CacheServer(registry, self._using_mooncake, same_host)
         mover = Mover(registry, self._link_for_transfer, self._using_mooncake, self._sync_timeout_s, same_host)
         self.pull_cache, self.pull_blocks = mover.pull_cache, mover.pull_blocks
@@ -277,7 +276,7 @@ class TransferAgent:
         try:
             if current is None or current.over():
                 channel = Channel(connection, remote_cluster_id, body["engine"], self._server, self._sync_timeout_s,
-                                  self._link_ended, self._peer_pid(body))
+                                  self._link_ended, shared_pid(self._same_host_fields, body))
             else:
                 log.warning("a link claiming cluster %d, which is linked already, refused", remote_cluster_id)
         finally:
@@ -310,14 +309,6 @@ class TransferAgent:
         """How many links `host` made to this agent (the listener caps them with handshakes)."""
         with self._lock:
             return sum(channel.peer_host == host for channel in self._accepted.values())
-
-    def _peer_pid(self, fields):
-        """The pid of a peer that shares this host's IPC memory (its LINK or LINK_REPLY), else 0.
-        Two engines of one process copy nothing through it: the runtime refuses a self-import."""
-        own = self._same_host_fields
-        if own["host"] == NOT_SHARED or fields["host"] != own["host"] or fields["pid"] in (0, own["pid"]):
-            return 0
-        return fields["pid"]
 
     def _link_ended(self, channel, unlinked):
         """A channel's reader stopped. A link the peer made, or one it unlinked, is gone; a link
@@ -391,7 +382,7 @@ class TransferAgent:
                 log.warning("cluster %d at %s:%d refused the link: %d", remote_cluster_id, *remote, reply["status"])
                 return LLMStatusCode.LLM_LINK_FAILED
             channel = Channel(connection, remote_cluster_id, reply["engine"], self._server, self._sync_timeout_s,
-                              self._link_ended, self._peer_pid(reply))
+                              self._link_ended, shared_pid(self._same_host_fields, reply))
             connection = None
             with self._lock:
                 closed = self._closed

@@ -37,6 +37,22 @@ def host_token():
         return NOT_SHARED
 
 
+def link_fields(same_host):
+    """The `host` and `pid` a side sends in LINK or LINK_REPLY (same_host: its SameHostMemory,
+    or None when it takes the network path only)."""
+    if same_host is None:
+        return {"host": NOT_SHARED, "pid": 0}
+    return {"host": same_host.host, "pid": same_host.pid}
+
+
+def shared_pid(own, peer):
+    """The peer's pid when it shares this host's IPC memory (both link_fields), else 0. Two
+    engines of one process copy nothing through it: the runtime refuses a self-import."""
+    if own["host"] == NOT_SHARED or peer["host"] != own["host"] or peer["pid"] in (0, own["pid"]):
+        return 0
+    return peer["pid"]
+
+
 class SameHostMemory:
     """An engine's IPC memory calls, for its transfer service. The engine is held weakly: the
     service must not keep it alive, and once it is gone nothing is exported, imported or copied."""
