@@ -132,3 +132,33 @@ def test_import_llmdd_does_not_import_the_drop_in():
     code = "import sys, llmdd\nprint([name for name in sys.modules if 'dropin' in name or 'llm_datadist' in name])"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+INTEGER_CHECKS = {   # CANN's utils.utils integer checks and the C type each one stands for
+    "check_uint8": (0, 2**8 - 1), "check_uint16": (0, 2**16 - 1), "check_int32": (-2**31, 2**31 - 1),
+    "check_uint32": (0, 2**32 - 1), "check_int64": (-2**63, 2**63 - 1), "check_uint64": (0, 2**64 - 1),
+}
+
+
+@pytest.mark.parametrize("name", INTEGER_CHECKS)
+def test_utils_has_canns_integer_checks_with_its_errors(name):
+    from llmdd.llm_datadist.utils import utils
+    check, (low, high) = getattr(utils, name), INTEGER_CHECKS[name]
+    check("value", low)
+    check("value", high)
+    for outside in (low - 1, high + 1):
+        with pytest.raises(ValueError):
+            check("value", outside)
+    with pytest.raises(TypeError):
+        check("value", "1")
+
+
+def test_utils_list_checks_check_every_item():
+    from llmdd.llm_datadist.utils.utils import check_list_int32, check_list_int64, check_list_uint64
+    check_list_int32("ids", [0, -1, 2**31 - 1])
+    with pytest.raises(ValueError):
+        check_list_int32("ids", [0, 1, 2**64 - 1])
+    with pytest.raises(ValueError):
+        check_list_int64("ids", [0, 2**63])
+    with pytest.raises(ValueError):
+        check_list_uint64("ids", [1, -1])

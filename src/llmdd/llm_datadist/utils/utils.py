@@ -2,10 +2,12 @@
 broken rule, and the few checks of CANN's own making."""
 from ..._checks import check_int, check_ints, check_sequence, check_str_dict, check_type
 from ..._checks import require as _require
+from ..._limits import INT32, INT64, UINT8, UINT16, UINT32, UINT64
 from ..status import LLMStatusCode
 
 __all__ = ["check_int", "check_ints", "check_sequence", "check_str_dict", "check_type", "require", "check_not_none",
-           "checked_property", "check_layer_range"]
+           "checked_property", "check_layer_range", "check_uint8", "check_uint16", "check_int32", "check_uint32",
+           "check_int64", "check_uint64", "check_list_int32", "check_list_int64", "check_list_uint64"]
 
 
 def require(condition, message, status=LLMStatusCode.LLM_PARAM_INVALID):
@@ -44,3 +46,25 @@ def check_layer_range(name, layer_range):
     require(layer_range.step == 1, f"{name} must have step 1, got {layer_range}")
     require(0 <= layer_range.start < layer_range.stop, f"{name} must have 0 <= start < stop, got {layer_range}")
     return layer_range
+
+
+def _c_integer_check(bounds):
+    def check(arg_name, arg_value):
+        check_int(arg_name, arg_value, bounds)
+    return check
+
+
+def _c_integer_list_check(bounds):
+    def check(arg_name, arg_value):
+        for value in arg_value:
+            check_int(arg_name, value, bounds)
+    return check
+
+
+# CANN's utils.utils names for its integer checks (its clients and tests import them): TypeError for
+# a value that is not an int, ValueError for one outside the C type.
+check_uint8, check_uint16 = _c_integer_check(UINT8), _c_integer_check(UINT16)
+check_int32, check_uint32 = _c_integer_check(INT32), _c_integer_check(UINT32)
+check_int64, check_uint64 = _c_integer_check(INT64), _c_integer_check(UINT64)
+check_list_int32, check_list_int64 = _c_integer_list_check(INT32), _c_integer_list_check(INT64)
+check_list_uint64 = _c_integer_list_check(UINT64)
