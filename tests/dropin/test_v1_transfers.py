@@ -275,7 +275,7 @@ def test_check_link_status_checks_its_argument(decoder):
     assert status_of_failure(decoder.check_link_status, 2**64 - 1) is LLMStatusCode.LLM_NOT_YET_LINK
 
 
-def test_v1_pulls_follow_v1s_argument_rules(made, decoder):
+def test_v1_pulls_follow_v1s_argument_rules(decoder):
     manager = decoder.kv_cache_manager
     cache = manager.allocate_cache(CacheDesc(2, [2, 8], DataType.DT_INT8))
     host = KvCache.create_cpu_cache(CacheDesc(2, [2, 8], DataType.DT_INT8, Placement.HOST), [0x1000, 0x2000])

@@ -1,7 +1,7 @@
 """CANN's v2/llm_datadist module: LLMDataDist over llmdd's engine.
 
 One LLMDataDist is one llmdd.LlmDataDist engine: init passes CANN's options to the engine as they
-are (the engine listens on llm.listenIpInfo), and the cache manager and the links act through the
+are (the engine listens where CANN's would), and the cache manager and the links act through the
 engine's one CacheRegistry and one TransferService, in both of CANN's modes. What llmdd does not
 implement yet (rank-table links, role switches) checks its arguments as CANN does and then raises
 LLMException(LLM_FEATURE_NOT_ENABLED): no CANN method is missing.
@@ -205,7 +205,7 @@ class LLMDataDist:
             for cluster in clusters:
                 require(bool(cluster.local_ip_info_list), "local_ip_info_list is empty: call append_local_ip_info "
                                                           f"(or set {keys.LOCAL_COMM_RES})")
-        elif not self._cache_manager_mode and (self._role != LLMRole.DECODER or not _v1_clusters_named(clusters)):
+        elif not self._cache_manager_mode and (self._role != LLMRole.DECODER or not _v1_clusters_well_formed(clusters)):
             # v1's link is the decoder's (llm_datadist.cc LinkClusters): a status, as its C++ answers.
             return LLMStatusCode.LLM_PARAM_INVALID, []
         status, statuses = self._linked("link_clusters", clusters, lambda agent, targets: agent.link(targets, timeout))
@@ -216,7 +216,7 @@ class LLMDataDist:
         """Unlink clusters, returning (status, [status per cluster]); force tears down only this side."""
         self._check_clusters(clusters, timeout)
         check_type("force", force, bool)
-        if not self._cache_manager_mode and not _v1_clusters_named(clusters):
+        if not self._cache_manager_mode and not _v1_clusters_well_formed(clusters):
             return LLMStatusCode.LLM_PARAM_INVALID, []
         # The hixl backend names the clusters to unlink by id alone (hixl_transfer_engine.cc).
         by_id = keys.TRANSFER_BACKEND in self._options
@@ -254,7 +254,7 @@ class LLMDataDist:
         raise not_enabled("switch_role")
 
 
-def _v1_clusters_named(clusters):
+def _v1_clusters_well_formed(clusters):
     """v1's rule for the clusters of a link or unlink (link_manager.cc CheckClusterInfo): at least
     one, each with as many local as remote ip infos, one per device (llmdd's one), and the same
     local ip infos on all."""
