@@ -3,7 +3,7 @@ every method before init and after finalize, and the methods llmdd does not impl
 import pytest
 from support.dropin import POOL, initialized
 
-from llmdd.llm_datadist import LLMClusterInfo, LLMConfig, LLMDataDist, LLMException, LLMRole, LLMStatusCode
+from llmdd.llm_datadist import LLMClusterInfo, LLMDataDist, LLMException, LLMRole, LLMStatusCode
 
 NOT_ENABLED = LLMStatusCode.LLM_FEATURE_NOT_ENABLED
 
@@ -26,7 +26,6 @@ LINK_CALLS = {
     "link_clusters": lambda datadist: datadist.link_clusters([cluster()], 5000),
     "unlink_clusters": lambda datadist: datadist.unlink_clusters([cluster()], 5000, force=True),
 }
-# llmdd's transfers are v2's: in v1 mode the link calls are not enabled.
 V1_CALLS = {"check_link_status": lambda datadist: datadist.check_link_status(1), **LINK_CALLS}
 BOTH_CALLS = {
     "switch_role": lambda datadist: datadist.switch_role(LLMRole.DECODER),
@@ -154,10 +153,10 @@ def test_unimplemented_methods_say_so_in_cache_manager_mode(datadist_v2, name):
     assert raised.value.status_code is NOT_ENABLED
 
 
-@pytest.mark.parametrize("name", sorted(V1_CALLS) + sorted(BOTH_CALLS))
+@pytest.mark.parametrize("name", sorted(BOTH_CALLS))
 def test_unimplemented_methods_say_so_in_v1_mode(datadist_v1, name):
     with pytest.raises(LLMException, match=name) as raised:
-        {**V1_CALLS, **BOTH_CALLS}[name](datadist_v1)
+        BOTH_CALLS[name](datadist_v1)
     assert raised.value.status_code is NOT_ENABLED
 
 
@@ -218,17 +217,3 @@ def test_v1_switch_role_needs_a_new_role_and_a_listen_ip_for_prompt(datadist_v1)
             decoder.switch_role(LLMRole.PROMPT, {})
     finally:
         decoder.finalize()
-
-
-def test_v1_mode_does_not_listen_on_its_listen_ip_info():
-    # llmdd's v1 mode (no cache manager) transfers nothing yet, so its engine opens no port.
-    from support.network import free_port, listening
-    port = free_port()
-    config = LLMConfig()
-    config.listen_ip_info = f"127.0.0.1:{port}"
-    datadist = LLMDataDist(LLMRole.PROMPT, 1)
-    datadist.init(config.generate_options())
-    try:
-        assert not listening(port)
-    finally:
-        datadist.finalize()

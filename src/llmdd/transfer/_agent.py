@@ -125,6 +125,20 @@ def _drop_dead_mooncake(agent):
     engine.close()
 
 
+def link_status(agent, remote_cluster_id):
+    """Whether the link `agent` made to a cluster is up: SUCCESS, LLM_NOT_YET_LINK when it made none
+    (or it was unlinked), LLM_LINK_FAILED when it broke (the peer closed it, or fell silent past
+    the keepalive limit) and waits to be unlinked. Links other clusters made to it do not count:
+    CANN's check is the linking side's."""
+    _check_int("remote_cluster_id", remote_cluster_id, UINT64)
+    _drop_dead_mooncake(agent)   # a dead data-plane helper breaks every link
+    with agent._lock:
+        channel = agent._links.get(remote_cluster_id)
+    if channel is None:
+        return LLMStatusCode.LLM_NOT_YET_LINK
+    return LLMStatusCode.LLM_LINK_FAILED if channel.broken else SUCCESS
+
+
 class LinkTarget:
     """A cluster to link or unlink, as the agent takes it from either API: its id, and its local
     and remote (dotted ip, port) pairs."""

@@ -4,6 +4,7 @@
 transfer service (llmdd.transfer)."""
 from ... import _options as keys
 from ..._limits import INT64, UINT32, UINT64
+from ..configs import LLMRole
 from ..status import LLMStatusCode, not_enabled, reraised, reraising
 from ..utils.utils import (
     check_int,
@@ -19,6 +20,7 @@ from .llm_types import (
     Cache,
     CacheDesc,
     CacheKey,
+    CacheKeyByIdAndIndex,
     KvCache,
     LayerSynchronizer,
     MemInfo,
@@ -266,9 +268,99 @@ class CacheManager(CacheTransfers):
 
 class KvCacheManager(CacheManager):
     """v1's kv_cache_manager (without llm.EnableCacheManager): the same calls, KvCache results,
-    no pool needed and no blocks-cache distinction."""
+    no pool needed and no blocks-cache distinction in its checks. v1's roles hold: a prompt keys
+    its caches, a decoder pulls them (hicann/ge api/python/llm_datadist_v1/kv_cache_manager.py).
+    v1 has no push."""
 
     _cache_type = KvCache
     _v2 = False
+
+    def _require_role(self, call, role):
+        actual = self._datadist.role   # switch_role changes it
+        require(actual == role, f"{call} is a {role.name}'s call, not a {actual.name}'s")
+
+    def allocate_cache(self, cache_desc, cache_keys=()):
+        """As CacheManager.allocate_cache; only a prompt gives keys (decoders pull)."""
+        self._require_live()
+        check_type("cache_desc", cache_desc, CacheDesc)
+        check_sequence("cache_keys", cache_keys, CacheKey)
+        if cache_keys:
+            self._require_role("allocate_cache with cache_keys", LLMRole.PROMPT)
+        return self._allocate(cache_desc, tuple(cache_keys), False, "allocate_cache")
+
+    def allocate_blocks_cache(self, cache_desc, blocks_cache_key=None):
+        """As CacheManager.allocate_blocks_cache; a decoder gives no key."""
+        self._require_live()
+        check_type("cache_desc", cache_desc, CacheDesc)
+        keys = () if blocks_cache_key is None else (check_type("blocks_cache_key", blocks_cache_key, BlocksCacheKey),)
+        if keys:
+            require(self._datadist.role != LLMRole.DECODER, "a DECODER's blocks cache takes no blocks_cache_key")
+        return self._allocate(cache_desc, keys, True, "allocate_blocks_cache")
+
+    def deallocate_cache(self, cache):
+        """As CacheManager.deallocate_cache; a cache of this manager has no per_device_tensor_addrs
+        after it, as in v1."""
+        super().deallocate_cache(cache)
+        if self._engine._holds(cache):
+            cache._deallocated = True
+
+    def remove_cache_key(self, cache_key):
+        """As CacheManager.remove_cache_key: a prompt's call."""
+        self._require_live()
+        self._require_role("remove_cache_key", LLMRole.PROMPT)
+        super().remove_cache_key(cache_key)
+
+    def pull_cache(self, cache_key, kv_cache, batch_index=0, size=-1, **kwargs):
+        """Pull a prompt's batch entry (by CacheKey, whose reference the prompt then drops, or by
+        CacheKeyByIdAndIndex) into batch entry batch_index of kv_cache: `size` bytes of each tensor
+        (-1: all). Keywords: src_layer_range, dst_layer_range, tensor_num_per_layer, and v1's
+        src_cache_offset and dst_cache_offset, which llmdd does not move bytes at yet."""
+        self._require_live()
+        self._require_role("pull_cache", LLMRole.DECODER)
+        check_type("cache_key", cache_key, (CacheKey, CacheKeyByIdAndIndex))
+        check_type("kv_cache", kv_cache, KvCache)
+        require(kv_cache.cache_desc.placement == Placement.DEVICE, "pull_cache needs a DEVICE kv_cache")
+        check_int("size", size, INT64)
+        check_int("batch_index", batch_index, UINT32)
+        require(size == -1 or size > 0, f"size must be -1 or > 0, got {size}")
+        offsets = {name: kwargs.pop(name, None) for name in ("src_cache_offset", "dst_cache_offset")}
+        for name, offset in offsets.items():   # None: not given (v1's check_positive_or_set_default)
+            if offset is not None and check_int(name, offset, INT64) < 0:
+                raise ValueError(f"{name} must be >= 0, got {offset}")
+        if isinstance(cache_key, CacheKey):
+            check_cache_key(cache_key)
+        self._check_layers(kwargs)
+        given = [name for name, offset in offsets.items() if offset is not None]
+        if given:
+            raise not_enabled(f"pull_cache's {' and '.join(given)}")
+        self._transferred("pull_cache", lambda agent: agent.pull_cache(
+            cache_key.cluster_id, cache_key, self._entry(kv_cache), batch_index, size, **self._layers(kwargs)))
+
+    def pull_blocks(self, prompt_cache_key, decoder_kv_cache, prompt_blocks, decoder_blocks, **kwargs):
+        """Pull blocks prompt_blocks of a prompt's blocks cache (its BlocksCacheKey) into blocks
+        decoder_blocks of decoder_kv_cache, pair by pair. Keywords: src_layer_range,
+        dst_layer_range, tensor_num_per_layer."""
+        self._require_live()
+        self._require_role("pull_blocks", LLMRole.DECODER)
+        check_type("prompt_cache_key", prompt_cache_key, BlocksCacheKey)
+        check_type("decoder_kv_cache", decoder_kv_cache, KvCache)
+        check_ints("prompt_blocks", prompt_blocks, containers=list)
+        check_ints("decoder_blocks", decoder_blocks, containers=list)
+        require(decoder_kv_cache.cache_desc.placement == Placement.DEVICE, "pull_blocks needs a DEVICE kv_cache")
+        require(len(prompt_blocks) > 0 and len(decoder_blocks) > 0, "prompt_blocks and decoder_blocks are empty")
+        require(len(prompt_blocks) == len(decoder_blocks), "prompt_blocks and decoder_blocks differ in length")
+        self._check_layers(kwargs)
+        self._transferred("pull_blocks", lambda agent: agent.pull_blocks(
+            prompt_cache_key.cluster_id, prompt_cache_key, self._entry(decoder_kv_cache), list(prompt_blocks),
+            list(decoder_blocks), **self._layers(kwargs)))
+
+    # v1's KvCacheManager has no push (pushes are cache-manager mode's): not there, as in CANN.
+    @property
+    def push_cache(self):
+        raise AttributeError("v1's KvCacheManager has no push_cache: pushes need llm.EnableCacheManager")
+
+    @property
+    def push_blocks(self):
+        raise AttributeError("v1's KvCacheManager has no push_blocks: pushes need llm.EnableCacheManager")
 
 

@@ -1,16 +1,16 @@
 """CANN's v2/llm_datadist module: LLMDataDist over llmdd's engine.
 
 One LLMDataDist is one llmdd.LlmDataDist engine: init passes CANN's options to the engine as they
-are (the engine listens on llm.listenIpInfo), and the cache manager and the links act through the
-engine's one CacheRegistry and one TransferService. What llmdd does not implement yet (rank-table
-links, role switches) checks its arguments as CANN does and then raises
+are (the engine listens where CANN's would), and the cache manager and the links act through the
+engine's one CacheRegistry and one TransferService, in both of CANN's modes. What llmdd does not
+implement yet (rank-table links, role switches) checks its arguments as CANN does and then raises
 LLMException(LLM_FEATURE_NOT_ENABLED): no CANN method is missing.
 """
 from ... import _datadist
 from ... import _options as keys
 from ..._limits import INT32, UINT32, UINT64
 from ..configs import LLMClusterInfo, LLMRole
-from ..status import LLMStatusCode, not_enabled, reraising, status_of
+from ..status import LLMException, LLMStatusCode, not_enabled, reraising, status_of
 from ..utils.utils import check_int, check_sequence, check_str_dict, check_type, require
 from .cache_manager import CacheManager, KvCacheManager
 
@@ -71,12 +71,12 @@ class LLMDataDist:
         LLMDataDist.llm_engine_instance = self
 
     def _transfer_agent(self, call):
-        """The TransferAgent of the engine's one transfer service."""
-        require(self._cache_manager_mode, f"{call}: llmdd transfers in cache-manager mode only "
-                f"({keys.ENABLE_CACHE_MANAGER}=1, LLMConfig.enable_cache_manager)",
-                LLMStatusCode.LLM_FEATURE_NOT_ENABLED)
-        with reraising:
+        """The TransferAgent of the engine's one transfer service (either mode); an LLMException
+        naming `call` when it cannot be had."""
+        try:
             return self._engine._transfer_service().agent
+        except LLMException as error:
+            raise LLMException(f"{call}: {error}", status_of(error.status_code)) from None
 
     def _checked_options(self, options):
         """CANN's option rules before the engine sees them; sets the cache-manager mode."""
@@ -102,9 +102,11 @@ class LLMDataDist:
         if cache_manager_mode and keys.PY_LISTEN_IP_INFO in options:
             _check_listen_ip_info(options[keys.PY_LISTEN_IP_INFO])
         if not cache_manager_mode:
-            # v1 mode transfers nothing in llmdd yet (docs/dropin.md): its engine does not listen.
+            listen_ip_info = _v1_listen_ip_info(options, self._role)
             for key in keys.LISTEN_IP_INFO_KEYS:
                 options.pop(key, None)
+            if listen_ip_info is not None:   # the engine serves a v1 prompt's caches from init on
+                options[keys.PY_LISTEN_IP_INFO] = listen_ip_info
         require(options.get(keys.ENABLE_REMOTE_CACHE_ACCESSIBLE, "0") in ("0", "1"),
                 f"{keys.ENABLE_REMOTE_CACHE_ACCESSIBLE} must be '0' or '1', "
                 f"got {options.get(keys.ENABLE_REMOTE_CACHE_ACCESSIBLE)!r}")
@@ -175,10 +177,17 @@ class LLMDataDist:
         raise not_enabled("query_register_mem_status")
 
     def check_link_status(self, remote_cluster_id):
-        """Whether the link to a cluster is up (v1 mode). Not implemented by llmdd yet."""
+        """None when the link this decoder made to a cluster is up (v1 mode); else LLMException:
+        LLM_NOT_YET_LINK for a cluster it has not linked, LLM_LINK_FAILED for a link whose peer
+        is gone (its connection closed, or silent past the keepalive limit)."""
         self._require_mode("check_link_status", False)
         check_int("remote_cluster_id", remote_cluster_id, UINT64)
-        raise not_enabled("check_link_status")
+        # v1's CheckLinkStatus is the decoder's, the side that links (llm_datadist.cc CheckLinkStatus).
+        require(self._role == LLMRole.DECODER, f"check_link_status is a DECODER's call, not a {self._role.name}'s")
+        from ...transfer._agent import link_status   # loaded with the agent
+        status = status_of(link_status(self._transfer_agent("check_link_status"), remote_cluster_id))
+        if status != LLMStatusCode.LLM_SUCCESS:
+            raise LLMException(f"check_link_status of cluster {remote_cluster_id} failed: {status.name}", status)
 
     def _check_clusters(self, clusters, timeout):
         self._require_initialized()
@@ -196,6 +205,9 @@ class LLMDataDist:
             for cluster in clusters:
                 require(bool(cluster.local_ip_info_list), "local_ip_info_list is empty: call append_local_ip_info "
                                                           f"(or set {keys.LOCAL_COMM_RES})")
+        elif not self._cache_manager_mode and (self._role != LLMRole.DECODER or not _v1_clusters_well_formed(clusters)):
+            # v1's link is the decoder's (llm_datadist.cc LinkClusters): a status, as its C++ answers.
+            return LLMStatusCode.LLM_PARAM_INVALID, []
         status, statuses = self._linked("link_clusters", clusters, lambda agent, targets: agent.link(targets, timeout))
         self._has_linked = self._has_linked or any(each == LLMStatusCode.LLM_SUCCESS for each in statuses)
         return status, statuses
@@ -204,6 +216,8 @@ class LLMDataDist:
         """Unlink clusters, returning (status, [status per cluster]); force tears down only this side."""
         self._check_clusters(clusters, timeout)
         check_type("force", force, bool)
+        if not self._cache_manager_mode and not _v1_clusters_well_formed(clusters):
+            return LLMStatusCode.LLM_PARAM_INVALID, []
         # The hixl backend names the clusters to unlink by id alone (hixl_transfer_engine.cc).
         by_id = keys.TRANSFER_BACKEND in self._options
         return self._linked("unlink_clusters", clusters,
@@ -238,6 +252,49 @@ class LLMDataDist:
         if keys.PY_LISTEN_IP_INFO in options:
             _check_listen_ip_info(options[keys.PY_LISTEN_IP_INFO])
         raise not_enabled("switch_role")
+
+
+def _v1_clusters_well_formed(clusters):
+    """v1's rule for the clusters of a link or unlink (link_manager.cc CheckClusterInfo): at least
+    one, each with as many local as remote ip infos, one per device (llmdd's one), and the same
+    local ip infos on all."""
+    return bool(clusters) and all(
+        len(cluster.local_ip_info_list) == len(cluster.remote_ip_info_list) == 1
+        and cluster.local_ip_info_list == clusters[0].local_ip_info_list for cluster in clusters)
+
+
+def _v1_listen_ip_info(options, role):
+    """Where a v1 prompt serves its caches, as the engine's "ip:port" (its first device's), or None.
+    v1 listens where llm.ClusterInfo's listen_ip_info says, else where llm.listenIpInfo does, one
+    "ip:port" per device (v2/config.py gen_cluster_info_if_not_exist); only a prompt listens."""
+    if role != LLMRole.PROMPT:
+        return None
+    if keys.CLUSTER_INFO in options:
+        return _cluster_info_listen_ip_info(options[keys.CLUSTER_INFO])
+    listen_ip_info = options.get(keys.PY_LISTEN_IP_INFO)
+    if listen_ip_info is None:
+        return None
+    devices = next((options[key] for key in keys.DEVICE_ID_KEYS if key in options), "0").split(";")
+    per_device = listen_ip_info.split(";")
+    require(len(per_device) == len(devices),
+            f"{keys.PY_LISTEN_IP_INFO} has {len(per_device)} ip infos for {len(devices)} devices")
+    for each in per_device:
+        _check_listen_ip_info(each)
+    return per_device[0]
+
+
+def _cluster_info_listen_ip_info(cluster_info):
+    """The first listen_ip_info of llm.ClusterInfo ({"ip": CANN's integer form, "port": ...}) as
+    "ip:port"; a prompt's cluster info must name one (flow_graph_manager.cc DeployInfo)."""
+    import json   # only for this option: keeps init light
+    try:
+        listen = json.loads(cluster_info)["listen_ip_info"][0]
+        ip, port = listen["ip"], listen["port"]
+    except (ValueError, TypeError, LookupError):
+        ip = port = None
+    require(type(ip) is int and type(port) is int,
+            f"{keys.CLUSTER_INFO} names no listen_ip_info {{'ip': int, 'port': int}} for a prompt: {cluster_info!r}")
+    return f"{_dotted(ip)}:{port}"
 
 
 def _check_listen_ip_info(listen_ip_info):

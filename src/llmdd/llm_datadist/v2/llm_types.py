@@ -138,11 +138,14 @@ class Cache(_datadist.Cache):
 
 
 class KvCache(Cache):
-    """A v1 cache: its addresses per device (llmdd's engine has one device)."""
+    """A v1 cache: its addresses per device (llmdd's engine has one device), none once
+    kv_cache_manager.deallocate_cache released it (v1's rule, whatever its keys still hold)."""
+
+    _deallocated = False
 
     @property
     def per_device_tensor_addrs(self):
-        return [self.tensor_addrs]
+        return [] if self._deallocated else [self.tensor_addrs]
 
 
 def _key_arguments(kind, args, kwargs, positional, required):
