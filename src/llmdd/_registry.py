@@ -79,13 +79,14 @@ class CacheRegistry:
     """One initialization of an engine: its caches by id and key, with their references. It holds
     the engine weakly: an engine dropped without Finalize is not kept alive by its peers' links."""
 
-    def __init__(self, engine, serves_by_id=False, remote_accessible=False):
+    def __init__(self, engine, serves_by_id=False, remote_cache_accessible=False):
         """serves_by_id: whether peers may name the engine's other caches by id (it listens, or
-        opened them to remote access); remote_accessible: whether peers may write into those."""
+        opened them to remote access; SetRole changes it); remote_cache_accessible: whether peers may
+        write into those."""
         self._engine_ref = weak_ref(engine)
         self.initialization = engine._initialization
-        self._serves_by_id = serves_by_id
-        self._remote_accessible = remote_accessible
+        self.serves_by_id = serves_by_id
+        self.remote_cache_accessible = remote_cache_accessible
         self._records = {}      # cache_id -> _Record
         self._names = {}        # local name -> (cache_id, batch index it names)
         self._lock = allocate_lock()
@@ -174,18 +175,18 @@ class CacheRegistry:
     def entry(self, cache_id):
         """The CacheEntry of a live cache of the engine, or None."""
         record = self._records.get(cache_id)
-        if record is not None or not self._serves_by_id:
+        if record is not None or not self.serves_by_id:
             return None if record is None else record.entry
         engine = self._live_engine()
         layout = None if engine is None else engine._layout_by_id(cache_id)
-        return None if layout is None else CacheEntry(layout, None, self._remote_accessible)
+        return None if layout is None else CacheEntry(layout, None, self.remote_cache_accessible)
 
     def entry_of(self, cache):
         """The CacheEntry of a Cache object of the engine's (the C++ API's calls name their local
         cache so); ValueError for a cache the engine does not hold."""
         layout = self._engine()._layout(cache)
         record = self._records.get(layout.cache_id)
-        return record.entry if record is not None else CacheEntry(layout, None, self._remote_accessible)
+        return record.entry if record is not None else CacheEntry(layout, None, self.remote_cache_accessible)
 
     def find(self, key):
         """(CacheEntry, batch index) of the cache a key names, or None."""

@@ -2,8 +2,8 @@
 
 One LLMDataDist is one llmdd.LlmDataDist engine: init passes CANN's options to the engine as they
 are (the engine listens on llm.listenIpInfo), and the cache manager and the links act through the
-engine's one CacheRegistry and one TransferService. What llmdd does not implement yet (rank-table
-links, role switches) checks its arguments as CANN does and then raises
+engine's one CacheRegistry and one TransferService; switch_role is the engine's SetRole. What llmdd
+does not implement yet (rank-table links) checks its arguments as CANN does and then raises
 LLMException(LLM_FEATURE_NOT_ENABLED): no CANN method is missing.
 """
 from ... import _datadist
@@ -225,19 +225,43 @@ class LLMDataDist:
         return status_of(status), [status_of(each) for each in statuses]
 
     def switch_role(self, role, switch_options=None):
-        """Change this cluster's role. Not implemented by llmdd yet."""
+        """Change this cluster's role; refused while a link, made either way, is up
+        (LLM_EXIST_LINK). Cache-manager mode listens on switch_options' llm.listenIpInfo from
+        then on, and on nothing without it, whatever the role (llm_link_manager.cc, SwitchRole);
+        with llm.TransferBackend the listener stays where init put it. v1 mode needs a new role,
+        and llm.listenIpInfo for PROMPT, on which a PROMPT listens; it needs
+        LLMConfig.enable_switch_role (else LLM_FEATURE_NOT_ENABLED, docs LLMStatusCode.md)."""
         self._require_initialized()
         check_type("role", role, LLMRole)
-        if switch_options is not None:
-            check_type("switch_options", switch_options, dict)
-        options = switch_options or {}
         if not self._cache_manager_mode:
             require(role != self._role, f"the role is already {role.name}")
-            require(role != LLMRole.PROMPT or keys.PY_LISTEN_IP_INFO in options,
-                    f"switching to PROMPT needs {keys.PY_LISTEN_IP_INFO} in switch_options")
-        if keys.PY_LISTEN_IP_INFO in options:
-            _check_listen_ip_info(options[keys.PY_LISTEN_IP_INFO])
-        raise not_enabled("switch_role")
+        if switch_options is not None:
+            check_type("switch_options", switch_options, dict)
+        listen_ip_info = (switch_options or {}).get(keys.PY_LISTEN_IP_INFO)
+        if self._cache_manager_mode:
+            if listen_ip_info is not None:
+                _check_listen_ip_info(listen_ip_info)
+            if keys.TRANSFER_BACKEND in self._options:
+                # hixl_transfer_engine.cc, SwitchRole: the listener cannot move, and links may stay.
+                require(listen_ip_info in (None, self._options[keys.PY_LISTEN_IP_INFO]),
+                        f"with {keys.TRANSFER_BACKEND} the listener stays on "
+                        f"{self._options[keys.PY_LISTEN_IP_INFO]}", LLMStatusCode.LLM_FEATURE_NOT_ENABLED)
+                self._role = role
+                return
+        else:
+            if role == LLMRole.PROMPT:
+                require(listen_ip_info is not None, f"switching to PROMPT needs {keys.PY_LISTEN_IP_INFO} "
+                                                    "in switch_options")
+                _check_listen_ip_info(listen_ip_info)
+            else:
+                listen_ip_info = None   # only a PROMPT listens in v1 (llm_datadist.py passes no address)
+            require(self._options.get(keys.ENABLE_SWITCH_ROLE) == "1",
+                    f"switch_role needs {keys.ENABLE_SWITCH_ROLE}=1 (LLMConfig.enable_switch_role) in v1 mode",
+                    LLMStatusCode.LLM_FEATURE_NOT_ENABLED)
+        role_options = {} if listen_ip_info is None else {keys.PY_LISTEN_IP_INFO: listen_ip_info}
+        with reraising:
+            self._engine.set_role(role.value, role_options)
+        self._role = role
 
 
 def _check_listen_ip_info(listen_ip_info):
