@@ -1,12 +1,17 @@
 """CANN's rules a client meets between processes: a second registration under a key (SGLang's KV pool
-and aux buffer under one BlocksCacheKey), and which caches remote-accessible mode moves.
+and aux buffer under one BlocksCacheKey), which caches remote-accessible mode moves, and the
+LLMDataDist finalized at exit.
 
 Sources are cited as <file>:<line> of the hixl repository (src/llm_datadist/ for the C++).
 """
+import json
+import subprocess
+import sys
+
 import numpy
 import pytest
 from support.dropin import POOL, options
-from support.network import free_port, mooncake_missing
+from support.network import free_port, listening, mooncake_missing
 from support.patterns import memory, pattern
 from support.peer import Peer
 
@@ -229,3 +234,64 @@ def test_allocated_caches_are_remote_accessible_in_remote_access_mode(local, pro
     manager.deallocate_blocks_cache(blocks)
     manager.deallocate_cache(whole)
 
+
+EXIT_SCRIPT = """
+import atexit, json, socket, sys
+
+def after_the_drop_ins_handler():
+    # Registered before the drop-in is imported, so it runs after the drop-in's own handler.
+    from llmdd.llm_datadist import LLMDataDist
+    with socket.socket() as probe:
+        still_listening = probe.connect_ex(("127.0.0.1", PORT)) == 0
+    print(json.dumps({"finalized": LLMDataDist.llm_engine_instance is None, "listening": still_listening}),
+          flush=True)
+
+atexit.register(after_the_drop_ins_handler)
+from llmdd.llm_datadist import *
+config = LLMConfig()
+config.device_id = 0
+config.local_comm_res = ""
+config.listen_ip_info = "127.0.0.1:PORT"
+datadist = LLMDataDist(LLMRole.PROMPT, 7)
+datadist.init(config.generate_options())
+print(json.dumps({"ready": True}), flush=True)
+sys.stdin.readline()   # the test linked and pulled meanwhile: exit with the link up, without finalize
+"""
+
+
+def test_an_llmdatadist_left_initialized_is_finalized_at_exit(local):
+    # llm_datadist.py:453-465: the module's _shutdown_handler, registered with atexit, finalizes the
+    # initialized LLMDataDist: its link ends and its listener closes; the process exits cleanly.
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-c", EXIT_SCRIPT.replace("PORT", str(port))], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert json.loads(process.stdout.readline()) == {"ready": True}
+        decoder = local(LLMRole.DECODER, DECODER_ID, local_comm_res="")
+        assert decoder.link_clusters([cluster_info(7, port)], 5000) == (SUCCESS, [SUCCESS])
+        stdout, stderr = process.communicate("\n", timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0 and "Traceback" not in stderr, stderr[-4000:]
+    assert json.loads(stdout) == {"finalized": True, "listening": False}
+    assert not listening(port)
+
+
+def test_the_exit_handler_logs_an_llm_exception_of_finalize_and_goes_on(caplog, monkeypatch):
+    # llm_datadist.py:453-462: another framework may have finalized the LLMDataDist already.
+    from llmdd.llm_datadist.v2.llm_datadist import _shutdown_handler
+
+    class FinalizedElsewhere:
+        cluster_id = 3
+
+        def finalize(self):
+            raise LLMException("finalized already", LLMStatusCode.LLM_FAILED)
+
+    monkeypatch.setattr(LLMDataDist, "llm_engine_instance", None)
+    _shutdown_handler()                                          # nothing initialized: nothing to do
+    monkeypatch.setattr(LLMDataDist, "llm_engine_instance", FinalizedElsewhere())
+    with caplog.at_level("WARNING", logger="llmdd.llm_datadist"):
+        _shutdown_handler()
+    assert "finalized already" in caplog.text

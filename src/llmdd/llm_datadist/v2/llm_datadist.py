@@ -4,13 +4,16 @@ One LLMDataDist is one llmdd.LlmDataDist engine: init passes CANN's options to t
 are (the engine listens on llm.listenIpInfo), and the cache manager and the links act through the
 engine's one CacheRegistry and one TransferService; switch_role is the engine's SetRole. What llmdd
 does not implement yet (rank-table links) checks its arguments as CANN does and then raises
-LLMException(LLM_FEATURE_NOT_ENABLED): no CANN method is missing.
+LLMException(LLM_FEATURE_NOT_ENABLED): no CANN method is missing. As CANN's, the module finalizes
+the process's initialized LLMDataDist at exit (_shutdown_handler).
 """
+import atexit
+
 from ... import _datadist
 from ... import _options as keys
 from ..._limits import INT32, UINT32, UINT64
 from ..configs import LLMClusterInfo, LLMRole
-from ..status import LLMStatusCode, not_enabled, reraising, status_of
+from ..status import LLMException, LLMStatusCode, not_enabled, reraising, status_of
 from ..utils.utils import check_int, check_sequence, check_str_dict, check_type, require
 from .cache_manager import CacheManager, KvCacheManager
 
@@ -125,7 +128,9 @@ class LLMDataDist:
         return manager is self._manager and self._engine.initialized
 
     def _require_initialized(self):
-        require(self._engine.initialized, "LLMDataDist is not initialized: call init first", LLMStatusCode.LLM_FAILED)
+        # CANN raises RuntimeError here, not LLMException (llm_datadist.py, _check_is_inited).
+        if not self._engine.initialized:
+            raise RuntimeError("LLMDataDist is not initialized: call init first")
 
     def _require_mode(self, name, cache_manager_mode):
         self._require_initialized()
@@ -272,3 +277,20 @@ def _check_listen_ip_info(listen_ip_info):
             f"{keys.PY_LISTEN_IP_INFO}={listen_ip_info!r} is not 'ip:port'")
 
 
+def _shutdown_handler():
+    """At exit, finalize the process's initialized LLMDataDist, as CANN's package does: its links
+    end and its listener closes before the interpreter goes. An LLMException (another framework
+    may have finalized it already) is logged, not raised."""
+    datadist = LLMDataDist.llm_engine_instance
+    if datadist is None:
+        return
+    import logging   # at exit only: importing the drop-in stays light
+    log = logging.getLogger("llmdd.llm_datadist")
+    log.info("finalizing the LLMDataDist of cluster %s at exit", datadist.cluster_id)
+    try:
+        datadist.finalize()
+    except LLMException as error:
+        log.warning("finalizing the LLMDataDist at exit failed: %s", error)
+
+
+atexit.register(_shutdown_handler)
