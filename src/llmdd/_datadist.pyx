@@ -675,6 +675,35 @@ cdef class LlmDataDist(EngineCore):
         """Write blocks src_blocks of the device cache src_cache into blocks dst_blocks of the remote cache."""
         return self.transfer_call("push_blocks", (src_cache, dst_cache_index, src_blocks, dst_blocks, ext_param))
 
+    def SetRole(self, role, options=None):
+        """Take `role` (an LlmRole), and serve linking peers on options' llm.ListenIpInfo from now
+        on, or none without it: the listener starts, moves to a new address or stops (the role
+        itself changes nothing else, as in LLM-DataDist v2). LLM_EXIST_LINK while any link, made
+        either way, is up: unlink first. LLM_PARAM_INVALID for a malformed address."""
+        new_role = enum_class(ROLE_ENUM)(as_integer(role, "role"))
+        from ._options import OptionError, parse_role_options
+        malformed = None
+        try:
+            listen_ip_info = parse_role_options({} if options is None else options)
+        except OptionError as error:
+            malformed = error
+        self._runtime.last_error = ACL_SUCCESS
+        if not self._initialized:
+            return _status(LLM_FAILED)
+        if malformed is not None:
+            self._runtime.explain(str(malformed))
+            return malformed.status_code
+        status = self._services.listen(listen_ip_info)
+        if status == LLM_SUCCESS:
+            self._role = new_role
+        return _status(status)
+
+    def set_role(self, role, options=None):
+        """SetRole, raising LLMException unless it succeeds."""
+        status = self.SetRole(role, options)
+        if status != LLM_SUCCESS:
+            raise self.exception(status, "set_role")
+
     def Finalize(self):
         """End this engine's links, free every cache it holds and release the device. Later
         calls answer LLM_FAILED until the next Initialize. Memory still exported to views,

@@ -4,7 +4,8 @@ first need: its cache registry (_registry) and its one transfer service (llmdd.t
 The engine makes an EngineServices at each Initialize, before it says it is initialized; the
 registry and the service are imported and made only when first needed, so `import llmdd` loads
 neither. The service is made at Initialize for an engine that listens (llm.ListenIpInfo), else
-at the first transfer call of either API (the C++ API's and the drop-in's).
+at the first transfer call of either API (the C++ API's and the drop-in's); SetRole, which starts,
+moves or stops the listener, makes it anew.
 """
 from _thread import RLock   # threading's own lock, without importing threading
 from _weakref import ref as weak_ref
@@ -49,9 +50,8 @@ class EngineServices:
         with self._making:
             if self._registry is None:
                 from ._registry import CacheRegistry
-                options = self.options
-                serves_by_id = options.listen_ip_info is not None or options.remote_cache_accessible
-                self._registry = CacheRegistry(self._current_engine(), serves_by_id, options.remote_cache_accessible)
+                self._registry = CacheRegistry(self._current_engine(), self._serves_by_id(),
+                                               self.options.remote_cache_accessible)
             return self._registry
 
     def service(self):
@@ -67,6 +67,45 @@ class EngineServices:
             # A Finalize on another thread waits for the making, then closes the service.
             self._current_engine()
             return self._service
+
+    def listen(self, listen_ip_info):
+        """SetRole's status: serve linking peers on listen_ip_info ("ip:port") from now on, or on
+        nothing (None). LLM_EXIST_LINK while any link, made either way, is up (docs/facts.md section 1);
+        the same address again changes nothing. A new address takes a new service: with no link
+        there is nothing of the old one to keep."""
+        with self._making:
+            try:
+                self._current_engine()
+            except LLMException as error:
+                return error.status_code
+            service = self._service
+            if service is not None and service.agent.linked_clusters():
+                return _desc.LLMStatusCode.LLM_EXIST_LINK
+            if listen_ip_info == self.options.listen_ip_info:
+                return _desc.LLMStatusCode.LLM_SUCCESS
+            self._service = None
+            if service is not None:
+                service.close()
+            self._listen_on(listen_ip_info)
+            if listen_ip_info is None:
+                return _desc.LLMStatusCode.LLM_SUCCESS
+            try:
+                self.service()
+            except LLMException as error:   # nothing listens then, as after CANN's failed restart
+                self._listen_on(None)
+                return error.status_code
+            return _desc.LLMStatusCode.LLM_SUCCESS
+
+    def _listen_on(self, listen_ip_info):
+        """The address the next service listens on, and the registry's rule that follows from it."""
+        self.options.listen_ip_info = listen_ip_info
+        if self._registry is not None:
+            self._registry.serves_by_id = self._serves_by_id()
+
+    def _serves_by_id(self):
+        """Whether peers may name the engine's other caches by id: it listens, or opened them to
+        remote access."""
+        return self.options.listen_ip_info is not None or self.options.remote_cache_accessible
 
     def act(self, act):
         """act(service)'s status: a C++ API call whose arguments were converted already."""

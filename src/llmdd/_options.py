@@ -190,13 +190,36 @@ def parse_link_secret(options):
     return os.environ.get(LINK_SECRET_VARIABLE) or None
 
 
-def parse_options(options):
-    """EngineOptions from Initialize's map; OptionError for a malformed known value."""
+def parse_listen_ip_info(options):
+    """The 'ip:port' an engine serves linking peers on (either spelling of the key), or None."""
+    listen_ip_infos = {options[key] for key in LISTEN_IP_INFO_KEYS if key in options}
+    if len(listen_ip_infos) > 1:
+        raise OptionError(f"{' and '.join(LISTEN_IP_INFO_KEYS)} name different addresses")
+    if not listen_ip_infos:
+        return None
+    listen_ip_info = listen_ip_infos.pop()
+    parse_ip_port(listen_ip_info, LISTEN_IP_INFO)
+    return listen_ip_info
+
+
+def _check_option_types(options):
     if not hasattr(options, "items"):
         raise TypeError(f"options must be a dict of str to str, not {type(options).__name__}")
     for key, value in options.items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise TypeError(f"options must map str to str, got {key!r}: {value!r}")
+
+
+def parse_role_options(options):
+    """SetRole's map: the 'ip:port' to serve linking peers on from then on, or None to serve none;
+    OptionError for a malformed address. Its other keys are ignored, as the C++ library ignores them."""
+    _check_option_types(options)
+    return parse_listen_ip_info(options)
+
+
+def parse_options(options):
+    """EngineOptions from Initialize's map; OptionError for a malformed known value."""
+    _check_option_types(options)
     parsed = EngineOptions()
     device_ids = {parse_decimal(options[key], key, 0, INT32[1]) for key in DEVICE_ID_KEYS if key in options}
     if len(device_ids) > 1:
@@ -205,12 +228,7 @@ def parse_options(options):
         parsed.device_id = device_ids.pop()
     if SYNC_KV_WAIT_TIME in options:
         parsed.transfer.sync_timeout_ms = parse_decimal(options[SYNC_KV_WAIT_TIME], SYNC_KV_WAIT_TIME, 1, INT32[1])
-    listen_ip_infos = {options[key] for key in LISTEN_IP_INFO_KEYS if key in options}
-    if len(listen_ip_infos) > 1:
-        raise OptionError(f"{' and '.join(LISTEN_IP_INFO_KEYS)} name different addresses")
-    if listen_ip_infos:
-        parsed.transfer.listen_ip_info = listen_ip_infos.pop()
-        parse_ip_port(parsed.transfer.listen_ip_info, LISTEN_IP_INFO)
+    parsed.transfer.listen_ip_info = parse_listen_ip_info(options)
     if TRANSFER_PROTOCOL in options:
         if options[TRANSFER_PROTOCOL] not in TRANSFER_PROTOCOLS:
             raise OptionError(f"{TRANSFER_PROTOCOL}={options[TRANSFER_PROTOCOL]!r} is not one of "

@@ -18,8 +18,8 @@ engine underneath knows only ids (LlmDataDist.AllocateCache, RegisterKvCache, pi
 A lock makes each operation whole: the transfer layer's threads read the registry while the
 caller's thread changes it.
 
-Interface the transfer layer relies on: entry(cache_id), entry_of(cache), find(key), pin(cache_id)
-and release_key(key).
+Interface the transfer layer relies on: entry(cache_id), entry_of(cache), find(key), pin(cache_id),
+release_key(key) and remote_cache_accessible.
 """
 from _thread import allocate_lock  # threading's own lock, without importing threading
 from _weakref import ref as weak_ref  # weakref's own ref, without importing weakref (import cost)
@@ -79,13 +79,15 @@ class CacheRegistry:
     """One initialization of an engine: its caches by id and key, with their references. It holds
     the engine weakly: an engine dropped without Finalize is not kept alive by its peers' links."""
 
-    def __init__(self, engine, serves_by_id=False, remote_accessible=False):
+    def __init__(self, engine, serves_by_id=False, remote_cache_accessible=False):
         """serves_by_id: whether peers may name the engine's other caches by id (it listens, or
-        opened them to remote access); remote_accessible: whether peers may write into those."""
+        opened them to remote access; SetRole changes it); remote_cache_accessible: the engine's
+        llm.EnableRemoteCacheAccessible, under which peers may write into those and into the caches
+        it allocates, and a transfer's local cache must be remote-accessible (as in v2)."""
         self._engine_ref = weak_ref(engine)
         self.initialization = engine._initialization
-        self._serves_by_id = serves_by_id
-        self._remote_accessible = remote_accessible
+        self.serves_by_id = serves_by_id
+        self.remote_cache_accessible = remote_cache_accessible
         self._records = {}      # cache_id -> _Record
         self._names = {}        # local name -> (cache_id, batch index it names)
         self._lock = allocate_lock()
@@ -108,21 +110,26 @@ class CacheRegistry:
     def allocate(self, desc, cache, keys=(), *, is_blocks_cache):
         """AllocateCache into `cache`, named by its id and by each key. A key already naming a
         cache, a key given twice, or more keys than batch entries is LLM_PARAM_INVALID (as in
-        v2's cache manager), and nothing is allocated."""
+        v2's cache manager), and nothing is allocated. Remote-accessible in the engine's
+        remote-access mode: v2 makes every allocation so (cache_manager.cc, CreateCacheEntry)."""
         with self._lock:
             engine = self._live_engine()
-            status = self._check_new_keys(desc, keys) if engine is not None else _FAILED
+            status = self._check_keys(desc, keys, bound_is_invalid=True) if engine is not None else _FAILED
             if status == _SUCCESS:
                 status = engine.AllocateCache(desc, cache)
             if status == _SUCCESS:
-                self._add(CacheEntry(engine._layout(cache), is_blocks_cache, False), keys)
+                self._add(CacheEntry(engine._layout(cache), is_blocks_cache, self.remote_cache_accessible), keys)
             return status
 
     def register(self, desc, addrs, cache, keys=(), *, is_blocks_cache, remote_accessible):
-        """RegisterKvCache of memory the caller owns, named by its id and by each key."""
+        """RegisterKvCache of memory the caller owns, named by its id and by each key. A key naming
+        another cache already is no refusal, as in v2 (only Allocate checks keys): a BlocksCacheKey
+        then names the cache registered last, a CacheKey keeps naming the cache it named
+        (cache_manager.cc, AddCacheIndices). A key given twice, or more keys than batch entries,
+        is LLM_PARAM_INVALID."""
         with self._lock:
             engine = self._live_engine()
-            status = self._check_new_keys(desc, keys) if engine is not None else _FAILED
+            status = self._check_keys(desc, keys, bound_is_invalid=False) if engine is not None else _FAILED
             if status == _SUCCESS:
                 status = engine.RegisterKvCache(desc, addrs, cache)
             if status == _SUCCESS:
@@ -174,18 +181,18 @@ class CacheRegistry:
     def entry(self, cache_id):
         """The CacheEntry of a live cache of the engine, or None."""
         record = self._records.get(cache_id)
-        if record is not None or not self._serves_by_id:
+        if record is not None or not self.serves_by_id:
             return None if record is None else record.entry
         engine = self._live_engine()
         layout = None if engine is None else engine._layout_by_id(cache_id)
-        return None if layout is None else CacheEntry(layout, None, self._remote_accessible)
+        return None if layout is None else CacheEntry(layout, None, self.remote_cache_accessible)
 
     def entry_of(self, cache):
         """The CacheEntry of a Cache object of the engine's (the C++ API's calls name their local
         cache so); ValueError for a cache the engine does not hold."""
         layout = self._engine()._layout(cache)
         record = self._records.get(layout.cache_id)
-        return record.entry if record is not None else CacheEntry(layout, None, self._remote_accessible)
+        return record.entry if record is not None else CacheEntry(layout, None, self.remote_cache_accessible)
 
     def find(self, key):
         """(CacheEntry, batch index) of the cache a key names, or None."""
@@ -202,21 +209,29 @@ class CacheRegistry:
             raise ValueError("the engine's initialization these caches belonged to is over")
         return _Pin(holder, self.entry(cache_id))
 
-    def _check_new_keys(self, desc, keys):
+    def _check_keys(self, desc, keys, bound_is_invalid):
         names = [name for name in (key.local_name() for key in keys) if name is not None]
         batch = desc.shape[0] if desc.shape else 0
         if len(keys) > batch or len(set(names)) != len(names):
             return _PARAM_INVALID
-        return _PARAM_INVALID if any(name in self._names for name in names) else _SUCCESS
+        return _PARAM_INVALID if bound_is_invalid and any(name in self._names for name in names) else _SUCCESS
 
     def _add(self, entry, keys):
+        """A new cache's record, named by each of its keys: a blocks cache takes a name over from
+        the cache it named (which stays held by its id); any other cache leaves such a name alone."""
         record = _Record(entry)
         self._records[entry.cache_id] = record
         for batch_index, key in enumerate(keys):
             name = key.local_name()
-            if name is not None:
-                self._names[name] = (entry.cache_id, batch_index)
-                record.names.add(name)
+            if name is None:
+                continue
+            named = self._names.get(name)
+            if named is not None:
+                if not entry.is_blocks_cache:
+                    continue
+                self._records[named[0]].names.discard(name)
+            self._names[name] = (entry.cache_id, batch_index)
+            record.names.add(name)
 
     def _free_if_unreferenced(self, record):
         if record.referenced():

@@ -25,6 +25,15 @@ def test_every_name_cann_exports_is_exported():
         assert getattr(llm_datadist, name) is not None
 
 
+def test_v2_list_names_cann_v2_packages_names_for_its_tests_to_bind():
+    # CANN's __init__.py: v2_list, which its tests (test_cache_manager.py, test_remote_cache_accessible.py)
+    # bind with `for item in v2_list: globals()[item] = getattr(llm_datadist, item)`.
+    from llmdd.llm_datadist import v2_list
+    assert sorted(v2_list) == sorted(name for name in CANN_EXPORTS if name != "KvCacheManager")
+    for name in v2_list:
+        assert getattr(llm_datadist, name) is not None
+
+
 # CANN's modules and the names each defines (hicann/hixl src/python/llm_datadist/llm_datadist).
 CANN_MODULES = {
     "status": ("LLMStatusCode", "LLMException", "Status"),
@@ -119,8 +128,9 @@ def test_v1_only_tensor_types_are_an_import_error():
 
 def test_import_of_the_drop_in_adds_nothing_but_enum_to_llmdd():
     # Compared with llmdd and enum imported first: an editable install's loader imports json
-    # for itself, and llmdd builds its enums (and imports enum) only on first use.
-    code = ("import sys, enum, llmdd\n"
+    # for itself, and llmdd builds its enums (and imports enum) only on first use. atexit, built
+    # into the interpreter, registers the drop-in's finalization at exit, as CANN's package does.
+    code = ("import sys, enum, atexit, llmdd\n"
             "before = set(sys.modules)\n"
             "import llmdd.llm_datadist\n"
             "print(sorted(name for name in set(sys.modules) - before if not name.startswith('llmdd.')))")

@@ -113,6 +113,21 @@ def test_initialize_answers_with_a_status(options):
             assert not dd.initialized
 
 
+listen_addresses = st.one_of(option_values, st.builds("{}.{}.{}.{}:{}".format, *[st.integers(-1, 256)] * 4,
+                                                       st.integers(-1, 70000)))
+
+
+@pytest.mark.slow   # a fuzz run: deselected by default, run by .ci/run
+@lenient
+@given(role=st.one_of(st.sampled_from(list(LlmRole)), hostile), options=st.one_of(
+    st.dictionaries(st.sampled_from(["llm.ListenIpInfo", "llm.listenIpInfo", "llm.DeviceId"]), listen_addresses,
+                    max_size=2), hostile))
+def test_set_role_answers_with_a_status(engine, role, options):
+    result = outcome(engine.SetRole, role, options)
+    assert result in DOCUMENTED or result in statuses
+    assert engine.SetRole(LlmRole.kDecoder) == llmdd.LLM_SUCCESS   # and nothing listens after it
+
+
 @pytest.mark.slow   # a fuzz run: deselected by default, run by .ci/run
 @lenient
 @given(cluster_id=hostile, role=hostile)

@@ -223,3 +223,27 @@ def test_a_finalize_run_by_a_collection_while_the_transfer_service_is_made_does_
         assert not dd.initialized
         print("ok")
     """, timeout=30)
+
+
+def test_set_role_racing_finalize_leaves_nothing_listening():
+    # SetRole makes the transfer service anew on its new address while Finalize, on another thread,
+    # stops the engine's services: whichever comes first, no listener outlives the Finalize.
+    run_child("""
+        import socket
+        dd = llmdd.LlmDataDist(0, llmdd.LlmRole.kDecoder)
+        for round in range(30):
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                port = probe.getsockname()[1]
+            assert dd.Initialize({"llm.DeviceId": "0"}) == llmdd.LLM_SUCCESS
+            statuses = []
+            switcher = threading.Thread(target=lambda: statuses.append(
+                dd.SetRole(llmdd.LlmRole.kPrompt, {"llm.ListenIpInfo": f"127.0.0.1:{port}"})))
+            switcher.start()
+            dd.Finalize()
+            switcher.join()
+            assert statuses[0] in (llmdd.LLM_SUCCESS, llmdd.LLM_FAILED), statuses
+            with socket.socket() as probe:
+                assert probe.connect_ex(("127.0.0.1", port)) != 0, f"round {round}: still listening"
+        print("ok")
+    """)

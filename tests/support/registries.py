@@ -28,6 +28,8 @@ class LocalRegistry:
     """The CacheRegistry interface over numpy memory: one slab per cache (or one array per tensor
     when `per_tensor`), key references, pins that defer a deallocation until they end."""
 
+    remote_cache_accessible = False   # transfers move any of its caches
+
     def __init__(self):
         self._lock = threading.Lock()
         self._next_id = 1

@@ -41,6 +41,11 @@ __all__ = [
     "TransferWithCacheKeyConfig", "LayerSynchronizer", "CacheTask",
 ]
 
+# CANN's list of the names of its v2 package, which its tests bind with `for item in v2_list:
+# globals()[item] = getattr(llm_datadist, item)`: every exported name but the managers (CANN's package
+# exports no CacheManager, and KvCacheManager is its v1 package's).
+v2_list = [name for name in __all__ if name not in ("CacheManager", "KvCacheManager")]
+
 
 def __getattr__(name):
     """CANN's numpy dtype tables (data_type builds them, and imports numpy, on first use); and CANN's

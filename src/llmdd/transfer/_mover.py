@@ -171,6 +171,15 @@ class Mover:
             return segments, _written("blocks", 0, -1, dst_blocks, dst_layer_range, tensor_num_per_layer)
         return self._push(remote_cluster_id, dst_key, src_entry, plan)
 
+    def _may_transfer(self, local_entry):
+        """In remote-access mode (llm.EnableRemoteCacheAccessible) a pull or push moves only
+        remote-accessible local caches: v2's transfer client refuses the others with
+        LLM_PARAM_INVALID (data_transfer_client.cc PullCacheByGet, layer_wise_transfer_job.cc)."""
+        if self._registry.remote_cache_accessible and not local_entry.remote_accessible:
+            log.warning("a transfer with cache %d refused: it is not remote accessible", local_entry.cache_id)
+            return False
+        return True
+
     def _pin_local(self, entry, hold):
         try:
             hold.enter_context(self._registry.pin(entry.cache_id))
@@ -202,6 +211,8 @@ class Mover:
         link = self._link_for(remote_cluster_id)
         if link is None:
             return LLMStatusCode.LLM_NOT_YET_LINK
+        if not self._may_transfer(local_entry):
+            return PARAM_INVALID
         try:
             # What the peer may write here: staged before PULL, copied back after its success.
             extents = _plan.destination_extents(_plan.Layout.of_entry(local_entry), mode, request["batch_index"],
@@ -254,6 +265,8 @@ class Mover:
         link = self._link_for(remote_cluster_id)
         if link is None:
             return LLMStatusCode.LLM_NOT_YET_LINK
+        if not self._may_transfer(local_entry):
+            return PARAM_INVALID
         with link.transfer_lock, contextlib.ExitStack() as hold:
             engine, status = self._engine_and_pin(local_entry, hold)
             if status != SUCCESS:

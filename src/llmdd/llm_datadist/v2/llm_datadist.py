@@ -2,10 +2,13 @@
 
 One LLMDataDist is one llmdd.LlmDataDist engine: init passes CANN's options to the engine as they
 are (the engine listens where CANN's would), and the cache manager and the links act through the
-engine's one CacheRegistry and one TransferService, in both of CANN's modes. What llmdd does not
-implement yet (rank-table links, role switches) checks its arguments as CANN does and then raises
-LLMException(LLM_FEATURE_NOT_ENABLED): no CANN method is missing.
+engine's one CacheRegistry and one TransferService, in both of CANN's modes; switch_role is the
+engine's SetRole. What llmdd does not implement yet (rank-table links) checks its arguments as CANN
+does and then raises LLMException(LLM_FEATURE_NOT_ENABLED): no CANN method is missing. As CANN's,
+the module finalizes the process's initialized LLMDataDist at exit (_shutdown_handler).
 """
+import atexit
+
 from ... import _datadist
 from ... import _options as keys
 from ..._limits import INT32, UINT32, UINT64
@@ -127,7 +130,9 @@ class LLMDataDist:
         return manager is self._manager and self._engine.initialized
 
     def _require_initialized(self):
-        require(self._engine.initialized, "LLMDataDist is not initialized: call init first", LLMStatusCode.LLM_FAILED)
+        # CANN raises RuntimeError here, not LLMException (llm_datadist.py, _check_is_inited).
+        if not self._engine.initialized:
+            raise RuntimeError("LLMDataDist is not initialized: call init first")
 
     def _require_mode(self, name, cache_manager_mode):
         self._require_initialized()
@@ -239,19 +244,43 @@ class LLMDataDist:
         return status_of(status), [status_of(each) for each in statuses]
 
     def switch_role(self, role, switch_options=None):
-        """Change this cluster's role. Not implemented by llmdd yet."""
+        """Change this cluster's role; refused while a link, made either way, is up
+        (LLM_EXIST_LINK). Cache-manager mode listens on switch_options' llm.listenIpInfo from
+        then on, and on nothing without it, whatever the role (llm_link_manager.cc, SwitchRole);
+        with llm.TransferBackend the listener stays where init put it. v1 mode needs a new role,
+        and llm.listenIpInfo for PROMPT, on which a PROMPT listens; it needs
+        LLMConfig.enable_switch_role (else LLM_FEATURE_NOT_ENABLED, docs LLMStatusCode.md)."""
         self._require_initialized()
         check_type("role", role, LLMRole)
-        if switch_options is not None:
-            check_type("switch_options", switch_options, dict)
-        options = switch_options or {}
         if not self._cache_manager_mode:
             require(role != self._role, f"the role is already {role.name}")
-            require(role != LLMRole.PROMPT or keys.PY_LISTEN_IP_INFO in options,
-                    f"switching to PROMPT needs {keys.PY_LISTEN_IP_INFO} in switch_options")
-        if keys.PY_LISTEN_IP_INFO in options:
-            _check_listen_ip_info(options[keys.PY_LISTEN_IP_INFO])
-        raise not_enabled("switch_role")
+        if switch_options is not None:
+            check_type("switch_options", switch_options, dict)
+        listen_ip_info = (switch_options or {}).get(keys.PY_LISTEN_IP_INFO)
+        if self._cache_manager_mode:
+            if listen_ip_info is not None:
+                _check_listen_ip_info(listen_ip_info)
+            if keys.TRANSFER_BACKEND in self._options:
+                # hixl_transfer_engine.cc, SwitchRole: the listener cannot move, and links may stay.
+                require(listen_ip_info in (None, self._options[keys.PY_LISTEN_IP_INFO]),
+                        f"with {keys.TRANSFER_BACKEND} the listener stays on "
+                        f"{self._options[keys.PY_LISTEN_IP_INFO]}", LLMStatusCode.LLM_FEATURE_NOT_ENABLED)
+                self._role = role
+                return
+        else:
+            if role == LLMRole.PROMPT:
+                require(listen_ip_info is not None, f"switching to PROMPT needs {keys.PY_LISTEN_IP_INFO} "
+                                                    "in switch_options")
+                _check_listen_ip_info(listen_ip_info)
+            else:
+                listen_ip_info = None   # only a PROMPT listens in v1 (llm_datadist.py passes no address)
+            require(self._options.get(keys.ENABLE_SWITCH_ROLE) == "1",
+                    f"switch_role needs {keys.ENABLE_SWITCH_ROLE}=1 (LLMConfig.enable_switch_role) in v1 mode",
+                    LLMStatusCode.LLM_FEATURE_NOT_ENABLED)
+        role_options = {} if listen_ip_info is None else {keys.PY_LISTEN_IP_INFO: listen_ip_info}
+        with reraising:
+            self._engine.set_role(role.value, role_options)
+        self._role = role
 
 
 def _v1_clusters_well_formed(clusters):
@@ -305,3 +334,20 @@ def _check_listen_ip_info(listen_ip_info):
             f"{keys.PY_LISTEN_IP_INFO}={listen_ip_info!r} is not 'ip:port'")
 
 
+def _shutdown_handler():
+    """At exit, finalize the process's initialized LLMDataDist, as CANN's package does: its links
+    end and its listener closes before the interpreter goes. An LLMException (another framework
+    may have finalized it already) is logged, not raised."""
+    datadist = LLMDataDist.llm_engine_instance
+    if datadist is None:
+        return
+    import logging   # at exit only: importing the drop-in stays light
+    log = logging.getLogger("llmdd.llm_datadist")
+    log.info("finalizing the LLMDataDist of cluster %s at exit", datadist.cluster_id)
+    try:
+        datadist.finalize()
+    except LLMException as error:
+        log.warning("finalizing the LLMDataDist at exit failed: %s", error)
+
+
+atexit.register(_shutdown_handler)
