@@ -18,9 +18,10 @@ engine underneath knows only ids (LlmDataDist.AllocateCache, RegisterKvCache, pi
 A lock makes each operation whole: the transfer layer's threads read the registry while the
 caller's thread changes it.
 
-Interface the transfer layer relies on: entry(cache_id), entry_of(cache), find(key), pin(cache_id),
-release_key(key) and remote_cache_accessible.
+Interface the transfer layer relies on: entry(cache_id), entry_of(cache), find(key), holding(extents),
+pin(cache_id), release_key(key) and remote_cache_accessible.
 """
+import bisect
 from _thread import allocate_lock  # threading's own lock, without importing threading
 from _weakref import ref as weak_ref  # weakref's own ref, without importing weakref (import cost)
 
@@ -199,6 +200,27 @@ class CacheRegistry:
         with self._lock:
             named = self._names.get(key.local_name())
             return None if named is None else (self._records[named[0]].entry, named[1])
+
+    def holding(self, extents, remote_accessible=False):
+        """For each (addr, nbytes) of `extents`, the CacheEntry one of whose regions holds it whole,
+        or None; with remote_accessible, only caches a peer may write into count. Regions are
+        sorted once a call, so a peer naming many addresses costs a binary search each."""
+        with self._lock:
+            spans = sorted(((start, start + nbytes, record.entry) for record in self._records.values()
+                            if record.entry.remote_accessible or not remote_accessible
+                            for start, nbytes in record.entry.regions), key=lambda span: span[:2])
+        starts = [start for start, _, _ in spans]
+        # Of the spans starting at or before each, the one reaching furthest: registrations may
+        # overlap, and an extent lies whole in some span exactly when it lies in that one.
+        furthest = []
+        for index, (_, end, _) in enumerate(spans):
+            furthest.append(index if not furthest or end > spans[furthest[-1]][1] else furthest[-1])
+        found = []
+        for addr, nbytes in extents:
+            last = bisect.bisect_right(starts, addr) - 1
+            span = spans[furthest[last]] if last >= 0 else None
+            found.append(span[2] if span is not None and addr + nbytes <= span[1] else None)
+        return found
 
     def pin(self, cache_id):
         """`with registry.pin(cache_id) as entry:` holds the cache's memory until the block

@@ -51,3 +51,28 @@ def test_a_pinned_cache_outlives_its_last_reference_until_the_pin_ends(engine):
         assert engine.memory_stats()["num_pending"] == 1
     assert engine.memory_stats()["num_pending"] == 0
     assert engine.memory_stats()["num_caches"] == 0
+
+
+def test_memory_is_found_in_the_cache_whose_region_holds_it_whole(engine):
+    memory = numpy.zeros((4, 1024), numpy.uint8)
+    registry = CacheRegistry(engine)
+    caches = [llmdd.Cache() for _ in range(3)]
+    rows = [int(row.ctypes.data) for row in memory]
+    # Registrations may overlap: a closed cache of 256-byte tensors 8 bytes into each row, and an
+    # open one of 512-byte tensors from each row's start, reaching further.
+    small = CacheDesc(4, [8, 16], DataType.DT_FLOAT16)
+    assert registry.register(small, [row + 8 for row in rows], caches[0], is_blocks_cache=False,
+                             remote_accessible=False) == llmdd.LLM_SUCCESS
+    assert registry.register(DESC, rows, caches[1], is_blocks_cache=False,
+                             remote_accessible=True) == llmdd.LLM_SUCCESS
+    assert registry.allocate(DESC, caches[2], is_blocks_cache=False) == llmdd.LLM_SUCCESS
+    closed, opened, allocated = (registry.entry(cache.cache_id) for cache in caches)
+    slab, slab_bytes = allocated.regions[0]
+    extents = [(rows[1] + 16, 100), (rows[1] + 300, 10), (rows[1] + 500, 20), (rows[1] - 1, 2),
+               (slab + slab_bytes - 4, 4), (slab + slab_bytes - 4, 5)]
+    found = registry.holding(extents)
+    assert found[0] in (closed, opened) and found[1:] == [opened, None, None, allocated, None]
+    assert registry.holding(extents, remote_accessible=True) == [opened, opened, None, None, None, None]
+    for cache in caches[:2]:
+        assert registry.unregister(cache.cache_id) == llmdd.LLM_SUCCESS
+    assert registry.deallocate(caches[2].cache_id) == llmdd.LLM_SUCCESS

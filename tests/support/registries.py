@@ -113,6 +113,13 @@ class LocalRegistry:
                 self._pins[cache_id] -= 1
                 self._free_if_unheld(cache_id)
 
+    def holding(self, extents, remote_accessible=False):
+        with self._lock:
+            entries = [entry for cache_id, entry in self._entries.items() if cache_id not in self._deallocated
+                       and (entry.remote_accessible or not remote_accessible)]
+        return [next((entry for entry in entries for start, nbytes in entry.regions
+                      if start <= addr and addr + size <= start + nbytes), None) for addr, size in extents]
+
     def release_key(self, key):
         with self._lock:
             found = self._keys.pop(key, None)

@@ -93,6 +93,22 @@ def test_an_entry_is_cut_into_destination_blocks_with_a_short_last_one():
         entry_to_blocks_segments(src, dst, 0, [1, 2, 3, 4], [(0, 0)])   # more blocks than pieces
 
 
+def test_an_entry_cut_into_blocks_names_exactly_the_bytes_it_writes():
+    # What a push's UNPIN names ("entry_blocks" and the entry's size): the serving side copies
+    # these back from a mirror, so the short last block's tail must not be among them.
+    dst = blocks_layout(1, 8, 100)
+    base = dst.tensor_addrs[0]
+    src = Layout((1000,), 250, 1, 250, False)
+    extents = _plan.destination_extents(dst, "entry_blocks", 0, 250, [2, 3, 7], None, 1)
+    assert extents == [(base + 200, 200), (base + 700, 50)]
+    segments = entry_to_blocks_segments(src, dst, 0, [2, 3, 7], [(0, 0)])
+    assert extents == list(zip(segments.dst_addrs, segments.lengths))
+    assert _plan.destination_extents(dst, "entry_blocks", 0, -1, [2, 3, 7], None, 1) == [(base + 200, 200),
+                                                                                        (base + 700, 100)]
+    with pytest.raises(PlanError):
+        _plan.destination_extents(dst, "entry_blocks", 0, 250, [1, 2, 3, 4], None, 1)   # more blocks than pieces
+
+
 @pytest.mark.parametrize("src_blocks, dst_blocks", [([0, 1], [0]), ([], []), ([8], [0]), ([0], [-1]), ([0], [8])])
 def test_bad_block_lists_are_refused(src_blocks, dst_blocks):
     src, dst = blocks_layout(1, 8, 16), blocks_layout(1, 8, 16)

@@ -73,6 +73,14 @@ LAYOUT = VALID[wire.MessageType.RESOLVE_REPLY]["layout"]
 PULL = VALID[wire.MessageType.PULL]
 UNPIN = VALID[wire.MessageType.UNPIN]
 DESTINATION = PULL["destination"]
+MEMORY = {"kind": "memory", "cluster_id": 1, "tensor_addrs": [4096, 8192], "batch": 4, "block_bytes": 16}
+
+
+def test_resolve_names_memory_by_address():
+    body = _with(RESOLVE, key=MEMORY)
+    assert decode(wire.encode(wire.MessageType.RESOLVE, 3, body)) == (wire.MessageType.RESOLVE, 3, body)
+    written = _with(UNPIN, written=_with(UNPIN["written"], mode="entry_blocks", size=40))
+    assert decode(wire.encode(wire.MessageType.UNPIN, 3, written))[2] == written
 
 
 @pytest.mark.parametrize("message_type, body", [
@@ -96,7 +104,14 @@ DESTINATION = PULL["destination"]
     (wire.MessageType.RESOLVE_REPLY, {"status": 0, "pin": 1, "layout": _with(LAYOUT, regions=[[4096, 0]])}),
     (wire.MessageType.UNPIN, {"pin": -3, "written": None}),
     (wire.MessageType.UNPIN, {"pin": 3}),
-    (wire.MessageType.UNPIN, _with(UNPIN, written=_with(UNPIN["written"], mode="entry_blocks"))),
+    (wire.MessageType.UNPIN, _with(UNPIN, written=_with(UNPIN["written"], mode="entry"))),
+    (wire.MessageType.RESOLVE, _with(RESOLVE, key=_with(MEMORY, tensor_addrs=[]))),
+    (wire.MessageType.RESOLVE, _with(RESOLVE, key=_with(MEMORY, tensor_addrs=[0]))),
+    (wire.MessageType.RESOLVE, _with(RESOLVE, key=_with(MEMORY, tensor_addrs=[2**64 - 16]))),   # past 2**64
+    (wire.MessageType.RESOLVE, _with(RESOLVE, key=_with(MEMORY, batch=2**62, block_bytes=2))),  # over i64
+    (wire.MessageType.RESOLVE, _with(RESOLVE, key=_with(MEMORY, batch=0))),
+    (wire.MessageType.RESOLVE, _with(RESOLVE, key={k: v for k, v in MEMORY.items() if k != "block_bytes"})),
+    (wire.MessageType.PULL, _with(PULL, key=MEMORY)),   # memory is pushed into, never pulled from
     (wire.MessageType.UNPIN, _with(UNPIN, written=_with(UNPIN["written"], dst_blocks=[0] * (wire.MAX_BLOCKS + 1)))),
     (wire.MessageType.UNPIN, _with(UNPIN, written=_with(UNPIN["written"], extra=1))),
     (wire.MessageType.UNPIN, _with(UNPIN, written=[])),
@@ -254,6 +269,44 @@ def test_a_linked_peer_gets_answers_and_a_dropped_connection_releases_its_pins(s
     while not registry.is_freed(entry.cache_id) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert registry.is_freed(entry.cache_id)
+
+
+@needs_mooncake
+def test_a_push_by_address_is_taken_only_inside_remote_accessible_memory(serving):
+    """A hostile peer names memory by address (transfer_cache_async's TransferConfig): only
+    ranges wholly inside a remote-accessible cache's regions are pinned and exposed."""
+    agent, registry = serving
+    open_cache = registry.allocate(2, 4, 64, remote_accessible=True, per_tensor=True)
+    closed = registry.allocate(2, 4, 64)
+    first, second = open_cache.tensor_addrs
+
+    def memory(addrs, batch=1, block_bytes=64):
+        return {"key": {"kind": "memory", "cluster_id": CLUSTER, "tensor_addrs": addrs, "batch": batch,
+                        "block_bytes": block_bytes}}
+    with linked(agent) as connection:
+        for refused in (memory([0x1000]),                          # nothing of ours
+                        memory([first + 200]),                     # runs past the end of a tensor
+                        memory([first, second], batch=5),          # blocks past the end
+                        memory([first, closed.tensor_addrs[0]]),   # a cache no peer may write
+                        memory([first - 1])):                      # starts before a tensor
+            assert round_trip(connection, wire.MessageType.RESOLVE, refused) == \
+                {"status": S.LLM_PARAM_INVALID, "pin": 0, "layout": None}
+        assert registry.pin_count(open_cache.cache_id) == 0 and registry.pin_count(closed.cache_id) == 0
+        reply = round_trip(connection, wire.MessageType.RESOLVE, memory([second + 64, first + 128], batch=2))
+        assert reply["status"] == S.LLM_SUCCESS and registry.pin_count(open_cache.cache_id) == 1
+        layout = reply["layout"]
+        assert (layout["tensor_bytes"], layout["batch"], layout["block_bytes"]) == (128, 2, 64)
+        # The addresses as the peer writes them (the cache's own, or a data-plane helper's mirror's):
+        # each at its offset into the exposed copy of its tensor.
+        placed = [next((index, addr - start) for index, (start, nbytes) in enumerate(layout["regions"])
+                       if start <= addr < start + nbytes) for addr in layout["tensor_addrs"]]
+        assert [offset for _, offset in placed] == [64, 128] and placed[0][0] != placed[1][0]
+        # UNPIN's written is read against the named memory: a block beyond it is refused.
+        written = {"mode": "blocks", "batch_index": 0, "size": -1, "dst_blocks": [2], "dst_layer_range": None,
+                   "tensor_num_per_layer": 1}
+        assert round_trip(connection, wire.MessageType.UNPIN, {"pin": reply["pin"], "written": written}) == \
+            {"status": S.LLM_PARAM_INVALID}
+        assert registry.pin_count(open_cache.cache_id) == 0
 
 
 @needs_mooncake

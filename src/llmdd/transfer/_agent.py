@@ -139,6 +139,10 @@ def link_status(agent, remote_cluster_id):
     return LLMStatusCode.LLM_LINK_FAILED if channel.broken else SUCCESS
 
 
+# The Mover's calls, which a TransferAgent offers as its own: agent.pull_cache(...) and so on.
+MOVER_CALLS = ("pull_cache", "pull_blocks", "push_cache", "push_blocks", "push_layer", "push_layer_to_addresses")
+
+
 class LinkTarget:
     """A cluster to link or unlink, as the agent takes it from either API: its id, and its local
     and remote (dotted ip, port) pairs."""
@@ -198,8 +202,8 @@ class TransferAgent:
         self._same_host_fields = link_fields(same_host)
         self._server = CacheServer(registry, self._using_mooncake, same_host)
         mover = Mover(registry, self._link_for_transfer, self._using_mooncake, self._sync_timeout_s, same_host)
-        self.pull_cache, self.pull_blocks = mover.pull_cache, mover.pull_blocks
-        self.push_cache, self.push_blocks = mover.push_cache, mover.push_blocks
+        for transfer in MOVER_CALLS:
+            setattr(self, transfer, getattr(mover, transfer))
         self._listener = None
         if listen_ip_info is not None:
             host, port = _parse_listen_ip_info(listen_ip_info)

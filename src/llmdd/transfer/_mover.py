@@ -4,8 +4,10 @@ Each checks its arguments and the rules of its caches. A pull exposes the local 
 peer's writes and asks the peer to write what its key names into it (PULL: the peer plans and
 moves the bytes; _server). A push asks the peer what its key names (RESOLVE: the peer pins the
 cache and exposes it), plans the segments (_plan), moves them in one Mooncake batch write, and
-lets the peer unpin (UNPIN). Statuses are llmdd's LLMStatusCode members; nothing moves until
-every rule has been checked.
+lets the peer unpin (UNPIN). A layer push (the drop-in's transfer_cache_async, one layer at a
+time) is a push by key, or to raw addresses the peer checks against its remote-accessible memory
+(RESOLVE by memory). Statuses are llmdd's LLMStatusCode members; nothing moves until every rule
+has been checked.
 """
 import contextlib
 import logging
@@ -149,7 +151,7 @@ class Mover:
             # size is -1: each tensor's whole source entry, local.block_bytes bytes.
             return segments, _written("cache", remote_batch_index, local.block_bytes, [], dst_layer_range,
                                       tensor_num_per_layer)
-        return self._push(remote_cluster_id, dst_key, src_entry, plan)
+        return self._push(remote_cluster_id, wire.key_fields(dst_key), src_entry, plan)
 
     def push_blocks(self, remote_cluster_id, dst_key, src_entry, src_blocks=(), dst_blocks=(),
                     src_layer_range=None, dst_layer_range=None, tensor_num_per_layer=TENSOR_NUM_PER_LAYER):
@@ -169,7 +171,43 @@ class Mover:
             pairs = _plan.tensor_pairs(local, remote, src_layer_range, dst_layer_range, tensor_num_per_layer)
             segments = _plan.blocks_segments(local, remote, src_blocks, dst_blocks, pairs)
             return segments, _written("blocks", 0, -1, dst_blocks, dst_layer_range, tensor_num_per_layer)
-        return self._push(remote_cluster_id, dst_key, src_entry, plan)
+        return self._push(remote_cluster_id, wire.key_fields(dst_key), src_entry, plan)
+
+    def push_layer(self, remote_cluster_id, dst_key, src_entry, src_layer, dst_layer, src_batch_index=0,
+                   src_blocks=(), dst_blocks=(), dst_block_bytes=0, tensor_num_per_layer=TENSOR_NUM_PER_LAYER):
+        """Layer src_layer of src_entry into layer dst_layer of the remote-accessible cache dst_key
+        names (a BlocksCacheKey or a key by id): one step of a layer-wise transfer, by CANN's
+        TransferCache rules (_check_layer_blocks)."""
+        _check_key(dst_key)
+        _check_int("dst_layer", dst_layer, UINT32)
+        checked = _check_layer_arguments_of(src_entry, src_layer, src_batch_index, src_blocks, dst_blocks,
+                                            dst_block_bytes, tensor_num_per_layer)
+        if checked is None or dst_key.KIND == "cache":
+            return PARAM_INVALID
+        plan = _layer_plan(*checked, dst_layer, remote_kind_rules=_kind_rules(src_entry))
+        return self._push(remote_cluster_id, wire.key_fields(dst_key), src_entry, plan)
+
+    def push_layer_to_addresses(self, remote_cluster_id, dst_addrs, src_entry, src_layer, src_batch_index=0,
+                                src_blocks=(), dst_blocks=(), dst_block_bytes=0,
+                                tensor_num_per_layer=TENSOR_NUM_PER_LAYER):
+        """Layer src_layer of src_entry into the peer's memory at dst_addrs, one address a tensor of
+        the layer (CANN's TransferConfig): the peer takes the write only when every address's
+        bytes lie inside its remote-accessible memory (RESOLVE by memory)."""
+        require(isinstance(dst_addrs, (list, tuple)) and all(type(addr) is int for addr in dst_addrs),
+                "dst_addrs must be a list or tuple of ints", PARAM_INVALID)
+        checked = _check_layer_arguments_of(src_entry, src_layer, src_batch_index, src_blocks, dst_blocks,
+                                            dst_block_bytes, tensor_num_per_layer)
+        if checked is None or len(dst_addrs) != tensor_num_per_layer:
+            return PARAM_INVALID
+        local, _, _, src_blocks, dst_blocks, _, _ = checked
+        # The peer's memory as a layout of one layer: an entry, or blocks up to the last one named.
+        batch = max(dst_blocks) + 1 if dst_blocks else 1
+        block_bytes = dst_block_bytes if dst_blocks and not src_blocks else local.block_bytes
+        target = wire.memory_fields(remote_cluster_id, dst_addrs, batch, block_bytes)
+        if not wire.is_push_target(target):
+            return PARAM_INVALID
+        plan = _layer_plan(*checked, 0, remote_kind_rules=False)
+        return self._push(remote_cluster_id, target, src_entry, plan)
 
     def _may_transfer(self, local_entry):
         """In remote-access mode (llm.EnableRemoteCacheAccessible) a pull or push moves only
@@ -259,9 +297,9 @@ class Mover:
                 window.close(extents if status == SUCCESS else ())
             return status
 
-    def _push(self, remote_cluster_id, key, local_entry, plan):
-        """RESOLVE (the peer pins its cache and exposes it to our writes), plan, one batch write,
-        UNPIN. Everything is checked before a byte moves."""
+    def _push(self, remote_cluster_id, target, local_entry, plan):
+        """RESOLVE `target` (a wire key, or memory: the peer pins what it names and exposes it to
+        our writes), plan, one batch write, UNPIN. Everything is checked before a byte moves."""
         link = self._link_for(remote_cluster_id)
         if link is None:
             return LLMStatusCode.LLM_NOT_YET_LINK
@@ -272,7 +310,7 @@ class Mover:
             if status != SUCCESS:
                 return status
             try:
-                reply = link.request(wire.MessageType.RESOLVE, {"key": wire.key_fields(key)}, self._sync_timeout_s)
+                reply = link.request(wire.MessageType.RESOLVE, {"key": target}, self._sync_timeout_s)
             except LinkFailure as failure:
                 return failure.status
             if reply["status"] != SUCCESS or reply["layout"] is None:
@@ -305,6 +343,67 @@ class Mover:
         exported = layout_fields["ipc"] if link.peer_pid else None
         status = write_segments(segments, exported, self._same_host, engine, link.peer_engine, local_regions)
         return status, written if status == SUCCESS else None
+
+
+def _check_layer_blocks(local, src_blocks, dst_blocks, dst_block_bytes):
+    """CANN's three layer transfers (layer_wise_transfer_job.cc, Prepare): no blocks, the source's
+    batch entry into the destination's; dst_blocks alone, the entry cut into blocks of
+    dst_block_bytes (> 0, under a tensor); both, blocks into blocks of the source's block size
+    (dst_block_bytes 0 or that size) from a blocks cache. PlanError otherwise."""
+    if not dst_blocks:
+        if src_blocks or dst_block_bytes:
+            raise _plan.PlanError("src_blocks and dst_block_bytes need dst_blocks")
+    elif not src_blocks:
+        if not 0 < dst_block_bytes < local.tensor_bytes:
+            raise _plan.PlanError(f"dst_block_bytes {dst_block_bytes} is not in (0, {local.tensor_bytes})")
+    elif dst_block_bytes not in (0, local.block_bytes) or local.is_blocks_cache is False:
+        raise _plan.PlanError("blocks go from a blocks cache into blocks of its block size")
+
+
+def _check_layer_arguments_of(src_entry, src_layer, src_batch_index, src_blocks, dst_blocks, dst_block_bytes,
+                              tensor_num_per_layer):
+    """(local layout and the checked arguments) of a layer push, or None when they break a rule
+    (LLM_PARAM_INVALID); LLMException for arguments of the wrong type."""
+    _check_int("src_layer", src_layer, UINT32)
+    _check_int("src_batch_index", src_batch_index, UINT32)
+    _check_int("dst_block_bytes", dst_block_bytes, (0, INT64[1]))
+    _check_int("tensor_num_per_layer", tensor_num_per_layer, UINT32)
+    src_blocks, dst_blocks = _check_blocks("src_blocks", src_blocks), _check_blocks("dst_blocks", dst_blocks)
+    local = _plan.Layout.of_entry(src_entry)
+    if not all(len(side) <= wire.MAX_BLOCKS and all(0 <= block <= UINT64[1] for block in side)
+               for side in (src_blocks, dst_blocks)):
+        return None
+    try:
+        _check_layer_blocks(local, src_blocks, dst_blocks, dst_block_bytes)
+    except _plan.PlanError as error:
+        log.warning("a layer push of cache %d refused: %s", src_entry.cache_id, error)
+        return None
+    return local, src_layer, src_batch_index, src_blocks, dst_blocks, dst_block_bytes, tensor_num_per_layer
+
+
+def _layer_plan(local, src_layer, src_batch_index, src_blocks, dst_blocks, dst_block_bytes, tensor_num_per_layer,
+                dst_layer, remote_kind_rules):
+    """The plan of one layer push (arguments from _check_layer_arguments_of) into layer dst_layer
+    of the peer's layout; remote_kind_rules: the peer's cache must be a blocks cache to take blocks."""
+    n = tensor_num_per_layer
+    dst_layers = range(dst_layer, dst_layer + 1)
+
+    def plan(remote, remote_batch_index):
+        pairs = _plan.tensor_pairs(local, remote, range(src_layer, src_layer + 1), dst_layers, n)
+        if not dst_blocks:
+            segments = _plan.cache_segments(local, remote, src_batch_index, remote_batch_index, -1, pairs)
+            return segments, _written("cache", remote_batch_index, local.block_bytes, [], dst_layers, n)
+        if remote_kind_rules:
+            _require_kind(remote, True, "destination")
+        if not src_blocks:
+            if remote.block_bytes != dst_block_bytes:
+                raise _plan.PlanError(f"dst_block_bytes {dst_block_bytes} is not the destination's block size "
+                                      f"{remote.block_bytes}")
+            segments = _plan.entry_to_blocks_segments(local, remote, src_batch_index, dst_blocks, pairs)
+            return segments, _written("entry_blocks", 0, local.block_bytes, dst_blocks, dst_layers, n)
+        segments = _plan.blocks_segments(local, remote, src_blocks, dst_blocks, pairs)
+        return segments, _written("blocks", 0, -1, dst_blocks, dst_layers, n)
+    return plan
 
 
 def _exposed_layout(window, entry):

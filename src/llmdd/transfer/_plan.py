@@ -111,9 +111,9 @@ def tensor_pairs(src, dst, src_layer_range, dst_layer_range, tensor_num_per_laye
 def destination_extents(dst, mode, batch_index, size, dst_blocks, dst_layer_range, tensor_num_per_layer):
     """The (addr, nbytes) extents of `dst` a transfer may write, from the destination's side of it
     alone: in each tensor of dst_layer_range, the batch entry batch_index (mode "cache": `size`
-    bytes, -1 the whole entry) or the runs of dst_blocks ("blocks", "entry_blocks": whole blocks,
-    though an entry cut into blocks may leave its last one short). No extent crosses a tensor.
-    PlanError when the destination's side of the transfer breaks a rule."""
+    bytes, -1 the whole entry) or the runs of dst_blocks ("blocks"; "entry_blocks": an entry of
+    `size` bytes cut into them, the last one possibly short, or with size -1 whole blocks). No
+    extent crosses a tensor. PlanError when the destination's side of the transfer breaks a rule."""
     layers = _side_tensors("dst", dst, dst_layer_range, tensor_num_per_layer)
     n = tensor_num_per_layer
     if mode == "cache":
@@ -127,16 +127,23 @@ def destination_extents(dst, mode, batch_index, size, dst_blocks, dst_layer_rang
             raise PlanError("no destination blocks")
         for block in dst_blocks:
             _check_index("a block of dst_blocks", block, dst.batch)
-        runs = [(first, count * dst.block_bytes) for first, _, count in _block_runs(dst_blocks, dst_blocks)]
+        if mode == "entry_blocks" and size != -1:
+            if type(size) is not int or not 0 < size or len(dst_blocks) > -(-size // dst.block_bytes):
+                raise PlanError(f"{len(dst_blocks)} dst_blocks for an entry of {size} bytes")
+            # Piece k of the entry lands in dst_blocks[k]; a run of pieces is one extent.
+            runs = [(first, min(count * dst.block_bytes, size - piece * dst.block_bytes))
+                    for piece, first, count in _block_runs(range(len(dst_blocks)), dst_blocks)]
+        else:
+            runs = [(first, count * dst.block_bytes) for first, _, count in _block_runs(dst_blocks, dst_blocks)]
     return [(dst.tensor_addrs[layer * n + k] + first * dst.block_bytes, nbytes)
             for layer in layers for k in range(n) for first, nbytes in runs]
 
 
 def writes_every_extent(mode, size):
     """Whether a transfer that succeeds writes every byte of its destination_extents: blocks do,
-    and so does an entry of `size` bytes; a whole entry (size -1) may be shorter than the
-    destination's, and an entry cut into blocks may leave its last one short."""
-    return mode == "blocks" or (mode == "cache" and size != -1)
+    and so does an entry of `size` bytes (whole or cut into blocks); a whole entry (size -1) may be
+    shorter than the destination's, and one cut into whole blocks may leave its last one short."""
+    return mode == "blocks" or size != -1
 
 
 def _check_index(name, index, limit):

@@ -28,7 +28,9 @@ from .._cache_keys import KEY_TYPES
 from .._limits import INT64, UINT32, UINT64
 
 MAGIC = b"LDDC"
-PROTOCOL_VERSION = 4   # 2: requests both ways on a link; 3: PULL, authentication, PING; 4: UNPIN's written
+# 2: requests both ways on a link; 3: PULL, authentication, PING; 4: UNPIN's written; 5: RESOLVE by
+# memory (a push to raw addresses) and UNPIN's written "entry_blocks"
+PROTOCOL_VERSION = 5
 HEADER = struct.Struct("!4sBBHII")
 # A layout of the largest cache we describe (MAX_TENSORS addresses of up to 20 digits) fits
 # several times over; anything bigger is not one of our messages.
@@ -148,6 +150,36 @@ def is_key(value):
     return _fields_valid(value, KEY_FIELDS[value["kind"]])
 
 
+# What a push to raw addresses (transfer_cache_async's TransferConfig) asks the peer to expose:
+# `batch` blocks of `block_bytes` at each address, which must lie in the peer's remote-accessible memory.
+MEMORY_FIELDS = {
+    "kind": _one_of("memory"),
+    "cluster_id": _u64,
+    "tensor_addrs": _list_of(_int_in(1, UINT64_MAX), MAX_TENSORS),
+    "batch": _int_in(1, INT64_MAX),
+    "block_bytes": _int_in(1, INT64_MAX),
+}
+
+
+def _is_memory(value):
+    if type(value) is not dict or value.get("kind") != "memory" or not _fields_valid(value, MEMORY_FIELDS):
+        return False
+    nbytes = value["batch"] * value["block_bytes"]
+    return (len(value["tensor_addrs"]) > 0 and nbytes <= INT64_MAX
+            and all(addr + nbytes - 1 <= UINT64_MAX for addr in value["tensor_addrs"]))
+
+
+def is_push_target(value):
+    """Whether `value` is what RESOLVE may name: a wire key, or memory by address."""
+    return is_key(value) or _is_memory(value)
+
+
+def memory_fields(cluster_id, tensor_addrs, batch, block_bytes):
+    """RESOLVE's `key` for `batch` blocks of `block_bytes` at each of tensor_addrs on the peer."""
+    return {"kind": "memory", "cluster_id": cluster_id, "tensor_addrs": list(tensor_addrs), "batch": batch,
+            "block_bytes": block_bytes}
+
+
 def _layout_or_none(value):
     if value is None:
         return True
@@ -188,8 +220,9 @@ PULL_MODES = ("cache", "blocks", "entry_blocks")
 
 # UNPIN's `written`: the destination's side of the push that moved (the serving side copies those
 # bytes back when its peer wrote into a data-plane helper's mirror), or null when it did not move.
+# "entry_blocks": an entry of `size` bytes cut into dst_blocks, the last one possibly short.
 WRITTEN_FIELDS = {
-    "mode": _one_of("cache", "blocks"),
+    "mode": _one_of("cache", "blocks", "entry_blocks"),
     "batch_index": _u32,
     "size": _int_in(-1, INT64_MAX),
     "dst_blocks": _list_of(_u64, MAX_BLOCKS),
@@ -208,7 +241,7 @@ MESSAGE_FIELDS = {
     MessageType.LINK_REPLY: {"status": _status, "cluster_id": _u64, "engine": _text, "host": _text, "pid": _u32},
     MessageType.UNLINK: {"cluster_id": _u64},
     MessageType.UNLINK_REPLY: {"status": _status},
-    MessageType.RESOLVE: {"key": is_key},
+    MessageType.RESOLVE: {"key": is_push_target},
     MessageType.RESOLVE_REPLY: {"status": _status, "pin": _u64, "layout": _layout_or_none},
     MessageType.UNPIN: {"pin": _u64, "written": _written_or_none},
     MessageType.UNPIN_REPLY: {"status": _status},

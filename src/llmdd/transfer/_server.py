@@ -4,8 +4,8 @@ linked and the one that listened.
 PULL: the peer exposed its cache to our writes; we pin the cache its key names, plan, write the
 bytes into the peer's cache, unpin (and may release a CacheKey) and answer: one round trip, and
 nothing of ours is ever exposed to the peer for a pull. RESOLVE and UNPIN bracket a push: the key's
-cache is pinned and exposed to the peer's writes only between them, and only when it is remote
-accessible.
+cache (or, for a push to raw addresses, the caches holding them) is pinned and exposed to the
+peer's writes only between them, and only when it is remote accessible.
 """
 import contextlib
 import itertools
@@ -117,49 +117,70 @@ class CacheServer:
     def refused(status):
         return {"status": int(status), "pin": 0, "layout": None}
 
+    def _push_target(self, fields):
+        """(the caches a RESOLVE's key names, the target's Layout in their own addresses, the
+        batch index it names), or the status refusing it. A key names one cache; memory names
+        `batch` blocks at each address, each wholly inside a region of a remote-accessible cache."""
+        if fields["kind"] != "memory":
+            entry, batch_index, _ = self._lookup(fields)
+            if entry is None:
+                return _NOT_EXIST
+            if not entry.remote_accessible:
+                log.warning("a push into cache %d, which is not remote accessible", entry.cache_id)
+                return _PARAM_INVALID
+            return [entry], _plan.Layout.of_entry(entry), batch_index
+        tensor_bytes = fields["batch"] * fields["block_bytes"]
+        holders = self._registry.holding([(addr, tensor_bytes) for addr in fields["tensor_addrs"]],
+                                         remote_accessible=True)
+        if None in holders:
+            log.warning("a push into memory outside every remote-accessible cache refused")
+            return _PARAM_INVALID
+        entries = list({entry.cache_id: entry for entry in holders}.values())
+        regions = tuple(dict.fromkeys(tuple(region) for entry in entries for region in entry.regions))
+        return entries, _plan.Layout(tuple(fields["tensor_addrs"]), tensor_bytes, fields["batch"],
+                                     fields["block_bytes"], False, regions), 0
+
     def resolve(self, body, pins, peer_pid):
-        """A push's first step: the key's cache pinned and exposed to the peer's writes until UNPIN:
-        exported as IPC memory for peer_pid when it shares this host's (and the runtime can), else
-        through a Mooncake window. The layout answered is the cache as the peer writes it: its own
-        addresses (exported, or in-process), or a data-plane helper's mirror of it."""
-        entry, batch_index, _ = self._lookup(body["key"])
-        if entry is None:
-            return self.refused(_NOT_EXIST)
-        if not entry.remote_accessible:
-            log.warning("a push into cache %d, which is not remote accessible", entry.cache_id)
-            return self.refused(_PARAM_INVALID)
+        """A push's first step: what the key names pinned and exposed to the peer's writes until
+        UNPIN: exported as IPC memory for peer_pid when it shares this host's (and the runtime
+        can), else through a Mooncake window. The layout answered is the target as the peer writes
+        it: its own addresses (exported, or in-process), or a data-plane helper's mirror of it."""
+        target = self._push_target(body["key"])
+        if isinstance(target, int):
+            return self.refused(target)
+        entries, layout, batch_index = target
         if len(pins) >= MAX_PINS_PER_LINK:
             return self.refused(LLMStatusCode.LLM_LINK_BUSY)
         hold = contextlib.ExitStack()
         with contextlib.ExitStack() as undo:
             undo.push(hold)
-            if not self._pin(entry, hold):
+            if not all(self._pin(entry, hold) for entry in entries):
                 return self.refused(_NOT_EXIST)
-            exported = self._same_host.export(entry.regions, peer_pid) if peer_pid and self._same_host else None
+            exported = self._same_host.export(layout.regions, peer_pid) if peer_pid and self._same_host else None
             window = None
-            tensor_addrs, regions = list(entry.tensor_addrs), [list(region) for region in entry.regions]
+            tensor_addrs, regions = list(layout.tensor_addrs), [list(region) for region in layout.regions]
             if exported is not None:
                 hold.callback(self._same_host.close, [key for _, _, key in exported])
             else:
                 engine = hold.enter_context(self._using_mooncake())
-                window = None if engine is None else engine.expose(entry.regions)
+                window = None if engine is None else engine.expose(layout.regions)
                 if window is None:
                     return self.refused(LLMStatusCode.LLM_FAILED)
                 hold.callback(window.close)   # nothing copied back, unless UNPIN says what was written
                 try:
-                    tensor_addrs = [window.address(addr) for addr in entry.tensor_addrs]
+                    tensor_addrs = [window.address(addr) for addr in layout.tensor_addrs]
                 except LookupError as error:
-                    log.warning("cache %d cannot be exposed: %s", entry.cache_id, error)
+                    log.warning("cache %d cannot be exposed: %s", entries[0].cache_id, error)
                     return self.refused(LLMStatusCode.LLM_FAILED)
                 regions = [list(region) for region in window.regions]
             undo.pop_all()
         pin_id = next(self._pin_ids)
-        pins[pin_id] = _Pin(hold, window, _plan.Layout.of_entry(entry))
-        layout = {"cache_id": entry.cache_id, "tensor_addrs": tensor_addrs,
-                  "tensor_bytes": entry.tensor_bytes, "batch": entry.batch, "block_bytes": entry.block_bytes,
-                  "is_blocks_cache": bool(entry.is_blocks_cache), "remote_accessible": True,
+        pins[pin_id] = _Pin(hold, window, layout)
+        answer = {"cache_id": entries[0].cache_id, "tensor_addrs": tensor_addrs,
+                  "tensor_bytes": layout.tensor_bytes, "batch": layout.batch, "block_bytes": layout.block_bytes,
+                  "is_blocks_cache": bool(layout.is_blocks_cache), "remote_accessible": True,
                   "batch_index": batch_index, "regions": regions, "ipc": exported}
-        return {"status": _SUCCESS, "pin": pin_id, "layout": layout}
+        return {"status": _SUCCESS, "pin": pin_id, "layout": answer}
 
     @staticmethod
     def unpin(body, pins):
