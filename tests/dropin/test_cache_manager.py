@@ -235,22 +235,6 @@ class Synchronizer(LayerSynchronizer):
         return True
 
 
-@pytest.mark.parametrize("name,call", [
-    ("transfer_cache_async", lambda manager, cache, blocks: manager.transfer_cache_async(
-        cache, Synchronizer(), [TransferConfig(1, [0x1000], range(0, 1))])),
-    ("remap_registered_memory", lambda manager, cache, blocks: manager.remap_registered_memory(
-        MemInfo(Memtype.MEM_TYPE_DEVICE, 0x1000, 1))),
-])
-def test_unimplemented_cache_methods_say_so(datadist_v2, name, call):
-    manager = datadist_v2.cache_manager
-    cache = manager.allocate_cache(CacheDesc(2, [2, 8], DataType.DT_INT8))
-    blocks = Cache.create_cpu_cache(CacheDesc(2, [2, 8], DataType.DT_INT8, Placement.HOST), [0x1000, 0x2000])
-    with pytest.raises(LLMException, match=name) as raised:
-        call(manager, cache, blocks)
-    assert raised.value.status_code is NOT_ENABLED
-    manager.deallocate_cache(cache)
-
-
 @pytest.mark.parametrize("call,error", [
     (lambda manager, cache, blocks: manager.pull_cache(CacheKey(1, 2, prefix_id=3), cache), LLMException),
     (lambda manager, cache, blocks: manager.pull_cache(CacheKey(1, 2), cache, size=0), LLMException),
@@ -277,7 +261,7 @@ def test_unimplemented_cache_methods_say_so(datadist_v2, name, call):
     (lambda manager, cache, blocks: manager.remap_registered_memory([MemInfo(Memtype.MEM_TYPE_DEVICE, 0, 1)]),
      LLMException),
 ])
-def test_unimplemented_cache_methods_check_their_arguments_first(datadist_v2, call, error):
+def test_transfer_calls_check_their_arguments_first(datadist_v2, call, error):
     manager = datadist_v2.cache_manager
     cache = manager.allocate_cache(CacheDesc(2, [2, 8], DataType.DT_INT8))
     blocks = Cache.create_cpu_cache(CacheDesc(2, [2, 8], DataType.DT_INT8, Placement.HOST), [0x1000, 0x2000])

@@ -2,6 +2,8 @@
 (v1): caches from the memory pools or registered from the caller's memory, named by id and keys
 (the engine's one CacheRegistry), copies, swaps, and pulls and pushes over the engine's one
 transfer service (llmdd.transfer)."""
+import contextlib
+
 from ... import _options as keys
 from ..._limits import INT64, UINT32, UINT64
 from ..configs import LLMRole
@@ -62,6 +64,7 @@ class CacheManager(CacheTransfers):
         self._host_pool = bool(options.get("llm.HostMemPoolConfig"))
         self._remote_cache_accessible = options.get(keys.ENABLE_REMOTE_CACHE_ACCESSIBLE, "0") == "1"
         self._registry = self._engine._registry()
+        self._tasks = None   # the layer-wise transfers (_layerwise.LayerwiseTasks), from the first one
 
     check_cache_key = staticmethod(check_cache_key)
 
@@ -232,7 +235,9 @@ class CacheManager(CacheTransfers):
 
     def transfer_cache_async(self, src_cache, layer_synchronizer, transfer_configs, src_block_indices=None,
                              dst_block_indices=None, dst_block_memory_size=None):
-        """Write `src_cache` layer by layer to remote memory as layers finish. Not implemented by llmdd yet."""
+        """Push `src_cache` layer by layer as layer_synchronizer says each is computed, to remote
+        caches by key (TransferWithCacheKeyConfig, with enable_remote_cache_accessible) or to raw
+        remote addresses (TransferConfig); a CacheTask at once (v2/_layerwise.py)."""
         self._require_live()
         check_type("src_cache", src_cache, Cache)
         require(src_cache.cache_desc.placement != Placement.HOST, "transfer_cache_async needs a DEVICE src_cache")
@@ -252,10 +257,24 @@ class CacheManager(CacheTransfers):
         check_sequence("transfer_configs", transfer_configs, config_type)
         require(bool(dst_block_indices) or dst_block_memory_size in (None, 0),
                 "dst_block_memory_size must be None or 0 unless the destination is blocks")
-        raise not_enabled("transfer_cache_async")
+        from ._layerwise import start_transfer   # its worker machinery loads on first use
+        blocks = (list(src_block_indices or ()), list(dst_block_indices or ()), dst_block_memory_size or 0)
+        return start_transfer(self, src_cache, layer_synchronizer, transfer_configs, blocks)
+
+    def _layerwise_tasks(self):
+        if self._tasks is None:
+            from ._layerwise import LayerwiseTasks
+            self._tasks = LayerwiseTasks()
+        return self._tasks
+
+    def _ending_tasks(self):
+        """Around finalize's end of the links: layer-wise transfers stop first and are over after."""
+        return contextlib.nullcontext() if self._tasks is None else self._tasks.ending()
 
     def remap_registered_memory(self, mem_infos):
-        """Map registered memory again after a device memory fault. Not implemented by llmdd yet."""
+        """Map the memory behind registered caches again after a device memory fault. llmdd exposes
+        memory to a peer per transfer, so the next transfer maps it anew: this checks CANN's rules
+        and that each range lies inside a cache's memory (docs/dropin.md)."""
         self._require_live()
         infos = mem_infos if isinstance(mem_infos, list) else [mem_infos]
         for index, info in enumerate(infos):
@@ -263,7 +282,13 @@ class CacheManager(CacheTransfers):
             require(info.mem_type == Memtype.MEM_TYPE_DEVICE, f"mem_infos[{index}] must be MEM_TYPE_DEVICE")
             require(info.addr != 0, f"mem_infos[{index}].addr must not be 0")
             require(info.size > 0, f"mem_infos[{index}].size must be > 0")
-        raise not_enabled("remap_registered_memory")
+        require(bool(infos), "mem_infos is empty")   # comm_entity_manager.cc RemapRegisteredMemory
+        agent = self._datadist._transfer_agent("remap_registered_memory")
+        require(bool(agent.linked_clusters()), "remap_registered_memory needs a link", LLMStatusCode.LLM_NOT_YET_LINK)
+        holders = self._registry.holding([(info.addr, info.size) for info in infos])
+        outside = [info for info, holder in zip(infos, holders) if holder is None]
+        # CANN answers LLM_FAILED when HCCL refuses to remap memory it never registered.
+        require(not outside, f"not inside a cache's memory: {outside}", LLMStatusCode.LLM_FAILED)
 
 
 class KvCacheManager(CacheManager):

@@ -120,7 +120,8 @@ class LLMDataDist:
         """Release everything; a no-op when not initialized."""
         if not self._engine.initialized:
             return
-        self._engine.Finalize()   # links and served pins end before the caches go
+        with self._manager._ending_tasks():   # layer-wise transfers stop, then the links end under them
+            self._engine.Finalize()   # links and served pins end before the caches go
         self._manager = None
         if LLMDataDist.llm_engine_instance is self:
             LLMDataDist.llm_engine_instance = None
