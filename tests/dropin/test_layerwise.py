@@ -12,7 +12,7 @@ import threading
 
 import numpy
 import pytest
-from support.dropin import POOL, initialized
+from support.dropin import POOL, initialized, options
 from support.network import free_port, mooncake_missing
 from support.patterns import pattern
 from support.peer import Peer
@@ -512,3 +512,37 @@ def test_finalize_ends_a_task_and_its_worker():
     assert task.synchronize(WAIT_MS) is S.LLM_FAILED
     assert task.get_results() == [S.LLM_FAILED]
     assert stepper.asked.empty() and not worker_threads()
+
+
+def test_v1_transfer_cache_async_is_a_prompts_call_without_caches_cut_into_blocks(datadist_v1):
+    # hicann/ge api/python/llm_datadist_v1: kv_cache_manager.py transfer_cache_async (a prompt's,
+    # LLM_WAIT_PROCESS_TIMEOUT while it runs) and llm_utils.py ("transfer from cache to blocks is
+    # not supported"); v1's KvCacheManager has no remap_registered_memory.
+    manager = datadist_v1.kv_cache_manager
+    cache = manager.allocate_cache(desc((BATCH, ENTRY_BYTES)))
+    config = TransferConfig(DECODER_ID, [0x1000] * TENSORS)
+    with pytest.raises(LLMException) as raised:
+        manager.transfer_cache_async(cache, released(), [config], None, [0], BLOCK_BYTES)
+    assert raised.value.status_code is S.LLM_PARAM_INVALID
+    stepper = Stepper()
+    task = manager.transfer_cache_async(cache, stepper, [config])
+    assert stepper.next_layer() == 0
+    assert task.synchronize(100) is S.LLM_WAIT_PROCESS_TIMEOUT
+    stepper.go[0].set()
+    assert task.synchronize(WAIT_MS) is S.LLM_NOT_YET_LINK
+    with pytest.raises(AttributeError):
+        manager.remap_registered_memory(MemInfo(Memtype.MEM_TYPE_DEVICE, cache.tensor_addrs[0], 8))
+    manager.deallocate_cache(cache)
+
+
+def test_v1_decoders_do_not_transfer_layer_by_layer():
+    decoder = LLMDataDist(LLMRole.DECODER, DECODER_ID)
+    decoder.init(options())
+    config = TransferConfig(PROMPT_ID, [0x1000] * TENSORS)
+    try:
+        cache = decoder.kv_cache_manager.allocate_cache(desc((BATCH, ENTRY_BYTES)))
+        with pytest.raises(LLMException) as raised:
+            decoder.kv_cache_manager.transfer_cache_async(cache, released(), [config])
+        assert raised.value.status_code is S.LLM_PARAM_INVALID
+    finally:
+        decoder.finalize()

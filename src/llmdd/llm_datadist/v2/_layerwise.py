@@ -50,7 +50,7 @@ class LayerwiseTransfer:
     config's last layer moved, or the failure that ended the task concerns it, as in CANN).
     It is what a CacheTask waits on (get, get_results)."""
 
-    def __init__(self, agent, entry, num_layers, synchronizer, configs, blocks):
+    def __init__(self, agent, entry, num_layers, synchronizer, configs, blocks, timeout_status):
         self._agent = agent
         self._entry = entry           # the registry's entry of the source cache; None: not held
         self._num_layers = num_layers
@@ -58,6 +58,7 @@ class LayerwiseTransfer:
         self._configs = list(configs)
         self._blocks = blocks         # (src_blocks, dst_blocks, dst_block_bytes)
         self.results = [None] * len(self._configs)
+        self._timeout_status = timeout_status   # the answer while the worker runs: v2's LLM_TIMEOUT
         self._state = threading.Condition()
         self._cancelled = False
         self._synchronizing = False   # inside the caller's synchronize_layer, which nothing can end
@@ -72,17 +73,17 @@ class LayerwiseTransfer:
         return self._done
 
     def get(self, timeout_s):
-        """CANN's TransferAsyncThread.get: LLM_TIMEOUT while the worker runs, else the first status
-        that is neither success nor unset, else success."""
+        """CANN's TransferAsyncThread.get: the timeout status while the worker runs, else the first
+        status that is neither success nor unset, else success."""
         self._worker.join(timeout_s)
         if self._worker.is_alive():
-            return LLMStatusCode.LLM_TIMEOUT
+            return self._timeout_status
         return next((status for status in self.results if status not in (None, SUCCESS)), SUCCESS)
 
     def get_results(self, timeout_s):
         self._worker.join(timeout_s)
         if self._worker.is_alive():
-            return [LLMStatusCode.LLM_TIMEOUT] * len(self._configs)
+            return [self._timeout_status] * len(self._configs)
         return list(self.results)
 
     def cancel(self):
@@ -213,5 +214,5 @@ def start_transfer(manager, src_cache, layer_synchronizer, transfer_configs, blo
         entry = manager._entry(src_cache)
     except LLMException:   # CANN finds the source cache in the task: its status, not an exception
         entry = None
-    return manager._layerwise_tasks().start(
-        LayerwiseTransfer(agent, entry, num_layers, layer_synchronizer, transfer_configs, blocks))
+    return manager._layerwise_tasks().start(LayerwiseTransfer(
+        agent, entry, num_layers, layer_synchronizer, transfer_configs, blocks, manager._task_timeout_status))

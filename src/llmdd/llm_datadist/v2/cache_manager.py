@@ -56,6 +56,7 @@ class CacheManager(CacheTransfers):
 
     _cache_type = Cache
     _v2 = True  # CANN's v2 rules: pools required, blocks caches apart from whole caches
+    _task_timeout_status = LLMStatusCode.LLM_TIMEOUT   # a CacheTask's answer while it runs
 
     def __init__(self, datadist, options):
         self._datadist = datadist
@@ -253,7 +254,7 @@ class CacheManager(CacheTransfers):
         elif dst_block_indices:
             require(dst_block_memory_size is not None, "a transfer to blocks needs dst_block_memory_size")
         check_type("layer_synchronizer", layer_synchronizer, LayerSynchronizer)
-        config_type = TransferWithCacheKeyConfig if self._remote_cache_accessible else TransferConfig
+        config_type = TransferWithCacheKeyConfig if self._v2 and self._remote_cache_accessible else TransferConfig
         check_sequence("transfer_configs", transfer_configs, config_type)
         require(bool(dst_block_indices) or dst_block_memory_size in (None, 0),
                 "dst_block_memory_size must be None or 0 unless the destination is blocks")
@@ -299,6 +300,7 @@ class KvCacheManager(CacheManager):
 
     _cache_type = KvCache
     _v2 = False
+    _task_timeout_status = LLMStatusCode.LLM_WAIT_PROCESS_TIMEOUT
 
     def _require_role(self, call, role):
         actual = self._datadist.role   # switch_role changes it
@@ -378,6 +380,21 @@ class KvCacheManager(CacheManager):
         self._transferred("pull_blocks", lambda agent: agent.pull_blocks(
             prompt_cache_key.cluster_id, prompt_cache_key, self._entry(decoder_kv_cache), list(prompt_blocks),
             list(decoder_blocks), **self._layers(kwargs)))
+
+    def transfer_cache_async(self, src_cache, layer_synchronizer, transfer_configs, src_block_indices=None,
+                             dst_block_indices=None, dst_block_memory_size=None):
+        """As CacheManager.transfer_cache_async with TransferConfigs: a prompt's call, and no cache
+        cut into blocks (v1's llm_utils.py transfer_cache_async)."""
+        self._require_live()
+        self._require_role("transfer_cache_async", LLMRole.PROMPT)
+        check_type("src_cache", src_cache, KvCache)
+        require(bool(src_block_indices) or dst_block_indices is None, "v1 transfers no cache into blocks")
+        return super().transfer_cache_async(src_cache, layer_synchronizer, transfer_configs, src_block_indices,
+                                            dst_block_indices, dst_block_memory_size)
+
+    @property
+    def remap_registered_memory(self):
+        raise AttributeError("v1's KvCacheManager has no remap_registered_memory: it needs llm.EnableCacheManager")
 
     # v1's KvCacheManager has no push (pushes are cache-manager mode's): not there, as in CANN.
     @property
