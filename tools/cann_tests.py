@@ -100,7 +100,7 @@ def main():
         with open(os.path.join(scratch, "pytest.ini"), "w") as ini:
             ini.write("[pytest]\n")
         junit = arguments.junit or os.path.join(scratch, "junit.xml")
-        subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c",
+        subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--continue-on-collection-errors", "-c",
                         os.path.join(scratch, "pytest.ini"), "--rootdir", scratch, f"--junitxml={junit}",
                         "-o", "faulthandler_timeout=120",
                         *[os.path.join(tests, name) for name in names if name.startswith("test_")]],
