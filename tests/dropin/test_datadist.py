@@ -147,10 +147,10 @@ def test_a_device_list_initializes_its_first_device():
     datadist.finalize()
 
 
-@pytest.mark.parametrize("name", sorted(V2_CALLS) + sorted(BOTH_CALLS))
+@pytest.mark.parametrize("name", sorted(BOTH_CALLS))
 def test_unimplemented_methods_say_so_in_cache_manager_mode(datadist_v2, name):
     with pytest.raises(LLMException, match=name) as raised:
-        {**V2_CALLS, **BOTH_CALLS}[name](datadist_v2)
+        BOTH_CALLS[name](datadist_v2)
     assert raised.value.status_code is NOT_ENABLED
 
 
