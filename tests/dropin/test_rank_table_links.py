@@ -373,7 +373,7 @@ def test_unlink_during_preparing_ends_it_at_once(sides):
     assert decoder.query_register_mem_status(comm_id) is RegisterMemStatus.PREPARING
     started = time.monotonic()
     decoder.unlink(comm_id)
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 10   # not llm.LinkTotalTime's 30 s
     assert not [thread for thread in threading.enumerate() if thread.name.startswith("llmdd-comm-")]
     with pytest.raises(LLMException) as raised:
         decoder.query_register_mem_status(comm_id)

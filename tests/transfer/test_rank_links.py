@@ -12,7 +12,7 @@ from support.registries import LocalRegistry
 
 import llmdd
 from llmdd.transfer import TransferAgent
-from llmdd.transfer._rank_links import FAILED, JOIN_SECONDS, MAX_COMMS, OK, PREPARING, RankTableLinks
+from llmdd.transfer._rank_links import FAILED, MAX_COMMS, OK, PREPARING, RankTableLinks
 
 pytestmark = pytest.mark.skipif(mooncake_missing() is not None, reason=str(mooncake_missing()))
 
@@ -20,6 +20,9 @@ S = llmdd.LLMStatusCode
 PROMPT, DECODER = 10, 20
 RANKS = {PROMPT: 0, DECODER: 1}
 LINK_SECONDS = 30   # two Mooncake engines and a data-plane helper starting on a busy 2-core machine
+# What "at once" means here: an end that came of itself, not of a deadline of LINK_SECONDS, on a
+# machine however busy (it takes milliseconds).
+PROMPTLY = 10
 
 
 def rank_table(*ips, version="1.2"):
@@ -97,7 +100,7 @@ def test_a_peer_that_never_links_fails_the_comm_at_its_deadline(sides):
     started = time.monotonic()
     assert decoder.link("pd", RANKS, TABLE) == (S.LLM_SUCCESS, 1)
     assert status_of(decoder, 1, seconds=10) == (S.LLM_SUCCESS, FAILED)
-    assert 1 <= time.monotonic() - started < 5
+    assert 1 <= time.monotonic() - started < PROMPTLY
     assert prompt.link("alone", RANKS, TABLE) == (S.LLM_SUCCESS, 1)   # the listening side fails alike
     assert status_of(prompt, 1, seconds=10) == (S.LLM_SUCCESS, FAILED)
     assert decoder.unlink(1) == prompt.unlink(1) == S.LLM_SUCCESS
@@ -111,7 +114,7 @@ def test_unlink_ends_a_preparation_at_once_and_leaves_nothing_behind(sides):
     for links in (decoder, prompt):
         started = time.monotonic()
         assert links.unlink(1) == S.LLM_SUCCESS
-        assert time.monotonic() - started < JOIN_SECONDS
+        assert time.monotonic() - started < PROMPTLY
     assert comm_threads() == [] and not listening(port, "127.0.0.1")
     assert decoder.status(1)[0] == decoder.unlink(1) == S.LLM_NOT_YET_LINK
 
@@ -122,7 +125,7 @@ def test_close_ends_every_preparation(sides):
         decoder.link(f"pd{index}", RANKS, TABLE)
     started = time.monotonic()
     decoder.close()
-    assert time.monotonic() - started < JOIN_SECONDS and comm_threads() == []
+    assert time.monotonic() - started < PROMPTLY and comm_threads() == []
     assert decoder.link("late", RANKS, TABLE) == (S.LLM_FAILED, None)
 
 
@@ -158,7 +161,7 @@ def test_a_linking_side_whose_address_this_host_lacks_fails_at_once(sides):
     started = time.monotonic()
     assert decoder.link("pd", RANKS, rank_table("127.0.0.1", "198.51.100.2")) == (S.LLM_SUCCESS, 1)
     assert status_of(decoder, 1) == (S.LLM_SUCCESS, FAILED)
-    assert time.monotonic() - started < 5   # not after LINK_SECONDS
+    assert time.monotonic() - started < PROMPTLY   # not after LINK_SECONDS
 
 
 def test_at_most_512_comms_at_a_time(sides):
