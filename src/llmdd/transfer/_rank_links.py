@@ -78,7 +78,8 @@ class RankTableLinks:
         if local_rank is None:
             log.warning("comm %r: this cluster (%d) is not in cluster_rank_info", comm_name, self._agent.cluster_id)
             return LLMStatusCode.LLM_PARAM_INVALID, None
-        refusal = self._refusal(comm_name)
+        with self._lock:
+            refusal = self._refusal(comm_name)
         if refusal is not None:
             return refusal, None
         try:
@@ -104,13 +105,14 @@ class RankTableLinks:
                 self._comms[comm_id] = comm
                 for cluster in peers:
                     self._holders[cluster] = self._holders.get(cluster, 0) + 1
+                # Started before anyone can unlink the comm, which joins it.
+                comm.thread = threading.Thread(target=self._prepare, name=f"llmdd-comm-{comm_id}", daemon=True,
+                                               args=(comm, time.monotonic() + self._link_total_s))
+                comm.thread.start()
         if refusal is not None:
             if comm.listens:
                 self._agent.listeners.release(comm.endpoint)
             return refusal, None
-        comm.thread = threading.Thread(target=self._prepare, args=(comm, time.monotonic() + self._link_total_s),
-                                       name=f"llmdd-comm-{comm_id}", daemon=True)
-        comm.thread.start()
         return SUCCESS, comm_id
 
     def _refusal(self, comm_name):
@@ -195,7 +197,7 @@ class RankTableLinks:
                 break
         with self._lock:
             comm.status = FAILED if pending else OK
-        if pending:
+        if pending and not comm.ending.is_set():   # not unlinked, nor given up (_dial said why)
             log.warning("comm %r: clusters %s not linked in %s s", comm.name, sorted(pending), self._link_total_s)
 
     def _dial(self, comm, cluster, endpoint, deadline):
