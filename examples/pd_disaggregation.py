@@ -1,6 +1,6 @@
 """Prefill/decode disaggregation of a tiny Llama through llmdd, checked token for token.
 
-    pip install '.[transfer,demo]' && python examples/pd_disaggregation.py [--layerwise] [--two-hosts]
+    pip install '.[transfer,demo]' && python examples/pd_disaggregation.py [--layerwise] [--two-hosts] [--rank-table]
 
 This process is the scheduler. It starts a prefill process and a decode process (this file again,
 with --role), and serves a handful of prompts: the prefill process computes a prompt's KV cache into
@@ -13,7 +13,9 @@ The model is a LlamaForCausalLM built from a fixed seed in every process: nothin
 The KV layout is the paged one serving engines use: per layer a K and a V tensor of shape
 [num_blocks, block_size, kv_heads, head_dim], registered with register_blocks_cache in place.
 With --two-hosts (root, iproute2) the two processes run in two network namespaces joined by a
-veth pair, so the KV bytes cross a network interface.
+veth pair, so the KV bytes cross a network interface. With --rank-table the roles link as
+vLLM-Ascend's LLMDataDistCMgrConnector does: both call link() with one rank table and wait for
+query_register_mem_status to say OK, where otherwise the decode process calls link_clusters.
 """
 import argparse
 import contextlib
@@ -37,6 +39,7 @@ BLOCK_SIZE = 16                              # tokens per block
 POOL_BLOCKS = 160                            # blocks per pool: room for 2560 tokens
 PREFILL_CLUSTER, DECODE_CLUSTER = 1, 2
 LINK_TIMEOUT_MS = 5000
+LINK_SECONDS = 60        # a rank-table link, both roles' Mooncake engines starting on a busy machine
 START_SECONDS = 120      # a role's start: importing torch and transformers, Mooncake's engine
 ANSWER_SECONDS = 120     # one prefill or decode of a 2000-token request takes well under this
 
@@ -142,13 +145,19 @@ def greedy_next(logits):
     return int(logits[0, -1].argmax())
 
 
-def initialized_datadist(role, cluster_id, listen_ip_info=None):
+def initialized_datadist(role, cluster_id, listen_ip_info=None, rank_table_port=None):
     from llmdd.llm_datadist import LLMConfig, LLMDataDist
     config = LLMConfig()
     config.device_id = 0
     config.enable_cache_manager = True
     if listen_ip_info is not None:
         config.listen_ip_info = listen_ip_info
+    if rank_table_port is not None:
+        # vLLM-Ascend's connector settings; the port where a rank listens is llmdd's option
+        # (docs/transfer.md, "Rank-table links"), its default taken unless this machine needs another.
+        config.enable_remote_cache_accessible = True
+        config.enable_switch_role = True
+        config.ge_options = {"llmdd.RankTablePort": str(rank_table_port)}
     datadist = LLMDataDist(role, cluster_id)
     datadist.init(config.generate_options())
     return datadist
@@ -156,7 +165,7 @@ def initialized_datadist(role, cluster_id, listen_ip_info=None):
 
 # ---- The roles: one JSON message a line on stdin, one answer a line on the channel ------------
 
-def serve(role, listen_ip):
+def serve(role, listen_ip, rank_table_port):
     # The channel is the original stdout; everything else printed to stdout (by this process or a
     # library) goes to stderr, so it can never corrupt a message.
     channel = os.fdopen(os.dup(1), "w", buffering=1)
@@ -164,23 +173,42 @@ def serve(role, listen_ip):
     sys.stdout = sys.stderr
     model = build_model()
     if role == "prefill":
-        Prefill(model, listen_ip).run(channel)
+        Prefill(model, listen_ip, rank_table_port).run(channel)
     else:
-        Decode(model, listen_ip).run(channel)
+        Decode(model, listen_ip, rank_table_port).run(channel)
+
+
+def rank_table_link(datadist, message):
+    """link() as vLLM-Ascend's connector calls it on both sides (add_remote_agent): the comm's id,
+    once query_register_mem_status says OK (FAILED raises)."""
+    from llmdd.llm_datadist import RegisterMemStatus
+    ranks = {int(cluster_id): rank for cluster_id, rank in message["cluster_rank_info"].items()}
+    comm_id = datadist.link(message["comm_name"], ranks, message["rank_table"])
+    deadline = time.monotonic() + LINK_SECONDS
+    while (status := datadist.query_register_mem_status(comm_id)) != RegisterMemStatus.OK:
+        if status == RegisterMemStatus.FAILED or time.monotonic() > deadline:
+            raise RuntimeError(f"the rank-table link {message['comm_name']} is {status.name}")
+        time.sleep(0.1)   # the connector polls every second
+    return comm_id
 
 
 class Prefill:
     """Computes a prompt's KV cache into its blocks; its block pool is registered under a
     BlocksCacheKey, so decoders can pull any of its blocks."""
 
-    def __init__(self, model, listen_ip):
+    def __init__(self, model, listen_ip, rank_table_port):
         from llmdd.llm_datadist import BlocksCacheKey, LLMRole
         self.model = model
         self.pool = PagedKVPool(model.config, POOL_BLOCKS, free_list_seed=SEED + PREFILL_CLUSTER)
-        with socket.socket() as probe:   # a free port for llmdd's control protocol
-            probe.bind((listen_ip, 0))
-            self.port = probe.getsockname()[1]
-        self.datadist = initialized_datadist(LLMRole.PROMPT, PREFILL_CLUSTER, f"{listen_ip}:{self.port}")
+        self.comm_id = None
+        if rank_table_port is None:
+            with socket.socket() as probe:   # a free port for llmdd's control protocol
+                probe.bind((listen_ip, 0))
+                self.port = probe.getsockname()[1]
+            self.datadist = initialized_datadist(LLMRole.PROMPT, PREFILL_CLUSTER, f"{listen_ip}:{self.port}")
+        else:   # the rank table says where it listens
+            self.port = None
+            self.datadist = initialized_datadist(LLMRole.PROMPT, PREFILL_CLUSTER, rank_table_port=rank_table_port)
         self.datadist.cache_manager.register_blocks_cache(self.pool.cache_desc(), self.pool.addresses(),
                                                           BlocksCacheKey(PREFILL_CLUSTER, 0))
 
@@ -204,23 +232,29 @@ class Prefill:
             elif message["op"] == "release":   # the decoder has what it needs: the blocks are free again
                 self.pool.free(message["block_table"])
                 answer(channel, {"released": True})
+            elif message["op"] == "link":
+                self.comm_id = rank_table_link(self.datadist, message)
+                answer(channel, {"comm_id": self.comm_id})
+        if self.comm_id is not None:
+            self.datadist.unlink(self.comm_id)
         self.datadist.finalize()
 
 
 class Decode:
     """Pulls a request's blocks into its own pool, rebuilds the model's cache and decodes."""
 
-    def __init__(self, model, local_ip):
+    def __init__(self, model, local_ip, rank_table_port):
         from llmdd.llm_datadist import BlocksCacheKey, LLMRole
         self.model = model
         self.local_ip = local_ip
         self.pool = PagedKVPool(model.config, POOL_BLOCKS, free_list_seed=SEED + DECODE_CLUSTER)
-        self.datadist = initialized_datadist(LLMRole.DECODER, DECODE_CLUSTER)
+        self.datadist = initialized_datadist(LLMRole.DECODER, DECODE_CLUSTER, rank_table_port=rank_table_port)
         # Registered before the link: LLM-DataDist takes remote-accessible memory only then.
         self.blocks_cache = self.datadist.cache_manager.register_blocks_cache(self.pool.cache_desc(),
                                                                               self.pool.addresses())
         self.prefill_key = BlocksCacheKey(PREFILL_CLUSTER, 0)
         self.cluster = None
+        self.comm_id = None
 
     def link(self, prefill_ip, prefill_port):
         from llmdd.llm_datadist import LLMClusterInfo, LLMStatusCode
@@ -231,6 +265,9 @@ class Decode:
         status, statuses = self.datadist.link_clusters([self.cluster], LINK_TIMEOUT_MS)
         if statuses != [LLMStatusCode.LLM_SUCCESS]:
             raise RuntimeError(f"link_clusters to the prefill process: {status!r}, {statuses!r}")
+        self.warm_up()
+
+    def warm_up(self):
         # Mooncake registers each pool's memory on its first transfer; an engine warms up before
         # it serves, so the first request's pull time does not include that.
         warm_up_block = self.pool.allocate(1)
@@ -246,6 +283,11 @@ class Decode:
         answer(channel, {"ready": True, "weights": weights_digest(self.model)})
         for line in sys.stdin:
             request = json.loads(line)
+            if request["op"] == "link" and "rank_table" in request:
+                self.comm_id = rank_table_link(self.datadist, request)
+                self.warm_up()
+                answer(channel, {"comm_id": self.comm_id})
+                continue
             if request["op"] == "link":
                 self.link(request["ip"], request["port"])
                 answer(channel, {"linked": True})
@@ -279,6 +321,8 @@ class Decode:
             answer(channel, {"tokens": tokens, **report})
         if self.cluster is not None:
             self.datadist.unlink_clusters([self.cluster], LINK_TIMEOUT_MS)
+        if self.comm_id is not None:
+            self.datadist.unlink(self.comm_id)
         self.datadist.finalize()
 
 
@@ -307,9 +351,12 @@ class Role:
                                "its error is above")
         return json.loads(line)
 
-    def ask(self, message, seconds=ANSWER_SECONDS):
+    def send(self, message):
         self.process.stdin.write(json.dumps(message) + "\n")
         self.process.stdin.flush()
+
+    def ask(self, message, seconds=ANSWER_SECONDS):
+        self.send(message)
         return self.receive(seconds)
 
     def close(self):
@@ -403,14 +450,40 @@ def line_of(index, prompt, tokens, prefill, decode, matches):
             f"({decode['decode_s'] / steps * 1e3:.2f} ms/token): {'tokens match' if matches else 'TOKENS DIFFER'}")
 
 
+def rank_table(prefill_ip, decode_ip):
+    """The rank table vLLM-Ascend's connector builds for a prefill and a decode device
+    (add_remote_agent): version 1.2, rank 0 the prefill's, one server entry when both are on one
+    host. The device ids are two devices' of one server: on one host, where both device_ips are
+    one address, each rank listens at llmdd.RankTablePort plus its device_id."""
+    devices = [{"device_id": "0", "device_ip": prefill_ip, "rank_id": "0"},
+               {"device_id": "1", "device_ip": decode_ip, "rank_id": "1"}]
+    if prefill_ip == decode_ip:
+        servers = [{"device": devices, "server_id": prefill_ip}]
+    else:
+        servers = [{"device": [device], "server_id": ip} for device, ip in zip(devices, (prefill_ip, decode_ip))]
+    return json.dumps({"version": "1.2", "server_count": str(len(servers)), "status": "completed",
+                       "server_list": servers})
+
+
+def link_by_rank_table(prefill, decode, prefill_ip, decode_ip):
+    """Both roles link() one comm at once, as the connector's two sides do; its ids on each side."""
+    message = {"op": "link", "comm_name": f"pd_comm_{prefill_ip}_{decode_ip}",
+               "cluster_rank_info": {PREFILL_CLUSTER: 0, DECODE_CLUSTER: 1},
+               "rank_table": rank_table(prefill_ip, decode_ip)}
+    for role in (prefill, decode):
+        role.send(message)
+    return [role.receive(LINK_SECONDS + ANSWER_SECONDS)["comm_id"] for role in (prefill, decode)]
+
+
 def schedule(arguments, prefill_place, decode_place):
     """Serve every prompt through the two roles; the number of requests whose tokens differ."""
     (prefill_prefix, prefill_ip), (decode_prefix, decode_ip) = prefill_place, decode_place
+    port_arguments = [] if arguments.rank_table_port is None else ["--rank-table-port", str(arguments.rank_table_port)]
     roles = []
     try:
-        prefill = Role("prefill", ["--listen-ip", prefill_ip], prefill_prefix)
+        prefill = Role("prefill", ["--listen-ip", prefill_ip, *port_arguments], prefill_prefix)
         roles.append(prefill)
-        decode = Role("decode", ["--listen-ip", decode_ip], decode_prefix)
+        decode = Role("decode", ["--listen-ip", decode_ip, *port_arguments], decode_prefix)
         roles.append(decode)
         model = build_model()   # the reference is computed while the roles start
         requests = prompts(arguments.prompt_lengths)
@@ -418,7 +491,12 @@ def schedule(arguments, prefill_place, decode_place):
         prefill_ready, decode_ready = prefill.receive(START_SECONDS), decode.receive(START_SECONDS)
         if not prefill_ready["weights"] == decode_ready["weights"] == weights_digest(model):
             raise RuntimeError("the three processes did not build the same model")
-        decode.ask({"op": "link", "ip": prefill_ip, "port": prefill_ready["port"]})
+        if arguments.rank_table_port is None:
+            decode.ask({"op": "link", "ip": prefill_ip, "port": prefill_ready["port"]})
+        else:
+            comm_ids = link_by_rank_table(prefill, decode, prefill_ip, decode_ip)
+            print(f"linked by a rank table: comm {comm_ids[0]} on the prefill side, {comm_ids[1]} on the decode "
+                  "side", flush=True)
 
         mismatches, totals = 0, {"bytes": 0, "pull_s": 0.0, "layerwise_pull_s": 0.0, "prefill_s": 0.0}
         for index, (prompt, reference) in enumerate(zip(requests, references)):
@@ -472,17 +550,25 @@ def main():
                         help="run the roles in two network namespaces joined by a veth pair (root)")
     parser.add_argument("--swap-a-block", action="store_true",
                         help="break each block table on purpose, to see the check fail")
+    parser.add_argument("--rank-table", action="store_true",
+                        help="link as vLLM-Ascend's LLMDataDistCMgrConnector does: link() with a rank table on both "
+                             "sides, then query_register_mem_status until OK")
     parser.add_argument("--role", choices=["prefill", "decode"], help=argparse.SUPPRESS)
     parser.add_argument("--listen-ip", default="127.0.0.1", help=argparse.SUPPRESS)
+    parser.add_argument("--rank-table-port", type=int, help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.role:
-        return serve(arguments.role, arguments.listen_ip)
+        return serve(arguments.role, arguments.listen_ip, arguments.rank_table_port)
     longest = max(arguments.prompt_lengths)
     # With --layerwise the decoder holds two copies of a prompt's blocks at once.
     if min(arguments.prompt_lengths) < 1 or 2 * math.ceil(longest / BLOCK_SIZE) > POOL_BLOCKS \
             or longest + arguments.max_new_tokens > MODEL_CONFIG["max_position_embeddings"]:
         parser.error(f"prompt lengths must be in [1, {POOL_BLOCKS * BLOCK_SIZE // 2}] and leave room for the "
                      "new tokens")
+    if arguments.rank_table:   # a free port, rather than llmdd's default, on a machine others share
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            arguments.rank_table_port = probe.getsockname()[1]
     # A terminated scheduler still stops its roles and removes its namespaces (the finally blocks).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with contextlib.ExitStack() as stack:

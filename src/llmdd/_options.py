@@ -7,7 +7,7 @@ LLM_PARAM_INVALID; a Python value that is not a str is a TypeError.
 import os
 
 from . import _desc
-from ._limits import INT32
+from ._limits import INT32, UINT32
 
 # The option keys, each written once: the engine's (Initialize) and those CANN's Python package
 # emits (LLMConfig.generate_options), which the drop-in reads.
@@ -53,6 +53,14 @@ TRANSFER_PATHS = ("auto", "network")
 # who accept that its ports then bind every interface and a malformed message to them aborts the
 # process (docs/transfer.md, "The data plane").
 MOONCAKE_IN_PROCESS = "llmdd.MooncakeInProcess"
+# The port of a rank table's rank that has no device_port: this plus its device_id (docs/transfer.md,
+# "Rank-table links"). Below Linux's ephemeral ports, so that no outgoing connection holds it.
+RANK_TABLE_PORT = "llmdd.RankTablePort"
+DEFAULT_RANK_TABLE_PORT = 24600
+# How long a rank-table link may take, in seconds: CANN's wait when llm.LinkTotalTime is unset or
+# not positive (comm_link_manager.cc).
+DEFAULT_LINK_TOTAL_S = 30
+LINK_RETRY_COUNTS = (1, 100)
 DEFAULT_SYNC_KV_WAIT_MS = 1000                 # LLM-DataDist's default wait for a transfer's peer
 
 DEFAULT_TENSOR_ALIGNMENT = 512  # LLM-DataDist v1 aligns every tensor to 512 bytes
@@ -96,7 +104,7 @@ class TransferOptions:
     """What the engine's transfer service takes (links, pulls and pushes)."""
 
     __slots__ = ("listen_ip_info", "sync_timeout_ms", "protocol", "device_name", "remote_cache_accessible",
-                 "link_secret", "transfer_path", "mooncake_in_process")
+                 "link_secret", "transfer_path", "mooncake_in_process", "link_total_s", "rank_table_port")
 
     def __init__(self):
         self.listen_ip_info = None     # "ip:port" to serve linking peers on, or None
@@ -107,6 +115,8 @@ class TransferOptions:
         self.link_secret = None        # a str both sides of a link must hold, or None: anyone may link
         self.transfer_path = "auto"    # one of TRANSFER_PATHS
         self.mooncake_in_process = False
+        self.link_total_s = DEFAULT_LINK_TOTAL_S   # how long a rank-table link may take
+        self.rank_table_port = DEFAULT_RANK_TABLE_PORT
 
 
 class PoolConfig:
@@ -165,6 +175,36 @@ def parse_decimal(text, key, low, high):
     if not low <= value <= high:
         raise OptionError(f"{key}={text!r} is outside [{low}, {high}]")
     return value
+
+
+def parse_number(text, key, low, high):
+    """A decimal integer in [low, high], signed where low < 0: what CANN reads with a C++ stream
+    into an int32 or uint32 (llm_utils.h ToNumber), without its leading spaces."""
+    digits = text[1:] if low < 0 and text[:1] in ("-", "+") else text
+    value = parse_decimal(digits, key, 0, max(high, -low))
+    value = -value if text[:1] == "-" else value
+    if not low <= value <= high:
+        raise OptionError(f"{key}={text!r} is outside [{low}, {high}]")
+    return value
+
+
+def parse_link_options(options, transfer):
+    """CANN's link options (comm_link_manager.cc Initialize) into `transfer`: llm.LinkTotalTime an
+    int32 (seconds; not positive: the default), llm.LinkRetryCount one in [1, 100], and the RDMA
+    traffic class and service level uint32s that Mooncake's rdma protocol takes from its own
+    settings instead (docs/transfer.md); and llmdd.RankTablePort."""
+    if LINK_TOTAL_TIME in options:
+        total_s = parse_number(options[LINK_TOTAL_TIME], LINK_TOTAL_TIME, *INT32)
+        transfer.link_total_s = total_s if total_s > 0 else DEFAULT_LINK_TOTAL_S
+    if LINK_RETRY_COUNT in options:
+        retry_count = parse_number(options[LINK_RETRY_COUNT], LINK_RETRY_COUNT, *INT32)
+        if not LINK_RETRY_COUNTS[0] <= retry_count <= LINK_RETRY_COUNTS[1]:
+            raise OptionError(f"{LINK_RETRY_COUNT}={retry_count} is outside {list(LINK_RETRY_COUNTS)}")
+    for key in (RDMA_TRAFFIC_CLASS, RDMA_SERVICE_LEVEL):
+        if key in options:
+            parse_number(options[key], key, 0, UINT32[1])
+    if RANK_TABLE_PORT in options:
+        transfer.rank_table_port = parse_decimal(options[RANK_TABLE_PORT], RANK_TABLE_PORT, 1, 65535)
 
 
 def parse_ip_port(text, key):
@@ -237,6 +277,7 @@ def parse_options(options):
     if TRANSFER_DEVICE in options:
         parsed.transfer.device_name = options[TRANSFER_DEVICE]
     parsed.transfer.link_secret = parse_link_secret(options)
+    parse_link_options(options, parsed.transfer)
     if TRANSFER_PATH in options:
         if options[TRANSFER_PATH] not in TRANSFER_PATHS:
             raise OptionError(f"{TRANSFER_PATH}={options[TRANSFER_PATH]!r} is not one of {', '.join(TRANSFER_PATHS)}")

@@ -1,10 +1,14 @@
-"""The C++ API's transfer structs (docs/facts.md section 1): IpInfo, ClusterInfo, CacheIndex, KvCacheExtParam.
+"""The C++ API's transfer structs (docs/facts.md section 1): IpInfo, ClusterInfo, CacheIndex, KvCacheExtParam;
+and the state of a rank-table link, CANN's RegisterMemoryStatus.
 
 Plain values with the C++ field names, defaults and order, mutable like the structs. They are
 checked where they are used (LlmDataDist's transfer calls convert every field first): a field
 that is not of its C++ type raises TypeError or ValueError there, a value against a rule of the
 call answers a status.
 """
+
+# A rank-table link's state, as query_register_mem_status answers it (CANN's llm_inner_types.h).
+REGISTER_MEMORY_STATUSES = {"OK": 0, "PREPARING": 1, "FAILED": 2}
 
 
 class _Struct:

@@ -512,17 +512,19 @@ def test_push_needs_remote_cache_access_and_pull_cache_takes_both_keys_without_i
         assert failure(manager.pull_cache, key, cache) is LLMStatusCode.LLM_NOT_YET_LINK
 
 
-def test_remote_accessible_registration_after_a_link_is_refused(local, peers):
+def test_remote_accessible_registration_after_link_clusters_is_allowed(local, peers):
     prompt, prompt_port = start_listening_prompt(peers, "")
     decoder, decoder_port, tensors, desc = push_decoder(local)
     manager = decoder.cache_manager
     assert decoder.link_clusters([cluster_info(0, prompt_port, local_port=decoder_port)], 5000)[0] is SUCCESS
-    # cache_manager.py:329-330 and :359-360.
-    assert failure(manager.register_cache, desc, addrs(tensors), remote_accessible=True) \
-        is LLMStatusCode.LLM_PARAM_INVALID
-    assert failure(manager.register_blocks_cache, desc, addrs(tensors), remote_accessible=True) \
-        is LLMStatusCode.LLM_PARAM_INVALID
-    manager.unregister_cache(manager.register_cache(desc, addrs(tensors)).cache_id)   # the default still registers
+    # cache_manager.py:329-330 and :359-360 refuse these after link() only: link_clusters never calls
+    # set_is_call_linked (llm_datadist.py link_clusters); test_rank_table_links.py has link()'s side.
+    registry = decoder._engine._registry()
+    for register in (manager.register_cache, manager.register_blocks_cache):
+        explicit, default = register(desc, addrs(tensors), remote_accessible=True), register(desc, addrs(tensors))
+        assert registry.entry(explicit.cache_id).remote_accessible and registry.entry(default.cache_id).remote_accessible
+        manager.unregister_cache(explicit.cache_id)
+        manager.unregister_cache(default.cache_id)
     assert decoder.unlink_clusters([cluster_info(0, prompt_port)], 5000)[0] is SUCCESS
 
 

@@ -148,13 +148,6 @@ def test_a_device_list_initializes_its_first_device():
 
 
 @pytest.mark.parametrize("name", sorted(V2_CALLS))
-def test_unimplemented_methods_say_so_in_cache_manager_mode(datadist_v2, name):
-    with pytest.raises(LLMException, match=name) as raised:
-        V2_CALLS[name](datadist_v2)
-    assert raised.value.status_code is NOT_ENABLED
-
-
-@pytest.mark.parametrize("name", sorted(V2_CALLS))
 def test_rank_table_methods_are_cache_manager_mode_only(datadist_v1, name):
     with pytest.raises(LLMException) as raised:
         V2_CALLS[name](datadist_v1)

@@ -314,10 +314,10 @@ def test_the_drop_in_links_with_the_secret_from_the_environment_or_its_ge_option
 
 
 def test_listening_beyond_loopback_without_a_secret_warns_once(agents, monkeypatch, caplog):
-    assert _agent._is_loopback("127.0.0.1") and _agent._is_loopback("127.0.0.2")
-    assert not _agent._is_loopback("0.0.0.0") and not _agent._is_loopback("192.0.2.1")
+    assert _listener._is_loopback("127.0.0.1") and _listener._is_loopback("127.0.0.2")
+    assert not _listener._is_loopback("0.0.0.0") and not _listener._is_loopback("192.0.2.1")
     # Only loopback may be here: the agent listens on 127.0.0.1 and is told it is not loopback.
-    monkeypatch.setattr(_agent, "_is_loopback", lambda host: False)
+    monkeypatch.setattr(_listener, "_is_loopback", lambda host: False)
     with caplog.at_level(logging.WARNING, logger="llmdd.transfer"):
         agents(PROMPT)
         agents(PROMPT + 1, link_secret=SECRET)

@@ -1,6 +1,7 @@
 """examples/pd_disaggregation.py end to end: a prefill and a decode process serve two short
-prompts through the drop-in (register_blocks_cache, link_clusters, pull_blocks) and the tokens are
-those of the model run in one process; a block table broken on purpose makes them differ."""
+prompts through the drop-in (register_blocks_cache, link_clusters or a rank-table link, pull_blocks)
+and the tokens are those of the model run in one process; a block table broken on purpose makes
+them differ."""
 import importlib.util
 import os
 import re
@@ -65,6 +66,12 @@ def test_two_prompts_decode_to_the_single_process_tokens_pulled_whole_and_layer_
     assert "other bytes than the whole pull" not in output
 
 
+def test_rank_table_mode_links_as_vllm_ascends_connector_and_gives_the_single_process_tokens():
+    returncode, output, errors, _ = run_example(*SHORT_RUN, "--rank-table")
+    assert "linked by a rank table: comm 1 on the prefill side, 1 on the decode side" in output
+    assert_token_identical_run(returncode, output, errors)
+
+
 def test_a_swapped_block_makes_the_tokens_differ_and_the_run_fail():
     returncode, output, errors, _ = run_example(*SHORT_RUN, "--swap-a-block")
     assert returncode == 1, f"{output}\n{errors[-4000:]}"
@@ -80,7 +87,8 @@ def namespaces():
     return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10).stdout
 
 
-def test_two_network_namespaces_give_the_single_process_tokens_and_are_removed():
+@pytest.mark.parametrize("linking", [[], ["--rank-table"]], ids=["link_clusters", "rank_table"])
+def test_two_network_namespaces_give_the_single_process_tokens_and_are_removed(linking):
     if shutil.which("ip") is None or os.geteuid() != 0:
         pytest.skip("network namespaces need root and iproute2's `ip`")
     probe = f"pddprobe{os.getpid() % 100000}"
@@ -89,7 +97,8 @@ def test_two_network_namespaces_give_the_single_process_tokens_and_are_removed()
         pytest.skip(f"network namespaces are not allowed here: {made.stderr.strip()}")
     subprocess.run(["ip", "netns", "del", probe], capture_output=True, timeout=10)
 
-    returncode, output, errors, pid = run_example(*SHORT_RUN, "--two-hosts")
+    returncode, output, errors, pid = run_example(*SHORT_RUN, "--two-hosts", *linking)
     assert "in two network namespaces" in output
+    assert ("linked by a rank table" in output) == bool(linking)
     assert_token_identical_run(returncode, output, errors)
     assert f"pdd{pid % 100000}" not in namespaces()               # the example removed both

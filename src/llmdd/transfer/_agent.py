@@ -7,7 +7,6 @@ on it, moving bytes with batched reads (pull) or writes (push) on their own Moon
 """
 import concurrent.futures
 import contextlib
-import errno
 import ipaddress
 import logging
 import socket
@@ -22,7 +21,7 @@ from .._status import LLMException, engine_status
 from . import _auth
 from . import _protocol as wire
 from ._channel import DRAIN_SECONDS, Channel, Keepalive, LinkFailure
-from ._listener import ControlListener
+from ._listener import ControlListener, Listeners
 from ._engines import engines_for, hand_back
 from ._mooncake import engine_module
 from ._mover import Mover
@@ -54,11 +53,6 @@ def _parse_ip(ip, what):
 def _parse_port(port, what):
     require(type(port) is int and 0 <= port <= 65535, f"{what} port {port!r} is not in [0, 65535]", PARAM_INVALID)
     return port
-
-
-def _is_loopback(host):
-    """Whether only this host can reach a listener bound to `host` (a dotted IPv4 address)."""
-    return ipaddress.IPv4Address(host).is_loopback
 
 
 def _parse_listen_ip_info(listen_ip_info):
@@ -156,11 +150,11 @@ class LinkTarget:
 
 
 class TransferAgent:
-    """The transfer layer of one initialized engine: its links, its listener, its Mooncake engine,
+    """The transfer layer of one initialized engine: its links, its listeners, its Mooncake engine,
     and the pulls and pushes (a Mover) over them.
 
-    registry: the engine's CacheRegistry (entry, find, pin, release_key). listen_ip_info:
-    "ip:port" to serve peers on (None: this side only links out). protocol: Mooncake's
+    registry: the engine's CacheRegistry (entry, find, pin, release_key). listen_ip_info: "ip:port"
+    to serve peers on (None: none; `listeners` opens more on demand). protocol: Mooncake's
     ("tcp", "rdma", "ascend"); device_name: the device where the protocol needs one.
     sync_timeout_ms (llm.SyncKvCacheWaitTime) bounds each control round trip of a transfer, and
     the whole handshake of a link made to this side. link_secret (llmdd.LinkSecret): a str both
@@ -204,25 +198,12 @@ class TransferAgent:
         mover = Mover(registry, self._link_for_transfer, self._using_mooncake, self._sync_timeout_s, same_host)
         for transfer in MOVER_CALLS:
             setattr(self, transfer, getattr(mover, transfer))
-        self._listener = None
+        self.listeners = Listeners(lambda host, port: ControlListener(
+            host, port, cluster_id, self._mooncake_for_host, self._accept_link, self._activate, self._sync_timeout_s,
+            self._links_from, self._link_secret, self._same_host_fields), unsecured=link_secret is None)
+        self.listen_address = None   # (ip, port) of the listener on listen_ip_info; others listen on demand
         if listen_ip_info is not None:
-            host, port = _parse_listen_ip_info(listen_ip_info)
-            try:
-                self._listener = ControlListener(host, port, cluster_id, self._mooncake_for_host, self._accept_link,
-                                                 self._activate, self._sync_timeout_s, self._links_from,
-                                                 self._link_secret, self._same_host_fields)
-            except OSError as error:
-                # An address this host does not have is a bad option; a port in use is not.
-                status = PARAM_INVALID if error.errno == errno.EADDRNOTAVAIL else LLMStatusCode.LLM_FAILED
-                raise LLMException(f"cannot listen on {listen_ip_info}: {error}", status) from None
-            if self._link_secret is None and not _is_loopback(host):
-                log.warning("listening for links on %s with no link secret: any host that reaches it may link and "
-                            "read the caches it serves (set llmdd.LinkSecret; docs/security.md)", listen_ip_info)
-
-    @property
-    def listen_address(self):
-        """(ip, port) the control listener is bound to, or None."""
-        return None if self._listener is None else self._listener.address
+            self.listen_address = self.listeners.open(*_parse_listen_ip_info(listen_ip_info))
 
     def _mooncake_for_host(self, host):
         """This agent's Mooncake engines, started on `host` (the address peers reach us at) the
@@ -239,8 +220,7 @@ class TransferAgent:
         """Ends every link and the listener without telling peers. Transfers under way end first,
         and peers get DRAIN_SECONDS to unpin what they move: bounded, at once for a peer that
         died, and within the keepalive limit for one that vanished."""
-        if self._listener is not None:
-            self._listener.close()
+        self.listeners.close()
         with self._lock:
             self._closed = True
             channels = [*self._links.values(), *self._accepted.values()]
@@ -377,14 +357,26 @@ class TransferAgent:
         return next((status for status in statuses if status != SUCCESS), SUCCESS), statuses
 
     def _link_one(self, remote_cluster_id, remote, local_ip, deadline):
-        connection = None
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return LLMStatusCode.LLM_TIMEOUT
         try:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return LLMStatusCode.LLM_TIMEOUT
-            connection = socket.create_connection(remote, timeout=remaining,
-                                                  source_address=(local_ip, 0) if local_ip else None)
-            track(connection)
+            connection = track(socket.create_connection(remote, timeout=remaining,
+                                                        source_address=(local_ip, 0) if local_ip else None))
+        except socket.timeout:
+            return LLMStatusCode.LLM_TIMEOUT
+        except OSError as error:
+            log.warning("link to cluster %d at %s:%d failed: %s", remote_cluster_id, *remote, error)
+            return LLMStatusCode.LLM_LINK_FAILED
+        return self.link_over(connection, remote_cluster_id, deadline)
+
+    def link_over(self, connection, remote_cluster_id, deadline):
+        """The status of linking `remote_cluster_id` by the time.monotonic() `deadline` over
+        `connection`, which this side opened to that cluster's listener and which is the link's
+        from then on, or closed; shutting it down meanwhile ends the attempt at once."""
+        remote = None
+        try:
+            remote = connection.getpeername()[:2]
             connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             engine = self._mooncake_for_host(connection.getsockname()[0])
             if self._link_secret is not None:
@@ -397,27 +389,29 @@ class TransferAgent:
                 raise wire.ProtocolError(f"{reply_type.name} #{reply_id} answers LINK #0")
             if reply["status"] != SUCCESS or reply["cluster_id"] != remote_cluster_id \
                     or not _engine_on(reply["engine"], remote[0]):
-                log.warning("cluster %d at %s:%d refused the link: %d", remote_cluster_id, *remote, reply["status"])
+                log.warning("cluster %d at %s refused the link: %d", remote_cluster_id, remote, reply["status"])
                 return LLMStatusCode.LLM_LINK_FAILED
             channel = Channel(connection, remote_cluster_id, reply["engine"], self._server, self._sync_timeout_s,
                               self._link_ended, shared_pid(self._same_host_fields, reply))
             connection = None
             with self._lock:
-                closed = self._closed
-                if not closed:
+                status = LLMStatusCode.LLM_FAILED if self._closed else SUCCESS
+                if remote_cluster_id in self._links:   # another call linked it meanwhile: that link stays
+                    status = LLMStatusCode.LLM_ALREADY_LINK
+                if status == SUCCESS:
                     self._links[remote_cluster_id] = channel
-            if closed:   # closed while we linked: the link goes with the agent
+            if status != SUCCESS:   # the link goes at once
                 channel.shutdown()
             channel.start()
             self._keepalive.watch(channel)
-            return LLMStatusCode.LLM_FAILED if closed else SUCCESS
+            return status
         except socket.timeout:
             return LLMStatusCode.LLM_TIMEOUT
         except LLMException as error:
             log.warning("link to cluster %d: %s", remote_cluster_id, error)
             return engine_status(error.status_code)
         except (OSError, wire.ProtocolError) as error:
-            log.warning("link to cluster %d at %s:%d failed: %s", remote_cluster_id, *remote, error)
+            log.warning("link to cluster %d at %s failed: %s", remote_cluster_id, remote, error)
             return LLMStatusCode.LLM_LINK_FAILED
         finally:
             if connection is not None:

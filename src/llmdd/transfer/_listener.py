@@ -6,6 +6,8 @@ validation, closes the connection without an answer. A link that is answered bec
 the agent's (on_link), which serves and sends requests both ways.
 """
 import contextlib
+import errno
+import ipaddress
 import logging
 import socket
 import threading
@@ -28,6 +30,69 @@ MAX_LINKS_PER_HOST = 16
 _POLL_SECONDS = 0.2
 
 _SUCCESS = int(LLMStatusCode.LLM_SUCCESS)
+
+
+def _is_loopback(host):
+    """Whether only this host can reach a listener bound to `host` (a dotted IPv4 address)."""
+    return ipaddress.IPv4Address(host).is_loopback
+
+
+class Listeners:
+    """An agent's control listeners, one an address: the one it was made with (llm.ListenIpInfo)
+    and those asked for later (a rank table's endpoints), each counted by its users and closed
+    when the last one is done with it. make(host, port) makes a ControlListener; unsecured: no
+    link secret is set, so a listener that other hosts can reach is worth a warning."""
+
+    def __init__(self, make, unsecured):
+        self._make = make
+        self._unsecured = unsecured
+        self._lock = threading.Lock()
+        self._listening = {}   # (ip, port) bound -> [ControlListener, users]
+        self._closed = False
+
+    def open(self, host, port):
+        """The (ip, port) a listener is bound to at host:port (port 0: one the system picks), made
+        unless one of these listens there already. LLMException: LLM_PARAM_INVALID for an address
+        this host lacks, LLM_FAILED for one in use or once closed."""
+        with self._lock:
+            if self._closed:
+                raise LLMException("the transfer agent is closed", LLMStatusCode.LLM_FAILED)
+            if (host, port) in self._listening:
+                self._listening[host, port][1] += 1
+                return host, port
+            try:
+                listener = self._make(host, port)
+            except OSError as error:
+                # An address this host does not have is a bad option; a port in use is not.
+                status = LLMStatusCode.LLM_PARAM_INVALID if error.errno == errno.EADDRNOTAVAIL \
+                    else LLMStatusCode.LLM_FAILED
+                raise LLMException(f"cannot listen on {host}:{port}: {error}", status) from None
+            self._listening[listener.address] = [listener, 1]
+        if self._unsecured and not _is_loopback(host):
+            log.warning("listening for links on %s:%d with no link secret: any host that reaches it may link and "
+                        "read the caches it serves (set llmdd.LinkSecret; docs/security.md)", host, port)
+        return listener.address
+
+    def release(self, address):
+        """One user of the listener at `address` is done with it; the last one closes it (the links
+        made through it stay)."""
+        with self._lock:
+            listening = self._listening.get(address)
+            if listening is None:
+                return
+            listening[1] -= 1
+            if listening[1] > 0:
+                return
+            del self._listening[address]
+        listening[0].close()
+
+    def close(self):
+        with self._lock:
+            self._closed = True
+            listeners = [listener for listener, _ in self._listening.values()]
+            self._listening = {}
+        for listener in listeners:
+            listener.close()
 
 
 class ControlListener:

@@ -2,18 +2,24 @@
 
 The engine makes it when it first needs one (llm.ListenIpInfo at Initialize, or the first
 transfer call) and closes it at Finalize. The C++ API's calls (_cpp_api) and the drop-in's both
-act through it: one TransferAgent over the engine's one CacheRegistry, one listener, one set of
-links.
+act through it: one TransferAgent over the engine's one CacheRegistry, its listeners, one set of
+links, and the rank-table links (comms) the drop-in's link() makes over them.
 """
 import weakref
 
 from ._agent import TransferAgent
+from ._rank_links import RankTableLinks
 from ._same_host import SameHostMemory
 
 
+def _close(rank_table_links, agent):
+    rank_table_links.close()   # no comm links anew while the agent ends its links
+    agent.close()
+
+
 class TransferService:
-    """One initialization's agent over its registry. The agent is closed with the engine (Finalize,
-    or the engine dropped without it); the service holds the engine only weakly."""
+    """One initialization's agent over its registry, and its rank-table links. Both are closed with
+    the engine (Finalize, or the engine dropped without it); the service holds the engine only weakly."""
 
     def __init__(self, engine, options, registry):
         """options: the engine's parsed _options.TransferOptions; registry: the engine's CacheRegistry."""
@@ -23,7 +29,8 @@ class TransferService:
                                    protocol=options.protocol, device_name=options.device_name,
                                    sync_timeout_ms=options.sync_timeout_ms, link_secret=options.link_secret,
                                    same_host=same_host, mooncake_in_process=options.mooncake_in_process)
-        self._closer = weakref.finalize(engine, self.agent.close)
+        self.rank_table_links = RankTableLinks(self.agent, options.link_total_s, options.rank_table_port)
+        self._closer = weakref.finalize(engine, _close, self.rank_table_links, self.agent)
 
     def close(self):
         self._closer()

@@ -1,11 +1,11 @@
 """CANN's v2/llm_datadist module: LLMDataDist over llmdd's engine.
 
 One LLMDataDist is one llmdd.LlmDataDist engine: init passes CANN's options to the engine as they
-are (the engine listens where CANN's would), and the cache manager and the links act through the
-engine's one CacheRegistry and one TransferService, in both of CANN's modes; switch_role is the
-engine's SetRole. What llmdd does not implement yet (rank-table links) checks its arguments as CANN
-does and then raises LLMException(LLM_FEATURE_NOT_ENABLED): no CANN method is missing. As CANN's,
-the module finalizes the process's initialized LLMDataDist at exit (_shutdown_handler).
+are (the engine listens where CANN's would), and the cache manager and the links (link_clusters,
+and the rank-table comms of link) act through the engine's one CacheRegistry and one
+TransferService, in both of CANN's modes; switch_role is the engine's SetRole. No CANN method is
+missing. As CANN's, the module finalizes the process's initialized LLMDataDist at exit
+(_shutdown_handler).
 """
 import atexit
 
@@ -13,9 +13,10 @@ from ... import _datadist
 from ... import _options as keys
 from ..._limits import INT32, UINT32, UINT64
 from ..configs import LLMClusterInfo, LLMRole
-from ..status import LLMException, LLMStatusCode, not_enabled, reraising, status_of
+from ..status import LLMException, LLMStatusCode, reraising, status_of
 from ..utils.utils import check_int, check_sequence, check_str_dict, check_type, require
 from .cache_manager import CacheManager, KvCacheManager
+from .llm_types import RegisterMemStatus
 
 __all__ = ["LLMDataDist"]
 
@@ -154,7 +155,11 @@ class LLMDataDist:
         return self._manager
 
     def link(self, comm_name, cluster_rank_info, rank_table):
-        """Link the clusters of a rank table (cache-manager mode). Not implemented by llmdd yet."""
+        """Link this cluster with the others of `cluster_rank_info` ({cluster id: rank}) by the
+        endpoints `rank_table` (HCCL's JSON) names, as a comm: its id, at once; the links are made
+        in the background (query_register_mem_status). Every cluster calls it with the same
+        arguments. A name a comm has already raises LLM_ALREADY_LINK (llmdd's answer, where CANN
+        leaves it to HCCL). Registrations are restricted from now on, as after CANN's link."""
         self._require_mode("link", True)
         check_type("comm_name", comm_name, str)
         require(0 < len(comm_name) < _MAX_COMM_NAME, f"comm_name must have 1 to {_MAX_COMM_NAME - 1} characters")
@@ -168,19 +173,36 @@ class LLMDataDist:
         ranks = list(cluster_rank_info.values())
         require(len(ranks) > 1, "cluster_rank_info needs at least 2 clusters")
         require(ranks == sorted(ranks), "the ranks of cluster_rank_info must be in order")
-        raise not_enabled("link")
+        status, comm_id = self._rank_table_links().link(comm_name, dict(cluster_rank_info), rank_table)
+        require(status == LLMStatusCode.LLM_SUCCESS, f"link of comm {comm_name!r} failed: {status_of(status).name}",
+                status_of(status))
+        self._has_linked = True   # CANN's set_is_call_linked
+        return comm_id
 
     def unlink(self, comm_id):
-        """Undo link (cache-manager mode). Not implemented by llmdd yet."""
+        """End a comm that link() made: its links that no other comm names end on this side
+        (the peer's with the connection); LLM_NOT_YET_LINK for an id no comm has."""
         self._require_mode("unlink", True)
         check_int("comm_id", comm_id, UINT64)
-        raise not_enabled("unlink")
+        status = self._rank_table_links().unlink(comm_id)
+        require(status == LLMStatusCode.LLM_SUCCESS, f"unlink of comm {comm_id} failed: {status_of(status).name}",
+                status_of(status))
 
     def query_register_mem_status(self, comm_id):
-        """The RegisterMemStatus of a link (cache-manager mode). Not implemented by llmdd yet."""
+        """The RegisterMemStatus of a comm: PREPARING while its links are being made, then OK, or
+        FAILED when llm.LinkTotalTime passed first; LLM_NOT_YET_LINK for an id no comm has."""
         self._require_mode("query_register_mem_status", True)
         check_int("comm_id", comm_id, UINT64)
-        raise not_enabled("query_register_mem_status")
+        status, register_status = self._rank_table_links().status(comm_id)
+        require(status == LLMStatusCode.LLM_SUCCESS,
+                f"query_register_mem_status of comm {comm_id} failed: {status_of(status).name}", status_of(status))
+        # CANN's mapping: a state it does not name is FAILED.
+        return RegisterMemStatus._value2member_map_.get(register_status, RegisterMemStatus.FAILED)
+
+    def _rank_table_links(self):
+        """The rank-table links (comms) of the engine's transfer service."""
+        with reraising:
+            return self._engine._transfer_service().rank_table_links
 
     def check_link_status(self, remote_cluster_id):
         """None when the link this decoder made to a cluster is up (v1 mode); else LLMException:
@@ -214,9 +236,8 @@ class LLMDataDist:
         elif not self._cache_manager_mode and (self._role != LLMRole.DECODER or not _v1_clusters_well_formed(clusters)):
             # v1's link is the decoder's (llm_datadist.cc LinkClusters): a status, as its C++ answers.
             return LLMStatusCode.LLM_PARAM_INVALID, []
-        status, statuses = self._linked("link_clusters", clusters, lambda agent, targets: agent.link(targets, timeout))
-        self._has_linked = self._has_linked or any(each == LLMStatusCode.LLM_SUCCESS for each in statuses)
-        return status, statuses
+        # Registrations stay as they were: CANN restricts them after link() only.
+        return self._linked("link_clusters", clusters, lambda agent, targets: agent.link(targets, timeout))
 
     def unlink_clusters(self, clusters, timeout=3000, force=False):
         """Unlink clusters, returning (status, [status per cluster]); force tears down only this side."""

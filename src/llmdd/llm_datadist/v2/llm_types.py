@@ -6,6 +6,7 @@ from enum import Enum, IntEnum
 
 from ... import _cache_keys, _datadist, _desc
 from ..._limits import INT32, INT64, INVALID_ID, UINT32, UINT64
+from ..._transfer_types import REGISTER_MEMORY_STATUSES
 from ..data_type import DataType
 from ..status import qualified_name
 from ..utils.utils import (
@@ -30,9 +31,9 @@ class Placement(IntEnum):
 
 
 class RegisterMemStatus(Enum):
-    OK = 0
-    PREPARING = 1
-    FAILED = 2
+    OK = REGISTER_MEMORY_STATUSES["OK"]
+    PREPARING = REGISTER_MEMORY_STATUSES["PREPARING"]
+    FAILED = REGISTER_MEMORY_STATUSES["FAILED"]
 
 
 class Memtype(Enum):
