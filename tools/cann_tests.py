@@ -6,7 +6,8 @@ HIXL is a checkout of hicann/hixl, or its bare git directory (the tests are read
 tests are copied to a temporary directory, never into this repository (they are CANN's code), and
 run with pytest under an import hook that makes `llm_datadist` and its submodules name
 `llmdd.llm_datadist`'s, so each test runs unchanged with only the import changed. A test that needs
-what only CANN's build has (its C++ extension `llm_datadist_wrapper`, its stubbed HCCL, `hixl`,
+what only CANN's build has (its C++ extension `llm_datadist_wrapper`, here an empty module so that
+the tests beside those that patch it run; its stubbed HCCL, whose links need no peer; `hixl`;
 private log helpers) fails here; docs/dropin.md says which and why.
 
 Run it with the python that has llmdd installed; it needs network access to nothing.
@@ -28,13 +29,21 @@ import importlib.abc
 import importlib.util
 import sys
 
+import types
+
 OURS = "llmdd.llm_datadist"
+# CANN's C++ binding, which llmdd does not have: an empty module, so that a test module importing
+# it runs its tests that do not use it; those that patch or call it fail.
+# `from llm_datadist import llm_datadist_wrapper` looks for it under the package's own name.
+ABSENT_BINDING = ("llm_datadist.llm_datadist_wrapper", OURS + ".llm_datadist_wrapper")
 
 
 class DropInAlias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """llm_datadist[.x] is llmdd.llm_datadist[.x]: the same module objects."""
 
     def find_spec(self, name, path=None, target=None):
+        if name in ABSENT_BINDING:
+            return importlib.util.spec_from_loader(name, self)
         if name != "llm_datadist" and not name.startswith("llm_datadist."):
             return None
         ours = OURS + name[len("llm_datadist"):]
@@ -43,6 +52,8 @@ class DropInAlias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return importlib.util.spec_from_loader(name, self)
 
     def create_module(self, spec):
+        if spec.name in ABSENT_BINDING:
+            return types.ModuleType(spec.name, "CANN's C++ binding: absent from llmdd")
         return importlib.import_module(OURS + spec.name[len("llm_datadist"):])
 
     def exec_module(self, module):
