@@ -222,7 +222,8 @@ def test_vllm_ascend_cmgr_connector_links_by_rank_table_and_pulls_from_threads(s
 
 # MindIE-LLM's SeparateDeploymentEngine
 
-def test_mindie_links_by_a_v1_0_table_and_answers_already_link_by_status_code(sides):
+@pytest.mark.parametrize("prompt_role", [LLMRole.PROMPT, LLMRole.MIX])   # MindIE's roles of a prefill node
+def test_mindie_links_by_a_v1_0_table_and_answers_already_link_by_status_code(sides, prompt_role):
     port = free_port()
     prompt_ip, decoder_ip = "127.0.0.2", "127.0.0.1"
     # get_cluster_rank_info: the lower device ip is rank 0, here the decoder's, so it listens.
@@ -231,7 +232,7 @@ def test_mindie_links_by_a_v1_0_table_and_answers_already_link_by_status_code(si
     link_name = f"link{prompt_ip}:{decoder_ip}"
     raw = {"llm.RdmaServiceLevel": "4", "llm.RdmaTrafficClass": "132"}   # kv_rdma_sl, kv_rdma_tc
     prompt = sides()
-    prompt.run(settings_snippet(LLMRole.PROMPT, PREFILL, port, MINDIE_SETTINGS).replace(
+    prompt.run(settings_snippet(prompt_role, PREFILL, port, MINDIE_SETTINGS).replace(
         "datadist.init(config.generate_options())", f"datadist.init({{**config.generate_options(), **{raw!r}}})"))
     # set_npu_cache: K under model_id 0, V under model_id 1.
     prompt.run(patterned_snippet(3, [MHA_SHAPE, MHA_SHAPE], LAYERS,
