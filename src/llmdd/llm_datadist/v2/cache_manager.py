@@ -2,7 +2,6 @@
 (v1): caches from the memory pools or registered from the caller's memory, named by id and keys
 (the engine's one CacheRegistry), copies, swaps, and pulls and pushes over the engine's one
 transfer service (llmdd.transfer)."""
-import contextlib
 
 from ... import _options as keys
 from ..._limits import INT64, UINT32, UINT64
@@ -270,6 +269,7 @@ class CacheManager(CacheTransfers):
 
     def _ending_tasks(self):
         """Around finalize's end of the links: layer-wise transfers stop first and are over after."""
+        import contextlib   # at finalize only: importing the drop-in stays light (test_names)
         return contextlib.nullcontext() if self._tasks is None else self._tasks.ending()
 
     def remap_registered_memory(self, mem_infos):
