@@ -32,6 +32,10 @@ LINK_TOTAL_TIME = "llm.LinkTotalTime"
 LINK_RETRY_COUNT = "llm.LinkRetryCount"
 RDMA_TRAFFIC_CLASS = "llm.RdmaTrafficClass"
 RDMA_SERVICE_LEVEL = "llm.RdmaServiceLevel"
+# What Mooncake's rdma transport takes for them (config.cpp ignores, with a log line, a value
+# outside): over llmdd.TransferProtocol rdma, a value outside is LLM_PARAM_INVALID.
+RDMA_TRAFFIC_CLASSES = (0, 255)
+RDMA_SERVICE_LEVELS = (0, 15)
 GLOBAL_RESOURCE_CONFIG = "llm.GlobalResourceConfig"
 OUTPUT_MAX_SIZE = "llm.OutputMaxSize"
 MEMORY_UTILIZATION = "llm.MemoryUtilization"
@@ -104,7 +108,8 @@ class TransferOptions:
     """What the engine's transfer service takes (links, pulls and pushes)."""
 
     __slots__ = ("listen_ip_info", "sync_timeout_ms", "protocol", "device_name", "remote_cache_accessible",
-                 "link_secret", "transfer_path", "mooncake_in_process", "link_total_s", "rank_table_port")
+                 "link_secret", "transfer_path", "mooncake_in_process", "link_total_s", "rank_table_port",
+                 "rdma_traffic_class", "rdma_service_level")
 
     def __init__(self):
         self.listen_ip_info = None     # "ip:port" to serve linking peers on, or None
@@ -117,6 +122,8 @@ class TransferOptions:
         self.mooncake_in_process = False
         self.link_total_s = DEFAULT_LINK_TOTAL_S   # how long a rank-table link may take
         self.rank_table_port = DEFAULT_RANK_TABLE_PORT
+        self.rdma_traffic_class = None   # an int Mooncake's engines take over rdma, or None: Mooncake's own
+        self.rdma_service_level = None
 
 
 class PoolConfig:
@@ -189,10 +196,10 @@ def parse_number(text, key, low, high):
 
 
 def parse_link_options(options, transfer):
-    """CANN's link options (comm_link_manager.cc Initialize) into `transfer`: llm.LinkTotalTime an
-    int32 (seconds; not positive: the default), llm.LinkRetryCount one in [1, 100], and the RDMA
-    traffic class and service level uint32s that Mooncake's rdma protocol takes from its own
-    settings instead (docs/transfer.md); and llmdd.RankTablePort."""
+    """CANN's link options (comm_link_manager.cc Initialize) into `transfer`, whose protocol is
+    parsed already: llm.LinkTotalTime an int32 (seconds; not positive: the default),
+    llm.LinkRetryCount one in [1, 100], the RDMA traffic class and service level uint32s, which
+    over rdma must also lie in what Mooncake takes (docs/transfer.md); and llmdd.RankTablePort."""
     if LINK_TOTAL_TIME in options:
         total_s = parse_number(options[LINK_TOTAL_TIME], LINK_TOTAL_TIME, *INT32)
         transfer.link_total_s = total_s if total_s > 0 else DEFAULT_LINK_TOTAL_S
@@ -200,9 +207,14 @@ def parse_link_options(options, transfer):
         retry_count = parse_number(options[LINK_RETRY_COUNT], LINK_RETRY_COUNT, *INT32)
         if not LINK_RETRY_COUNTS[0] <= retry_count <= LINK_RETRY_COUNTS[1]:
             raise OptionError(f"{LINK_RETRY_COUNT}={retry_count} is outside {list(LINK_RETRY_COUNTS)}")
-    for key in (RDMA_TRAFFIC_CLASS, RDMA_SERVICE_LEVEL):
+    for key, attribute, mooncake_bounds in ((RDMA_TRAFFIC_CLASS, "rdma_traffic_class", RDMA_TRAFFIC_CLASSES),
+                                            (RDMA_SERVICE_LEVEL, "rdma_service_level", RDMA_SERVICE_LEVELS)):
         if key in options:
-            parse_number(options[key], key, 0, UINT32[1])
+            value = parse_number(options[key], key, 0, UINT32[1])
+            if transfer.protocol == "rdma" and not mooncake_bounds[0] <= value <= mooncake_bounds[1]:
+                raise OptionError(f"{key}={value} is outside {list(mooncake_bounds)}, what Mooncake's rdma "
+                                  "transport takes")
+            setattr(transfer, attribute, value)
     if RANK_TABLE_PORT in options:
         transfer.rank_table_port = parse_decimal(options[RANK_TABLE_PORT], RANK_TABLE_PORT, 1, 65535)
 

@@ -16,14 +16,14 @@ import time
 from .._checks import require, require_int
 from .._desc import LLMStatusCode
 from .._limits import MAX_CLUSTERS_PER_CALL, UINT64
-from .._options import TRANSFER_PROTOCOLS, OptionError, parse_ip_port
+from .._options import RDMA_SERVICE_LEVELS, RDMA_TRAFFIC_CLASSES, TRANSFER_PROTOCOLS, OptionError, parse_ip_port
 from .._status import LLMException, engine_status
 from . import _auth
 from . import _protocol as wire
 from ._channel import DRAIN_SECONDS, Channel, Keepalive, LinkFailure
 from ._listener import ControlListener, Listeners
 from ._engines import engines_for, hand_back
-from ._mooncake import engine_module
+from ._mooncake import claim_environment, engine_module, rdma_environment
 from ._mover import Mover
 from ._same_host import link_fields, shared_pid
 from ._server import CacheServer
@@ -75,6 +75,32 @@ def _check_int(name, value, bounds):
 def _check_timeout(timeout_ms):
     require(type(timeout_ms) is int and timeout_ms > 0, f"timeout {timeout_ms!r} must be a positive number of "
             "milliseconds", PARAM_INVALID)
+
+
+def _check_agent_arguments(cluster_id, protocol, device_name, sync_timeout_ms, link_secret, rdma_traffic_class,
+                           rdma_service_level):
+    _check_int("cluster_id", cluster_id, UINT64)
+    require(link_secret is None or (isinstance(link_secret, str) and link_secret),
+            "link_secret must be None or a non-empty str", PARAM_INVALID)
+    require(protocol in TRANSFER_PROTOCOLS, f"protocol {protocol!r} is not one of {TRANSFER_PROTOCOLS}",
+            PARAM_INVALID)
+    require(isinstance(device_name, str), "device_name must be a str", PARAM_INVALID)
+    _check_timeout(sync_timeout_ms)
+    if protocol == "rdma":   # what Mooncake's rdma transport takes; other protocols ignore them
+        for name, value, bounds in (("rdma_traffic_class", rdma_traffic_class, RDMA_TRAFFIC_CLASSES),
+                                    ("rdma_service_level", rdma_service_level, RDMA_SERVICE_LEVELS)):
+            if value is not None:
+                _check_int(name, value, bounds)
+
+
+def _mooncake_environment(protocol, rdma_traffic_class, rdma_service_level, in_process):
+    """The Mooncake variables of an agent's engines (_mooncake.rdma_environment). In-process
+    engines' are this process's: claimed at once (LLMException, LLM_PARAM_INVALID, when they cannot
+    be), before another agent's first link has Mooncake load and read the environment without them."""
+    environment = rdma_environment(protocol, rdma_traffic_class, rdma_service_level)
+    if in_process:
+        claim_environment(environment)
+    return environment
 
 
 def _link_target(cluster):
@@ -160,25 +186,24 @@ class TransferAgent:
     the whole handshake of a link made to this side. link_secret (llmdd.LinkSecret): a str both
     sides of every link must prove they hold (docs/security.md), or None: anyone may link.
     mooncake_in_process (llmdd.MooncakeInProcess): Mooncake in this process rather than in a
-    data-plane helper process (_engines).
+    data-plane helper process (_engines). rdma_traffic_class, rdma_service_level: those of its
+    Mooncake engines over rdma (llm.RdmaTrafficClass, llm.RdmaServiceLevel), or None: Mooncake's.
     Which rules a transfer follows is its local cache's (_kind_rules): CANN's Python rules, where
     blocks caches and whole caches are apart and keys say which is meant, or the C++ API's, where a
     block is a batch entry of any cache."""
 
     def __init__(self, registry, cluster_id, listen_ip_info=None, protocol="tcp", device_name="",
-                 sync_timeout_ms=1000, link_secret=None, same_host=None, mooncake_in_process=False):
-        _check_int("cluster_id", cluster_id, UINT64)
-        require(link_secret is None or (isinstance(link_secret, str) and link_secret),
-                "link_secret must be None or a non-empty str", PARAM_INVALID)
-        require(protocol in TRANSFER_PROTOCOLS, f"protocol {protocol!r} is not one of {TRANSFER_PROTOCOLS}",
-                PARAM_INVALID)
-        require(isinstance(device_name, str), "device_name must be a str", PARAM_INVALID)
-        _check_timeout(sync_timeout_ms)
+                 sync_timeout_ms=1000, link_secret=None, same_host=None, mooncake_in_process=False,
+                 rdma_traffic_class=None, rdma_service_level=None):
+        _check_agent_arguments(cluster_id, protocol, device_name, sync_timeout_ms, link_secret,
+                               rdma_traffic_class, rdma_service_level)
         self._registry = registry
         self.cluster_id = cluster_id
         self._protocol = protocol
         self._device_name = device_name
         self._mooncake_in_process = bool(mooncake_in_process)
+        self._mooncake_environment = _mooncake_environment(protocol, rdma_traffic_class, rdma_service_level,
+                                                           self._mooncake_in_process)
         self._sync_timeout_s = sync_timeout_ms / 1000
         self._link_secret = None if link_secret is None else link_secret.encode()
         self._lock = threading.Lock()
@@ -213,7 +238,8 @@ class TransferAgent:
             if self._closed:
                 raise LLMException("the transfer agent is closed", LLMStatusCode.LLM_FAILED)
             if self._mooncake is None:
-                self._mooncake = engines_for(host, self._protocol, self._device_name, self._mooncake_in_process)
+                self._mooncake = engines_for(host, self._protocol, self._device_name, self._mooncake_in_process,
+                                             self._mooncake_environment)
             return self._mooncake
 
     def close(self):

@@ -159,7 +159,7 @@ class MirrorWindow:
 class _Helper:
     """The helper process and its lanes: started, asked, and stopped (killed when it hangs)."""
 
-    def __init__(self, host, protocol, device_name):
+    def __init__(self, host, protocol, device_name, environment):
         self._lock = threading.Lock()
         self._lane_free = threading.Condition(self._lock)
         self.gone = False     # the helper died, hangs or was stopped
@@ -176,7 +176,8 @@ class _Helper:
         self._free_lanes = list(ours)
         self._owed = {}   # lane -> the op of a request sent on it whose answer is not read yet
         preload = " ".join(filter(None, (guard, os.environ.get("LD_PRELOAD"))))
-        environment = dict(os.environ, LD_PRELOAD=preload, **{BIND_ADDRESS_VARIABLE: host})
+        # The engine's own Mooncake settings win over this process's: each helper is one engine's.
+        environment = dict(os.environ, LD_PRELOAD=preload, **{BIND_ADDRESS_VARIABLE: host}, **dict(environment))
         fds = [lane.fileno() for lane in theirs]
         try:
             self.process = subprocess.Popen([sys.executable, "-m", HELPER_MODULE, host, protocol, device_name,
@@ -331,14 +332,15 @@ class _Helper:
 class DataPlane:
     """MooncakeEngines(host, protocol, device_name) in a helper process, with their interface:
     address, kind, failed, needs_local_registration, alive, expose, write, close_regions, close.
+    `environment`: Mooncake variables (name, value) the helper runs with (_mooncake.rdma_environment).
     Nothing raises once it started: a call on a helper that is gone answers a failure."""
 
-    def __init__(self, host, protocol, device_name):
+    def __init__(self, host, protocol, device_name, environment=()):
         engine_module()   # LLM_FEATURE_NOT_ENABLED here, and Mooncake's defaults in the environment it inherits
-        self._helper = _Helper(host, protocol, device_name)
+        self._helper = _Helper(host, protocol, device_name, environment)
         _planes.add(self)
         self.address = self._helper.address
-        self.kind = (host, protocol, device_name, HELPER_KIND)
+        self.kind = (host, protocol, device_name, environment, HELPER_KIND)
         self.failed = False      # a transfer failed or timed out: not handed to another agent
         self.needs_local_registration = False   # the helper registers its staging itself where needed
         self._lock = threading.Lock()

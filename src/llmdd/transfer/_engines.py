@@ -8,9 +8,10 @@ engine's process. With llmdd.MooncakeInProcess they are MooncakeEngines in this 
 Starting engines costs tens of milliseconds (a helper: a few hundred, for Python's start) and
 stopping in-process ones about 1 s holding the GIL (Mooncake joins its threads). An agent that
 closes hands its engines back here, with nothing registered (no peer reads or writes a byte
-through them), and the next agent on the same host, protocol and placement takes them: a process
-that finalizes and initializes again (a serving engine restarting a worker, a test suite) pays
-the start once and the stop once, at exit, instead of at every Finalize.
+through them), and the next agent on the same host, protocol, RDMA settings (Mooncake reads them
+from its process's environment, once) and placement takes them: a process that finalizes and
+initializes again (a serving engine restarting a worker, a test suite) pays the start once and
+the stop once, at exit, instead of at every Finalize.
 """
 import atexit
 import os
@@ -26,10 +27,11 @@ _kept_in_child = []    # a forked child's copy of the parent's idle engines: nev
 _exiting = False       # at exit, engines handed back are stopped, not kept
 
 
-def engines_for(host, protocol, device_name, in_process=False):
-    """Engines on `host`: idle ones an earlier agent handed back, or new ones (LLMException when
-    they cannot start)."""
-    kind = (host, protocol, device_name, IN_PROCESS if in_process else HELPER_KIND)
+def engines_for(host, protocol, device_name, in_process=False, environment=()):
+    """Engines on `host` that run with the Mooncake variables `environment` ((name, value) pairs,
+    _mooncake.rdma_environment): idle ones an earlier agent handed back, or new ones (LLMException
+    when they cannot start)."""
+    kind = (host, protocol, device_name, environment, IN_PROCESS if in_process else HELPER_KIND)
     dead = []
     with _idle_lock:
         idle = _idle.get(kind, [])
@@ -40,7 +42,9 @@ def engines_for(host, protocol, device_name, in_process=False):
         engines_gone.close()
     if engines is not None:
         return engines
-    return MooncakeEngines(host, protocol, device_name) if in_process else DataPlane(host, protocol, device_name)
+    if in_process:
+        return MooncakeEngines(host, protocol, device_name, environment)
+    return DataPlane(host, protocol, device_name, environment)
 
 
 def hand_back(engines):

@@ -14,6 +14,7 @@ import time
 import weakref
 
 from .._desc import LLMStatusCode
+from .._options import MOONCAKE_IN_PROCESS, RDMA_SERVICE_LEVEL, RDMA_TRAFFIC_CLASS
 from .._status import LLMException
 from ._plan import shares
 from ._sockets import close_listeners_in_child
@@ -63,20 +64,36 @@ LAST_PAUSE_S = 500e-6
 TRANSFER_TIMEOUT_VARIABLE = "MC_TRANSFER_TIMEOUT"
 TRANSFER_TIMEOUT_DEFAULT_S = 30
 
+# Mooncake's rdma transport gives its queue pairs the traffic class and service level in these
+# variables, which it reads once a process: when mooncake.engine is imported (measured with
+# 0.3.13: its config is loaded at import, and once only, config.cpp's globalConfig). An engine's
+# llm.RdmaTrafficClass and llm.RdmaServiceLevel set them for its Mooncake engines.
+RDMA_VARIABLES = {"MC_IB_TC": RDMA_TRAFFIC_CLASS, "MC_IB_SL": RDMA_SERVICE_LEVEL}
+
 # MooncakeEngines.kind's last part: where the engines run (_dataplane.DataPlane's is "helper").
 IN_PROCESS = "in-process"
 
 _module_lock = threading.Lock()
 _module = None
 _import_error = None
+_read_environment = {}   # RDMA_VARIABLES' values when this process imported Mooncake (None: unset)
 
 _live = weakref.WeakSet()   # in-process MooncakeEngines not closed: a forked child closes its copies of their ports
+
+
+def rdma_environment(protocol, traffic_class, service_level):
+    """The Mooncake variables an engine's RDMA options ask for, as (name, value) pairs: none but
+    over rdma, and none for an option not given (Mooncake's own setting then)."""
+    if protocol != "rdma":
+        return ()
+    return tuple((name, str(value)) for name, value in zip(RDMA_VARIABLES, (traffic_class, service_level))
+                 if value is not None)
 
 
 def engine_module():
     """mooncake.engine, imported once; LLMException(LLM_FEATURE_NOT_ENABLED) naming what to
     install when it cannot be."""
-    global _module, _import_error
+    global _module, _import_error, _read_environment
     with _module_lock:
         if _module is None and _import_error is None:
             os.environ.setdefault(TCP_QUEUE_VARIABLE, str(TCP_QUEUE_DEFAULT))
@@ -88,11 +105,35 @@ def engine_module():
             else:
                 if "MC_LOG_LEVEL" not in os.environ and "GLOG_minloglevel" not in os.environ:
                     _quiet_glog(module.__file__)
+                _read_environment = {name: os.environ.get(name) for name in RDMA_VARIABLES}
                 _module = module
     if _module is None:
         raise LLMException(f"{INSTALL_HINT} (import mooncake.engine failed: {_import_error})",
                            LLMStatusCode.LLM_FEATURE_NOT_ENABLED)
     return _module
+
+
+def claim_environment(environment):
+    """Sets the Mooncake variables `environment` ((name, value) pairs) for engines in this process
+    (llmdd.MooncakeInProcess) where they are unset, before Mooncake loads and reads them, once.
+    LLMException(LLM_PARAM_INVALID) where the environment has another value, or Mooncake read
+    another: a traffic class silently not applied would put the KV traffic in another network
+    class (docs/transfer.md, "RDMA traffic class and service level")."""
+    with _module_lock:
+        read = _module is not None
+        values = _read_environment if read else os.environ
+        for name, value in environment:
+            current = values.get(name, value)
+            if current != value:
+                seen = f"{name} unset" if current is None else f"{name}={current!r}"
+                where = "Mooncake read, when this process loaded it," if read else "this process's environment has"
+                refusal = (f"{RDMA_VARIABLES[name]}={value} needs {name}={value} for Mooncake in this process "
+                           f"({MOONCAKE_IN_PROCESS}=1), but {where} {seen}: make them equal, or run Mooncake in "
+                           "its helper process")
+                log.warning("%s", refusal)   # the C++ API's callers see only the status
+                raise LLMException(refusal, LLMStatusCode.LLM_PARAM_INVALID)
+        if not read:
+            os.environ.update(environment)
 
 
 def _quiet_glog(library_path):
@@ -119,9 +160,12 @@ class MooncakeEngines:
     TCP_ENGINES_DEFAULT) and the regions they have registered.
 
     `address` is what a peer passes back as `peer` to read and write: each engine's host:port
-    (where Mooncake's P2P handshake listens), comma-separated."""
+    (where Mooncake's P2P handshake listens), comma-separated. `environment`: the Mooncake
+    variables (rdma_environment) these engines need in this process (claim_environment); none in
+    the data-plane helper, whose starter gave them to its environment."""
 
-    def __init__(self, host, protocol, device_name):
+    def __init__(self, host, protocol, device_name, environment=()):
+        claim_environment(environment)
         module = engine_module()
         self._engines = []
         for _ in range(_engine_count(protocol)):
@@ -134,7 +178,7 @@ class MooncakeEngines:
             self._engines.append(engine)
         self.handshake_ports = [engine.get_rpc_port() for engine in self._engines]
         self.address = ",".join(f"{host}:{port}" for port in self.handshake_ports)
-        self.kind = (host, protocol, device_name, IN_PROCESS)
+        self.kind = (host, protocol, device_name, environment, IN_PROCESS)
         self.failed = False    # a transfer failed or timed out: not handed to another agent
         self.needs_local_registration = protocol != "tcp"
         self._lock = threading.Lock()

@@ -28,7 +28,9 @@ class TransferService:
         self.agent = TransferAgent(self.registry, engine.cluster_id, listen_ip_info=options.listen_ip_info,
                                    protocol=options.protocol, device_name=options.device_name,
                                    sync_timeout_ms=options.sync_timeout_ms, link_secret=options.link_secret,
-                                   same_host=same_host, mooncake_in_process=options.mooncake_in_process)
+                                   same_host=same_host, mooncake_in_process=options.mooncake_in_process,
+                                   rdma_traffic_class=options.rdma_traffic_class,
+                                   rdma_service_level=options.rdma_service_level)
         self.rank_table_links = RankTableLinks(self.agent, options.link_total_s, options.rank_table_port)
         self._closer = weakref.finalize(engine, _close, self.rank_table_links, self.agent)
 
