@@ -607,7 +607,7 @@ def test_transfer_cache_async_to_raw_addresses_released_layer_by_layer(benchmark
 # process (the decoder, rank 1, which links from 127.0.0.2) and a prompt peer (rank 0, which listens).
 RANK_PROMPT, RANK_DECODER = 12, 13
 RANK_LINK_ROUNDS = 20
-RANK_POLL_S = 0.001   # the clients poll every 50 ms or so; tight here, so the row is the link's own time
+RANK_POLL_S = 0.001   # clients sleep longer between polls; tight here, so the row is the link's own time
 rank_link_seconds = {}
 
 
