@@ -112,11 +112,13 @@ def test_raw_addresses_are_checked_whole_at_the_first_layer(linked):
     assert linked.decoder.push_layer_to_addresses(PROMPT, addrs[:2], linked.source, 0, held=held, release=False) == \
         S.LLM_PARAM_INVALID
     assert layers_written(linked) == [] and pins_held(linked.prompt) == 0 and held.link is None
-    # Addresses that are not one layer of the held destination's are refused before anything is asked.
+    # Addresses that are not one layer of the held destination's (nor of one held by key) are
+    # refused before anything is asked.
     linked.sent.clear()
-    held = linked.decoder.hold_destination(addrs)
-    assert linked.decoder.push_layer_to_addresses(PROMPT, addrs[1:3], linked.source, 0, held=held) == \
-        S.LLM_PARAM_INVALID
+    for held, dst_addrs in ((linked.decoder.hold_destination(addrs), addrs[1:3]),
+                            (linked.decoder.hold_destination(), addrs[:2])):
+        assert linked.decoder.push_layer_to_addresses(PROMPT, dst_addrs, linked.source, 0, held=held) == \
+            S.LLM_PARAM_INVALID
     assert linked.sent == []
 
 

@@ -104,7 +104,10 @@ class HeldDestination:
         self.link = self.target = self.pin = self.layout = None
 
     def layer_of(self, dst_addrs):
-        """Which layer of `addresses` (len(dst_addrs) a layer) dst_addrs are, or None."""
+        """Which layer of `addresses` (len(dst_addrs) a layer) dst_addrs are, or None (also for a
+        destination by key)."""
+        if self.addresses is None:
+            return None
         count = len(dst_addrs)
         for layer, start in enumerate(range(0, len(self.addresses) - count + 1, count)):
             if self.addresses[start:start + count] == dst_addrs:
