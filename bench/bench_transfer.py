@@ -12,13 +12,19 @@ decoder) and a prompt process, beside memcpy of the same bytes measured in the s
 - registration of a 16 GiB region (reserved, never touched) with a Mooncake engine;
 - latency: PullKvBlocks (the C++ API) of 1, 8, 32 and 128 blocks of 16 KiB from a prompt engine in
   another process, back to back and after 50 ms idle, p50 and p99, each beside bare Mooncake
-  reading the same blocks between two engines of its own, one in each process.
+  reading the same blocks between two engines of its own, one in each process;
+- layer-wise: the drop-in's transfer_cache_async of a 32-layer cache (2 tensors of 64 KiB a layer)
+  released layer by layer with no compute between layers, by key and to raw addresses, beside
+  push_cache of the same cache in one call and a memcpy of its 4 MiB;
+- rank-table links: the drop-in's link() until query_register_mem_status answers OK, beside
+  link_clusters between the same two processes.
 
 Each throughput row reports GB/s (or ms) and its share of memcpy, each latency row its p50 and p99
 and the load average; bench/latency_table.py prints the latency rows as a table of ratios to bare
 Mooncake; bench/RESULTS.md has the numbers.
 """
 import ctypes
+import json
 import mmap
 import os
 import sys
@@ -451,3 +457,274 @@ def test_latency_of_16_kib_block_pulls(benchmark, latency_pair, blocks, wait, pa
         assert numpy.array_equal(destination.reshape(-1, LATENCY_BLOCK_BYTES)[dst_block],
                                  source.reshape(-1, LATENCY_BLOCK_BYTES)[src_block])
     report_latency(benchmark, path, blocks, wait)
+
+
+# Layer-wise pushes: the drop-in's transfer_cache_async of a cache released layer by layer with no
+# compute between layers, beside push_cache of the same cache in one call and a memcpy of its bytes.
+LAYERWISE_PROMPT, LAYERWISE_ADDRESSED_PROMPT, LAYERWISE_DECODER = 9, 10, 11
+LAYERWISE_LAYERS, LAYERWISE_TENSOR_BYTES = 32, 64 << 10   # 2 tensors a layer: 128 KiB a layer, 4 MiB in all
+LAYERWISE_ROUNDS = 20
+layerwise_seconds = {}   # row label -> median seconds of this run
+
+
+def _layerwise_decoder(port):
+    """The decoder peer's snippet: one remote-accessible cache of the layer-wise shape, registered
+    over numpy memory (as serving engines register torch tensors), listening on `port`."""
+    tensors = 2 * LAYERWISE_LAYERS
+    return f"""
+config = LLMConfig()
+config.device_id = 0
+config.enable_cache_manager = True
+config.enable_remote_cache_accessible = True
+config.listen_ip_info = "127.0.0.1:{port}"
+datadist = LLMDataDist(LLMRole.DECODER, {LAYERWISE_DECODER})
+datadist.init(config.generate_options())
+arrays = numpy.zeros(({tensors}, 1, {LAYERWISE_TENSOR_BYTES}), numpy.uint8)
+cache = datadist.cache_manager.register_cache(CacheDesc({tensors}, [1, {LAYERWISE_TENSOR_BYTES}], DataType.DT_UINT8),
+                                              [int(arrays[t].ctypes.data) for t in range({tensors})])
+result = {{"cache_id": cache.cache_id, "addrs": [int(arrays[t].ctypes.data) for t in range({tensors})]}}
+"""
+
+
+@pytest.fixture(scope="module")
+def layerwise_decoder():
+    """The decoder peer process, which holds the destination cache: (peer, its cache id, its
+    tensors' addresses, the port it listens on)."""
+    from support.network import free_port
+    decoder = Peer.dropin()
+    try:
+        port = free_port()
+        destination = decoder.run(_layerwise_decoder(port))
+        yield decoder, destination["cache_id"], destination["addrs"], port
+    finally:
+        decoder.close()
+
+
+@pytest.fixture
+def layerwise_pair(layerwise_decoder, request):
+    """A prompt of this process (a process has one LLMDataDist: one a row), with its source
+    cache over numpy memory, linked to the decoder peer; by key (enable_remote_cache_accessible,
+    request.param True) or by raw addresses (without it)."""
+    from llmdd.llm_datadist import (CacheDesc, CacheKeyByIdAndIndex, DataType, LLMClusterInfo, LLMConfig,
+                                    LLMDataDist, LLMRole)
+    decoder, cache_id, addrs, port = layerwise_decoder
+    keyed = request.param
+    config = LLMConfig()
+    config.device_id = 0
+    config.enable_cache_manager = True
+    config.enable_remote_cache_accessible = keyed
+    prompt = LLMDataDist(LLMRole.PROMPT, LAYERWISE_PROMPT if keyed else LAYERWISE_ADDRESSED_PROMPT)
+    prompt.init(config.generate_options())
+    try:
+        tensors = 2 * LAYERWISE_LAYERS
+        source = touched(tensors * LAYERWISE_TENSOR_BYTES).reshape(tensors, 1, LAYERWISE_TENSOR_BYTES)
+        desc = CacheDesc(tensors, [1, LAYERWISE_TENSOR_BYTES], DataType.DT_UINT8)
+        cache = prompt.cache_manager.register_cache(desc, [int(source[t].ctypes.data) for t in range(tensors)])
+        cluster = LLMClusterInfo()
+        cluster.remote_cluster_id = LAYERWISE_DECODER
+        cluster.append_local_ip_info("127.0.0.1", 0)
+        cluster.append_remote_ip_info("127.0.0.1", port)
+        assert prompt.link_clusters([cluster], 5000)[0] == LLMStatusCode.LLM_SUCCESS
+        yield {"decoder": decoder, "manager": prompt.cache_manager, "source": source, "cache": cache, "addrs": addrs,
+               "key": CacheKeyByIdAndIndex(LAYERWISE_DECODER, cache_id, 0)}
+    finally:
+        prompt.finalize()
+
+
+def _released_at_once():
+    """A LayerSynchronizer whose layers are all computed already: no compute between layers."""
+    from llmdd.llm_datadist import LayerSynchronizer
+
+    class Released(LayerSynchronizer):
+        def synchronize_layer(self, layer_index, timeout_in_millis):
+            return True
+    return Released()
+
+
+def _layerwise_row(benchmark, pair, move, label, fill):
+    """Times move() (one whole transfer of the cache), then checks the decoder holds the source's
+    bytes (`fill` everywhere), and reports the median beside the push_cache and memcpy rows."""
+    source = pair["source"]
+    source.fill(fill)
+    benchmark.pedantic(move, args=(pair["manager"], pair["cache"]), rounds=LAYERWISE_ROUNDS, iterations=1,
+                       warmup_rounds=1)
+    assert pair["decoder"].run(f"result = bool((arrays == {fill}).all())")
+    if benchmark.stats is None:
+        return
+    seconds = benchmark.stats.stats.median
+    layerwise_seconds[label] = seconds
+    line = f"{label}: {seconds * 1e3:.2f} ms ({seconds / LAYERWISE_LAYERS * 1e3:.2f} ms a layer)"
+    if label != "push_cache" and "push_cache" in layerwise_seconds:
+        line += f", {seconds / layerwise_seconds['push_cache']:.1f}x push_cache"
+    nbytes = source.nbytes
+    if nbytes in memcpy_seconds:
+        line += f", {memcpy_seconds[nbytes] / seconds:.1%} of memcpy"
+    benchmark.extra_info["report"] = f"{line}, load {os.getloadavg()[0]:.2f}"
+
+
+@pytest.mark.benchmark(group="transfer-layerwise")
+def test_memcpy_of_a_layerwise_cache(benchmark):
+    nbytes = 2 * LAYERWISE_LAYERS * LAYERWISE_TENSOR_BYTES
+    src, dst = touched(nbytes), touched(nbytes)
+    benchmark.pedantic(numpy.copyto, (dst, src), rounds=LAYERWISE_ROUNDS * 10, iterations=1, warmup_rounds=1)
+    report(benchmark, nbytes, "memcpy")
+
+
+@pytest.mark.parametrize("layerwise_pair", [True], indirect=True, ids=["by-key"])
+@pytest.mark.benchmark(group="transfer-layerwise")
+def test_push_cache_of_a_layerwise_cache_in_one_call(benchmark, layerwise_pair):
+    key = layerwise_pair["key"]
+    _layerwise_row(benchmark, layerwise_pair, lambda manager, cache: manager.push_cache(key, cache),
+                   "push_cache", 1)
+
+
+@pytest.mark.parametrize("layerwise_pair", [True], indirect=True, ids=["by-key"])
+@pytest.mark.benchmark(group="transfer-layerwise")
+def test_transfer_cache_async_by_key_released_layer_by_layer(benchmark, layerwise_pair):
+    from llmdd.llm_datadist import TransferWithCacheKeyConfig
+    layers = range(LAYERWISE_LAYERS)
+    configs = [TransferWithCacheKeyConfig(layerwise_pair["key"], layers, layers)]
+
+    def transfer(manager, cache):
+        assert manager.transfer_cache_async(cache, _released_at_once(), configs).synchronize(30000) == \
+            LLMStatusCode.LLM_SUCCESS
+    _layerwise_row(benchmark, layerwise_pair, transfer, "transfer_cache_async by key", 2)
+
+
+@pytest.mark.parametrize("layerwise_pair", [False], indirect=True, ids=["by-address"])
+@pytest.mark.benchmark(group="transfer-layerwise")
+def test_transfer_cache_async_to_raw_addresses_released_layer_by_layer(benchmark, layerwise_pair):
+    from llmdd.llm_datadist import TransferConfig
+    configs = [TransferConfig(LAYERWISE_DECODER, layerwise_pair["addrs"])]
+
+    def transfer(manager, cache):
+        assert manager.transfer_cache_async(cache, _released_at_once(), configs).synchronize(30000) == \
+            LLMStatusCode.LLM_SUCCESS
+    _layerwise_row(benchmark, layerwise_pair, transfer, "transfer_cache_async to raw addresses", 3)
+
+
+# Rank-table links: from link() to query_register_mem_status OK, beside link_clusters, between this
+# process (the decoder, rank 1, which links from 127.0.0.2) and a prompt peer (rank 0, which listens).
+RANK_PROMPT, RANK_DECODER = 12, 13
+RANK_LINK_ROUNDS = 20
+RANK_POLL_S = 0.001   # clients sleep longer between polls; tight here, so the row is the link's own time
+rank_link_seconds = {}
+
+
+def _rank_table(prompt_ip, decoder_ip):
+    """vLLM-Ascend's table for two devices of one server (version 1.2)."""
+    devices = [{"device_id": "0", "device_ip": prompt_ip, "rank_id": "0", "super_device_id": "0"},
+               {"device_id": "1", "device_ip": decoder_ip, "rank_id": "1", "super_device_id": "1"}]
+    return json.dumps({"version": "1.2", "server_count": "1", "status": "completed",
+                       "server_list": [{"device": devices, "server_id": "127.0.0.1"}]})
+
+
+@pytest.fixture(scope="module")
+def rank_table_prompt():
+    """A prompt peer listening on llm.ListenIpInfo (for link_clusters) and, for link(), at
+    llmdd.RankTablePort on 127.0.0.1: (peer, listen port, rank-table options)."""
+    from support.network import free_port
+    prompt = Peer.dropin()
+    try:
+        listen_port, options = free_port(), {"llmdd.RankTablePort": str(free_port())}
+        prompt.run(f"""
+config = LLMConfig()
+config.device_id = 0
+config.enable_cache_manager = True
+config.ge_options = {options!r}
+config.listen_ip_info = "127.0.0.1:{listen_port}"
+datadist = LLMDataDist(LLMRole.PROMPT, {RANK_PROMPT})
+datadist.init(config.generate_options())
+result = None
+""")
+        yield prompt, listen_port, options
+    finally:
+        prompt.close()
+
+
+@pytest.fixture
+def rank_table_pair(rank_table_prompt):
+    """The prompt peer and this process's decoder (cache-manager mode), new for each row: an
+    agent's Mooncake engines listen where its first link came from, and the two rows link from
+    different addresses."""
+    from llmdd.llm_datadist import LLMConfig, LLMDataDist, LLMRole
+    prompt, listen_port, options = rank_table_prompt
+    config = LLMConfig()
+    config.device_id = 0
+    config.enable_cache_manager = True
+    config.ge_options = options
+    decoder = LLMDataDist(LLMRole.DECODER, RANK_DECODER)
+    decoder.init(config.generate_options())
+    try:
+        yield {"prompt": prompt, "decoder": decoder, "listen_port": listen_port}
+    finally:
+        decoder.finalize()
+
+
+def _report_link(benchmark, label):
+    if benchmark.stats is None:
+        return
+    seconds = benchmark.stats.stats.median
+    rank_link_seconds[label] = seconds
+    line = f"{label}: {seconds * 1e3:.2f} ms"
+    if label != "link_clusters" and "link_clusters" in rank_link_seconds:
+        line += f", {seconds / rank_link_seconds['link_clusters']:.1f}x link_clusters"
+    benchmark.extra_info["report"] = f"{line}, load {os.getloadavg()[0]:.2f}"
+
+
+@pytest.mark.benchmark(group="transfer-rank-table-link")
+def test_link_clusters_of_a_cache_manager(benchmark, rank_table_pair):
+    from llmdd.llm_datadist import LLMClusterInfo
+    decoder = rank_table_pair["decoder"]
+    cluster = LLMClusterInfo()
+    cluster.remote_cluster_id = RANK_PROMPT
+    cluster.append_local_ip_info("127.0.0.1", 0)
+    cluster.append_remote_ip_info("127.0.0.1", rank_table_pair["listen_port"])
+    linked = []
+
+    def unlinked():
+        while linked:
+            assert decoder.unlink_clusters([linked.pop()], 5000)[0] == LLMStatusCode.LLM_SUCCESS
+        return (), {}
+
+    def link():
+        assert decoder.link_clusters([cluster], 5000) == (LLMStatusCode.LLM_SUCCESS, [LLMStatusCode.LLM_SUCCESS])
+        linked.append(cluster)
+    try:
+        benchmark.pedantic(link, setup=unlinked, rounds=RANK_LINK_ROUNDS, iterations=1)
+    finally:
+        unlinked()
+    _report_link(benchmark, "link_clusters")
+
+
+@pytest.mark.benchmark(group="transfer-rank-table-link")
+def test_rank_table_link_until_registered(benchmark, rank_table_pair):
+    """link() on this side, then query_register_mem_status until OK, as vLLM-Ascend's connector
+    polls; the prompt peer called link() with the same table just before (untimed)."""
+    from llmdd.llm_datadist import RegisterMemStatus
+    prompt, decoder = rank_table_pair["prompt"], rank_table_pair["decoder"]
+    ranks, table = {RANK_PROMPT: 0, RANK_DECODER: 1}, _rank_table("127.0.0.1", "127.0.0.2")
+    comms = []
+
+    def prompt_linked():
+        while comms:
+            decoder_comm, prompt_comm = comms.pop()
+            decoder.unlink(decoder_comm)
+            prompt.run(f"datadist.unlink({prompt_comm})\nresult = None")
+        prompt_comm = prompt.run(f"result = datadist.link('bench', {ranks!r}, {table!r})")
+        return (prompt_comm,), {}
+
+    def link(prompt_comm):
+        comm_id = decoder.link("bench", ranks, table)
+        comms.append((comm_id, prompt_comm))
+        deadline = time.monotonic() + 30
+        while decoder.query_register_mem_status(comm_id) != RegisterMemStatus.OK:
+            assert time.monotonic() < deadline, "the comm is not linked after 30 s"
+            time.sleep(RANK_POLL_S)
+    try:
+        benchmark.pedantic(link, setup=prompt_linked, rounds=RANK_LINK_ROUNDS, iterations=1)
+    finally:
+        for decoder_comm, prompt_comm in comms:
+            decoder.unlink(decoder_comm)
+            prompt.run(f"datadist.unlink({prompt_comm})\nresult = None")
+    _report_link(benchmark, "link() until query_register_mem_status OK")

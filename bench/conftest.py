@@ -24,6 +24,8 @@ BASELINES = {
     "scaling": "test_pool_round_trip_with_live_caches[1]",
     "large-cache": "test_numpy_empty_16_gib",
     "copy-1GiB": "test_one_large_memcpy",
+    "transfer-layerwise": "test_memcpy_of_a_layerwise_cache",
+    "transfer-rank-table-link": "test_link_clusters_of_a_cache_manager",
 }
 
 

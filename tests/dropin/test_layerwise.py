@@ -9,6 +9,7 @@ its synchronize_layer returned True would carry stale bytes, or show up early.
 """
 import queue
 import threading
+import time
 
 import numpy
 import pytest
@@ -35,6 +36,8 @@ from llmdd.llm_datadist import (
     TransferConfig,
     TransferWithCacheKeyConfig,
 )
+from llmdd.transfer import _channel
+from llmdd.transfer import _protocol as wire
 
 pytestmark = [pytest.mark.skipif(mooncake_missing() is not None, reason=str(mooncake_missing())),
               pytest.mark.sim_only]   # numpy memory stands for device memory only on the sim build
@@ -101,6 +104,9 @@ class Decoder:
         rows = self.peer.run(f"result = arrays[{name!r}].tobytes().hex()")
         shape = (BATCH, ENTRY_BYTES) if name != "blocks" else (BLOCKS, BLOCK_BYTES)
         return numpy.frombuffer(bytes.fromhex(rows), numpy.uint8).reshape((TENSORS,) + shape).copy()
+
+    def held(self):
+        return self.peer.run(HELD)
 
     def initial(self, name):
         shape = (BATCH, ENTRY_BYTES) if name != "blocks" else (BLOCKS, BLOCK_BYTES)
@@ -444,6 +450,161 @@ def test_remap_registered_memory_takes_memory_inside_caches_once_linked(prompt_o
         manager.remap_registered_memory([])
     assert raised.value.status_code is S.LLM_PARAM_INVALID
     manager.deallocate_cache(pooled)
+
+
+# Each config's destination is resolved once and held while the task runs, and no longer.
+
+# What a side's transfer agent holds for its peers' pushes now: [pins, regions exposed].
+HELD = """
+agent = datadist._transfer_agent("test")
+channels = [*agent._links.values(), *agent._accepted.values()]
+result = [sum(len(channel._pins) for channel in channels), len(agent._mooncake._exposed) if agent._mooncake else 0]
+"""
+
+
+def held_by(datadist):
+    namespace = {"datadist": datadist}
+    exec(HELD, namespace)
+    return namespace["result"]
+
+
+def held_until(read, done):
+    """read()'s first answer that is done(), or its last one after WAIT_MS."""
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while not done(answer := read()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return answer
+
+
+def nothing_held(held):
+    return held == [0, 0]
+
+
+def record_requests(monkeypatch):
+    """The control requests this process sends from now on, by type."""
+    sent = []
+    request = _channel.Channel.request
+
+    def recorded(channel, message_type, body, timeout_s):
+        sent.append(message_type)
+        return request(channel, message_type, body, timeout_s)
+    monkeypatch.setattr(_channel.Channel, "request", recorded)
+    return sent
+
+
+def first_layer_pushed(decoder, prompt_of, keyed=False, answers=None):
+    """A task of a whole cache into the decoder's, stopped in synchronize_layer(1) once layer 0
+    moved: (prompt, task, stepper, source)."""
+    prompt = prompt_of(keyed=keyed)
+    source = Source(prompt.cache_manager, (BATCH, ENTRY_BYTES), blocks=False)
+    link(prompt, decoder)
+    if keyed:
+        key = CacheKeyByIdAndIndex(DECODER_ID, decoder.addrs["whole_id"], 0)
+        config = TransferWithCacheKeyConfig(key, range(LAYERS), range(LAYERS))
+    else:
+        config = TransferConfig(DECODER_ID, decoder.addrs["whole"])
+    stepper = Stepper(source, answers)
+    task = prompt.cache_manager.transfer_cache_async(source.cache, stepper, [config])
+    assert stepper.next_layer() == 0
+    assert decoder.held() == [0, 0]   # nothing is resolved before a layer is released
+    stepper.go[0].set()
+    assert stepper.next_layer() == 1
+    return prompt, task, stepper, source
+
+
+@pytest.mark.parametrize("keyed", [False, True], ids=["by-address", "by-key"])
+def test_a_task_resolves_its_destination_once_and_holds_it_only_while_it_runs(prompt_of, peers, monkeypatch, keyed):
+    decoder = Decoder(peers, keyed=keyed)
+    sent = record_requests(monkeypatch)
+    _, task, stepper, source = first_layer_pushed(decoder, prompt_of, keyed)
+    pins, regions = decoder.held()
+    assert pins == 1 and regions > 0
+    # A task that outlasts the caller's wait still runs, and holds its destination.
+    assert task.synchronize(100) is S.LLM_TIMEOUT
+    assert decoder.held() == [pins, regions]
+    for layer in (1, 2):
+        stepper.go[layer].set()
+    assert task.synchronize(WAIT_MS) is S.LLM_SUCCESS
+    assert decoder.held() == [0, 0]
+    M = wire.MessageType
+    assert sent[sent.index(M.RESOLVE):] == [M.RESOLVE, M.KEEP, M.KEEP, M.UNPIN]
+    expected = decoder.initial("whole")
+    for tensor in range(TENSORS):
+        expected[tensor, 0] = source.computed(tensor)[0]
+    assert numpy.array_equal(decoder.arrays("whole"), expected)
+
+
+@pytest.mark.parametrize("ending", ["not-synchronized", "finalize", "decoder-killed"])
+def test_the_destination_is_released_however_the_task_ends(prompt_of, peers, ending):
+    decoder = Decoder(peers, keyed=False)
+    answers = {1: False} if ending == "not-synchronized" else None
+    prompt, task, stepper, _ = first_layer_pushed(decoder, prompt_of, answers=answers)
+    assert decoder.held()[0] == 1
+    if ending == "not-synchronized":
+        stepper.go[1].set()
+        assert task.synchronize(WAIT_MS) is S.LLM_PARAM_INVALID
+        assert decoder.held() == [0, 0]
+    elif ending == "finalize":
+        prompt.finalize()   # the worker waits in synchronize_layer(1): its link ends under it
+        assert nothing_held(held_until(decoder.held, nothing_held))
+        stepper.go[1].set()
+        assert task.synchronize(WAIT_MS) is S.LLM_FAILED
+    else:
+        decoder.peer.kill()
+        decoder.peer.process.returncode = 0   # killed on purpose
+        stepper.go[1].set()
+        assert task.synchronize(WAIT_MS) in (S.LLM_LINK_FAILED, S.LLM_TIMEOUT)
+    assert not worker_threads()
+
+
+# The pusher: a drop-in peer whose task stops in synchronize_layer(1), never released.
+PUSHER = """
+config = LLMConfig()
+config.device_id = 0
+config.enable_cache_manager = True
+config.mem_pool_cfg = {pool!r}
+datadist = LLMDataDist(LLMRole.PROMPT, {prompt})
+datadist.init(config.generate_options())
+source = numpy.full(({tensors}, {batch}, {entry}), 7, numpy.uint8)
+cache = datadist.cache_manager.register_cache(CacheDesc({tensors}, [{batch}, {entry}], DataType.DT_UINT8),
+                                              [int(source[tensor].ctypes.data) for tensor in range({tensors})])
+cluster = LLMClusterInfo()
+cluster.remote_cluster_id = {decoder}
+cluster.append_local_ip_info("127.0.0.1", 0)
+cluster.append_remote_ip_info("127.0.0.1", {port})
+assert datadist.link_clusters([cluster], 5000)[0] == LLMStatusCode.LLM_SUCCESS
+import threading
+never = threading.Event()
+class FirstLayerOnly(LayerSynchronizer):
+    def synchronize_layer(self, layer_index, timeout_in_millis):
+        return layer_index == 0 or never.wait()
+task = datadist.cache_manager.transfer_cache_async(cache, FirstLayerOnly(), [TransferConfig({decoder}, {addrs!r})])
+result = None
+"""
+
+
+def test_a_pusher_that_dies_mid_task_leaves_nothing_held(peers):
+    port = free_port()
+    config = LLMConfig()
+    config.device_id = 0
+    config.enable_cache_manager = True
+    config.mem_pool_cfg = POOL
+    config.listen_ip_info = f"127.0.0.1:{port}"
+    decoder = LLMDataDist(LLMRole.DECODER, DECODER_ID)
+    decoder.init(config.generate_options())
+    try:
+        arrays = numpy.zeros((TENSORS, BATCH, ENTRY_BYTES), numpy.uint8)
+        decoder.cache_manager.register_cache(desc((BATCH, ENTRY_BYTES)), [int(array.ctypes.data) for array in arrays])
+        pusher = peers()
+        pusher.run(PUSHER.format(pool=POOL, prompt=PROMPT_ID, decoder=DECODER_ID, port=port, tensors=TENSORS,
+                                 batch=BATCH, entry=ENTRY_BYTES, addrs=[int(array.ctypes.data) for array in arrays]))
+        pins, regions = held_until(lambda: held_by(decoder), lambda held: held[0] == 1)
+        assert pins == 1 and regions > 0 and (arrays[:2, 0] == 7).all() and (arrays[2:] == 0).all()
+        pusher.kill()
+        pusher.process.returncode = 0   # killed on purpose
+        assert nothing_held(held_until(lambda: held_by(decoder), nothing_held))
+    finally:
+        decoder.finalize()
 
 
 # One process: what happens before any byte could move.

@@ -5,6 +5,7 @@ import socket
 import struct
 import time
 
+import numpy
 import pytest
 from support.network import mooncake_missing
 from support.registries import LocalRegistry
@@ -32,6 +33,9 @@ VALID = {
     wire.MessageType.UNPIN: {"pin": 3, "written": {"mode": "blocks", "batch_index": 0, "size": -1, "dst_blocks": [2, 3],
                                                    "dst_layer_range": [0, 2, 1], "tensor_num_per_layer": 1}},
     wire.MessageType.UNPIN_REPLY: {"status": 0},
+    wire.MessageType.KEEP: {"pin": 3, "written": {"mode": "cache", "batch_index": 1, "size": -1, "dst_blocks": [],
+                                                  "dst_layer_range": [4, 5, 1], "tensor_num_per_layer": 2}},
+    wire.MessageType.KEEP_REPLY: {"status": 0},
     wire.MessageType.PULL: {
         "key": {"kind": "cache", "cluster_id": 1, "req_id": 2, "prefix_id": 3, "model_id": 4}, "release_key": True,
         "mode": "cache", "kind_rules": True, "destination": {
@@ -72,6 +76,7 @@ RESOLVE = VALID[wire.MessageType.RESOLVE]
 LAYOUT = VALID[wire.MessageType.RESOLVE_REPLY]["layout"]
 PULL = VALID[wire.MessageType.PULL]
 UNPIN = VALID[wire.MessageType.UNPIN]
+KEEP = VALID[wire.MessageType.KEEP]
 DESTINATION = PULL["destination"]
 MEMORY = {"kind": "memory", "cluster_id": 1, "tensor_addrs": [4096, 8192], "batch": 4, "block_bytes": 16}
 
@@ -115,6 +120,9 @@ def test_resolve_names_memory_by_address():
     (wire.MessageType.UNPIN, _with(UNPIN, written=_with(UNPIN["written"], dst_blocks=[0] * (wire.MAX_BLOCKS + 1)))),
     (wire.MessageType.UNPIN, _with(UNPIN, written=_with(UNPIN["written"], extra=1))),
     (wire.MessageType.UNPIN, _with(UNPIN, written=[])),
+    (wire.MessageType.KEEP, _with(KEEP, written=None)),   # a KEEP always names what a layer wrote
+    (wire.MessageType.KEEP, {"written": KEEP["written"]}),
+    (wire.MessageType.KEEP, _with(KEEP, written=_with(KEEP["written"], mode="memory"))),
     (wire.MessageType.PULL, _with(PULL, mode="all")),
     (wire.MessageType.PULL, _with(PULL, size=-2)),
     (wire.MessageType.PULL, _with(PULL, src_blocks=[-1])),
@@ -307,6 +315,49 @@ def test_a_push_by_address_is_taken_only_inside_remote_accessible_memory(serving
         assert round_trip(connection, wire.MessageType.UNPIN, {"pin": reply["pin"], "written": written}) == \
             {"status": S.LLM_PARAM_INVALID}
         assert registry.pin_count(open_cache.cache_id) == 0
+
+
+@needs_mooncake
+@pytest.mark.parametrize("in_process", [False, True], ids=["helper", "in-process"])
+def test_keep_copies_back_what_a_layer_wrote_and_the_pin_stays_until_unpin(in_process):
+    """A layer-wise push's steps under one pin: bytes a stock Mooncake engine wrote into the
+    exposed destination reach the cache at KEEP (from the data-plane helper's mirror, or in
+    place), the pin and the exposure stay; a KEEP of another pin, or naming bytes outside the
+    destination, is refused and changes nothing; UNPIN ends both."""
+    from mooncake.engine import TransferEngine
+
+    from llmdd.llm_datadist import BlocksCacheKey
+    registry = LocalRegistry()
+    with TransferAgent(registry, CLUSTER, "127.0.0.1:0", sync_timeout_ms=500, mooncake_in_process=in_process) as agent:
+        entry = registry.allocate(1, 4, 64, blocks=True, keys=[BlocksCacheKey(CLUSTER, 0)], remote_accessible=True)
+        writer = TransferEngine()
+        assert writer.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "") == 0
+        block = numpy.full(64, 0xAB, numpy.uint8)
+
+        def write(layout, index):
+            peer, address = agent._mooncake.address.split(",")[0], layout["tensor_addrs"][0] + 64 * index
+            assert writer.batch_transfer_sync_write(peer, [block.ctypes.data], [address], [64]) == 0
+
+        def written(*blocks):
+            return {"mode": "blocks", "batch_index": 0, "size": -1, "dst_blocks": list(blocks),
+                    "dst_layer_range": None, "tensor_num_per_layer": 1}
+        with linked(agent) as connection:
+            reply = round_trip(connection, wire.MessageType.RESOLVE, RESOLVE)
+            assert reply["status"] == S.LLM_SUCCESS
+            pin = reply["pin"]
+            write(reply["layout"], 1)
+            assert round_trip(connection, wire.MessageType.KEEP, {"pin": pin, "written": written(1)}) == \
+                {"status": S.LLM_SUCCESS}
+            assert list(registry.tensor(entry.cache_id, 0)[::64]) == [0, 0xAB, 0, 0]
+            assert registry.pin_count(entry.cache_id) == 1 and agent._mooncake._exposed
+            for refused in ({"pin": pin + 1, "written": written(2)}, {"pin": pin, "written": written(4)}):
+                assert round_trip(connection, wire.MessageType.KEEP, refused) == {"status": S.LLM_PARAM_INVALID}
+            assert registry.pin_count(entry.cache_id) == 1
+            write(reply["layout"], 2)   # the next layer, under the same pin
+            assert round_trip(connection, wire.MessageType.UNPIN, {"pin": pin, "written": written(2)}) == \
+                {"status": S.LLM_SUCCESS}
+            assert list(registry.tensor(entry.cache_id, 0)[::64]) == [0, 0xAB, 0xAB, 0]
+            assert registry.pin_count(entry.cache_id) == 0 and agent._mooncake._exposed == {}
 
 
 @needs_mooncake

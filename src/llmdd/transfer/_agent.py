@@ -160,7 +160,8 @@ def link_status(agent, remote_cluster_id):
 
 
 # The Mover's calls, which a TransferAgent offers as its own: agent.pull_cache(...) and so on.
-MOVER_CALLS = ("pull_cache", "pull_blocks", "push_cache", "push_blocks", "push_layer", "push_layer_to_addresses")
+MOVER_CALLS = ("pull_cache", "pull_blocks", "push_cache", "push_blocks", "push_layer", "push_layer_to_addresses",
+               "hold_destination", "release_destination")
 
 
 class LinkTarget:

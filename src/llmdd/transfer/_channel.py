@@ -1,6 +1,6 @@
 """One link's control connection, used both ways.
 
-After LINK, either side may send requests on the connection (PULL, RESOLVE, UNPIN, UNLINK) and serves
+After LINK, either side may send requests on the connection (PULL, RESOLVE, KEEP, UNPIN, UNLINK) and serves
 the other's, so one link lets both sides pull and push, as one CANN link does. A reader thread
 takes every frame: a reply goes to the request waiting for it, a request to the CacheServer,
 whose answer goes back at once. This side sends one request at a time. A timeout or a frame
@@ -67,8 +67,8 @@ class Channel:
         self.peer_engine = peer_engine
         self.peer_pid = peer_pid   # the peer's pid when it shares this host's IPC memory, else 0
         self.peer_host = connection.getpeername()[0]
-        # Held by a transfer from RESOLVE to UNPIN, and by whoever ends the link: the peer's pins
-        # must outlive the bytes moving under them.
+        # Held by a transfer from RESOLVE to UNPIN (a layer-wise push's: each layer's write and
+        # KEEP), and by whoever ends the link: the peer's pins must outlive the bytes moving under them.
         self.transfer_lock = threading.Lock()
         self.broken = False
         self.unlinked_by_peer = False
@@ -259,6 +259,8 @@ class Channel:
                 elif message_type == wire.MessageType.UNPIN:
                     self._send(wire.MessageType.UNPIN_REPLY, request_id, self._server.unpin(body, self._pins),
                                deadline)
+                elif message_type == wire.MessageType.KEEP:
+                    self._send(wire.MessageType.KEEP_REPLY, request_id, self._server.keep(body, self._pins), deadline)
                 elif message_type == wire.MessageType.UNLINK:
                     # Gone from this side before the peer hears so: its next call here finds no link.
                     self.broken = True

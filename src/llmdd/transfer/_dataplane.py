@@ -136,24 +136,33 @@ class MirrorWindow:
             return False
         return True
 
+    def keep(self, written):
+        """Copies the `written` extents (the cache's addresses) back from the mirror, which stays
+        registered: a layer-wise push keeps each layer as it moves."""
+        if self._open:
+            self._copy_back(written)
+
     def close(self, written=()):
         """Ends the window (once): the mirror is unregistered, then the `written` extents (the
         cache's addresses) are copied back from it, and every byte this window put there is zeroed."""
         if not self._open:
             return
         self._open = False
-        mirror = self._mirror
-        self._plane.unregister(mirror)
+        self._plane.unregister(self._mirror)
         try:
-            base = mirror.memory.address
+            self._copy_back(written)
+        finally:
+            self._plane.release(self._mirror, self._touched, self._exposed)
+
+    def _copy_back(self, written):
+        base = self._mirror.memory.address
+        try:
             for addr, nbytes in written:
-                offset = mirror.offset(addr, nbytes)
+                offset = self._mirror.offset(addr, nbytes)
                 self._touched.append((offset, nbytes))
                 shared.copy(addr, base + offset, nbytes)
         except LookupError as error:
             log.warning("a transfer's bytes were not all copied back: %s", error)
-        finally:
-            self._plane.release(mirror, self._touched, self._exposed)
 
 
 class _Helper:

@@ -341,6 +341,10 @@ class RegisteredWindow:
         """Nothing to stage: the peer writes the memory itself."""
         return True
 
+    @staticmethod
+    def keep(written):
+        """Nothing to copy: `written` is already in place."""
+
     def close(self, written=()):
         """Unregisters the regions (once); `written` is already in place."""
         if self._open:

@@ -6,8 +6,9 @@ moves the bytes; _server). A push asks the peer what its key names (RESOLVE: the
 cache and exposes it), plans the segments (_plan), moves them in one Mooncake batch write, and
 lets the peer unpin (UNPIN). A layer push (the drop-in's transfer_cache_async, one layer at a
 time) is a push by key, or to raw addresses the peer checks against its remote-accessible memory
-(RESOLVE by memory). Statuses are llmdd's LLMStatusCode members; nothing moves until every rule
-has been checked.
+(RESOLVE by memory); the layers of one transfer into one destination share a HeldDestination,
+resolved once and kept layer by layer (KEEP). Statuses are llmdd's LLMStatusCode members; nothing
+moves until every rule has been checked.
 """
 import contextlib
 import logging
@@ -81,6 +82,37 @@ def _most_bytes(entry, mode, request):
     """The most bytes a pull into `entry` may write: every tensor's blocks or batch entry."""
     entries = 1 if mode == "cache" else len(request["dst_blocks"])
     return len(entry.tensor_addrs) * entries * entry.block_bytes
+
+
+class HeldDestination:
+    """The destination of one layer-wise transfer on one link (a config of transfer_cache_async):
+    RESOLVEd at its first layer and held, pinned and exposed by the peer, until its last layer or
+    Mover.release_destination, so that each further layer costs a write and a KEEP rather than a
+    RESOLVE, a write and an UNPIN. addresses: every raw address the transfer names, resolved at
+    once (a TransferConfig's), or None for a destination by key."""
+
+    __slots__ = ("addresses", "link", "target", "pin", "layout")
+
+    def __init__(self, addresses=None):
+        self.addresses = None if addresses is None else list(addresses)
+        self.forget()
+
+    def hold(self, link, target, pin, layout):
+        self.link, self.target, self.pin, self.layout = link, target, pin, layout
+
+    def forget(self):
+        self.link = self.target = self.pin = self.layout = None
+
+    def layer_of(self, dst_addrs):
+        """Which layer of `addresses` (len(dst_addrs) a layer) dst_addrs are, or None (also for a
+        destination by key)."""
+        if self.addresses is None:
+            return None
+        count = len(dst_addrs)
+        for layer, start in enumerate(range(0, len(self.addresses) - count + 1, count)):
+            if self.addresses[start:start + count] == dst_addrs:
+                return layer
+        return None
 
 
 class Mover:
@@ -174,10 +206,12 @@ class Mover:
         return self._push(remote_cluster_id, wire.key_fields(dst_key), src_entry, plan)
 
     def push_layer(self, remote_cluster_id, dst_key, src_entry, src_layer, dst_layer, src_batch_index=0,
-                   src_blocks=(), dst_blocks=(), dst_block_bytes=0, tensor_num_per_layer=TENSOR_NUM_PER_LAYER):
+                   src_blocks=(), dst_blocks=(), dst_block_bytes=0, tensor_num_per_layer=TENSOR_NUM_PER_LAYER,
+                   held=None, release=True):
         """Layer src_layer of src_entry into layer dst_layer of the remote-accessible cache dst_key
         names (a BlocksCacheKey or a key by id): one step of a layer-wise transfer, by CANN's
-        TransferCache rules (_check_layer_blocks)."""
+        TransferCache rules (_check_layer_blocks). held: the transfer's HeldDestination (None: a
+        push of its own), released after this layer when `release`."""
         _check_key(dst_key)
         _check_int("dst_layer", dst_layer, UINT32)
         checked = _check_layer_arguments_of(src_entry, src_layer, src_batch_index, src_blocks, dst_blocks,
@@ -185,14 +219,16 @@ class Mover:
         if checked is None or dst_key.KIND == "cache":
             return PARAM_INVALID
         plan = _layer_plan(*checked, dst_layer, remote_kind_rules=_kind_rules(src_entry))
-        return self._push(remote_cluster_id, wire.key_fields(dst_key), src_entry, plan)
+        return self._push(remote_cluster_id, wire.key_fields(dst_key), src_entry, plan, held, release)
 
     def push_layer_to_addresses(self, remote_cluster_id, dst_addrs, src_entry, src_layer, src_batch_index=0,
                                 src_blocks=(), dst_blocks=(), dst_block_bytes=0,
-                                tensor_num_per_layer=TENSOR_NUM_PER_LAYER):
+                                tensor_num_per_layer=TENSOR_NUM_PER_LAYER, held=None, release=True):
         """Layer src_layer of src_entry into the peer's memory at dst_addrs, one address a tensor of
         the layer (CANN's TransferConfig): the peer takes the write only when every address's
-        bytes lie inside its remote-accessible memory (RESOLVE by memory)."""
+        bytes lie inside its remote-accessible memory (RESOLVE by memory). held, release: as
+        push_layer's; dst_addrs must then be one layer of held.addresses, all of which the peer
+        checks at the first layer."""
         require(isinstance(dst_addrs, (list, tuple)) and all(type(addr) is int for addr in dst_addrs),
                 "dst_addrs must be a list or tuple of ints", PARAM_INVALID)
         checked = _check_layer_arguments_of(src_entry, src_layer, src_batch_index, src_blocks, dst_blocks,
@@ -200,14 +236,28 @@ class Mover:
         if checked is None or len(dst_addrs) != tensor_num_per_layer:
             return PARAM_INVALID
         local, _, _, src_blocks, dst_blocks, _, _ = checked
-        # The peer's memory as a layout of one layer: an entry, or blocks up to the last one named.
+        dst_layer, named = (0, dst_addrs) if held is None else (held.layer_of(list(dst_addrs)), held.addresses)
+        if dst_layer is None:
+            return PARAM_INVALID
+        # The peer's memory as a layout of the named layers: an entry, or blocks up to the last one named.
         batch = max(dst_blocks) + 1 if dst_blocks else 1
         block_bytes = dst_block_bytes if dst_blocks and not src_blocks else local.block_bytes
-        target = wire.memory_fields(remote_cluster_id, dst_addrs, batch, block_bytes)
+        target = wire.memory_fields(remote_cluster_id, named, batch, block_bytes)
         if not wire.is_push_target(target):
             return PARAM_INVALID
-        plan = _layer_plan(*checked, 0, remote_kind_rules=False)
-        return self._push(remote_cluster_id, target, src_entry, plan)
+        plan = _layer_plan(*checked, dst_layer, remote_kind_rules=False)
+        return self._push(remote_cluster_id, target, src_entry, plan, held, release)
+
+    @staticmethod
+    def hold_destination(dst_addrs=None):
+        """A HeldDestination for one layer-wise transfer's pushes into one destination."""
+        return HeldDestination(dst_addrs)
+
+    def release_destination(self, held):
+        """Ends the pin `held` holds, if any (UNPIN, keeping nothing more): every way a layer-wise
+        transfer ends. Never raises; a link that ended took the pin with it."""
+        if held.link is not None:
+            self._unpin(held, None, SUCCESS)
 
     def _may_transfer(self, local_entry):
         """In remote-access mode (llm.EnableRemoteCacheAccessible) a pull or push moves only
@@ -297,10 +347,16 @@ class Mover:
                 window.close(extents if status == SUCCESS else ())
             return status
 
-    def _push(self, remote_cluster_id, target, local_entry, plan):
+    def _push(self, remote_cluster_id, target, local_entry, plan, held=None, release=True):
         """RESOLVE `target` (a wire key, or memory: the peer pins what it names and exposes it to
-        our writes), plan, one batch write, UNPIN. Everything is checked before a byte moves."""
+        our writes), plan, one batch write, UNPIN. Everything is checked before a byte moves.
+        Into a HeldDestination, RESOLVE comes only when it holds no pin on this link for this
+        target, and a success without `release` ends in KEEP: the pin stays for the next layer."""
+        held = HeldDestination() if held is None else held
         link = self._link_for(remote_cluster_id)
+        if held.link is not None and (held.link is not link or link.broken or held.target != target):
+            # The link ended (its pin with it) or was made again, or another target is named.
+            self.release_destination(held)
         if link is None:
             return LLMStatusCode.LLM_NOT_YET_LINK
         if not self._may_transfer(local_entry):
@@ -309,22 +365,45 @@ class Mover:
             engine, status = self._engine_and_pin(local_entry, hold)
             if status != SUCCESS:
                 return status
-            try:
-                reply = link.request(wire.MessageType.RESOLVE, {"key": target}, self._sync_timeout_s)
-            except LinkFailure as failure:
-                return failure.status
-            if reply["status"] != SUCCESS or reply["layout"] is None:
-                return engine_status(reply["status"])
-            status, written = self._write(link, engine, reply["layout"], local_entry, plan)
-            try:
-                unpinned = link.request(wire.MessageType.UNPIN, {"pin": reply["pin"], "written": written},
-                                        self._sync_timeout_s)
-            except LinkFailure as failure:
-                # The peer drops the pin with the connection.
-                return failure.status if status == SUCCESS else status
-            if status == SUCCESS and unpinned["status"] != SUCCESS:
-                return engine_status(unpinned["status"])
-            return status
+            if held.link is None:
+                try:
+                    reply = link.request(wire.MessageType.RESOLVE, {"key": target}, self._sync_timeout_s)
+                except LinkFailure as failure:
+                    return failure.status
+                if reply["status"] != SUCCESS or reply["layout"] is None:
+                    return engine_status(reply["status"])
+                held.hold(link, target, reply["pin"], reply["layout"])
+            status, written = self._write(link, engine, held.layout, local_entry, plan)
+            if release or status != SUCCESS:
+                return self._unpin(held, written, status)
+            return self._keep(held, written)
+
+    def _unpin(self, held, written, status):
+        """UNPIN of the pin `held` holds, which it forgets: `status` (the push's), or the
+        UNPIN's failure after a success."""
+        link, pin = held.link, held.pin
+        held.forget()
+        try:
+            unpinned = link.request(wire.MessageType.UNPIN, {"pin": pin, "written": written}, self._sync_timeout_s)
+        except LinkFailure as failure:
+            # The peer drops the pin with the connection.
+            return failure.status if status == SUCCESS else status
+        if status == SUCCESS and unpinned["status"] != SUCCESS:
+            return engine_status(unpinned["status"])
+        return status
+
+    def _keep(self, held, written):
+        """KEEP of what a layer wrote into `held`, whose pin stays: SUCCESS, or the failure, the
+        pin then ended."""
+        try:
+            kept = held.link.request(wire.MessageType.KEEP, {"pin": held.pin, "written": written},
+                                     self._sync_timeout_s)
+        except LinkFailure as failure:
+            held.forget()   # the peer drops the pin with the connection
+            return failure.status
+        if kept["status"] != SUCCESS:
+            return self._unpin(held, None, engine_status(kept["status"]))
+        return SUCCESS
 
     def _write(self, link, engine, layout_fields, local_entry, plan):
         """(status, UNPIN's `written`: None unless every byte moved)."""

@@ -29,8 +29,9 @@ from .._limits import INT64, UINT32, UINT64
 
 MAGIC = b"LDDC"
 # 2: requests both ways on a link; 3: PULL, authentication, PING; 4: UNPIN's written; 5: RESOLVE by
-# memory (a push to raw addresses) and UNPIN's written "entry_blocks"
-PROTOCOL_VERSION = 5
+# memory (a push to raw addresses) and UNPIN's written "entry_blocks"; 6: KEEP (a layer-wise push's
+# layers kept one by one under one pin)
+PROTOCOL_VERSION = 6
 HEADER = struct.Struct("!4sBBHII")
 # A layout of the largest cache we describe (MAX_TENSORS addresses of up to 20 digits) fits
 # several times over; anything bigger is not one of our messages.
@@ -57,6 +58,8 @@ class MessageType(enum.IntEnum):
     UNPIN_REPLY = 8
     PULL = 9          # write what this key names into my exposed cache, then answer
     PULL_REPLY = 10
+    KEEP = 11         # a layer-wise push's layer moved: keep what was written, the pin stays for the next
+    KEEP_REPLY = 12
     # Authentication, before LINK when a link secret is set (_auth.py), and the keepalive.
     AUTH_HELLO = 20      # caller -> listener: the caller's nonce
     AUTH_CHALLENGE = 21  # listener -> caller: the listener's nonce
@@ -71,6 +74,7 @@ REPLY_TO = {
     MessageType.RESOLVE: MessageType.RESOLVE_REPLY,
     MessageType.UNPIN: MessageType.UNPIN_REPLY,
     MessageType.PULL: MessageType.PULL_REPLY,
+    MessageType.KEEP: MessageType.KEEP_REPLY,
 }
 
 
@@ -231,8 +235,12 @@ WRITTEN_FIELDS = {
 }
 
 
+def _written(value):
+    return type(value) is dict and _fields_valid(value, WRITTEN_FIELDS)
+
+
 def _written_or_none(value):
-    return value is None or (type(value) is dict and _fields_valid(value, WRITTEN_FIELDS))
+    return value is None or _written(value)
 
 
 MESSAGE_FIELDS = {
@@ -245,6 +253,8 @@ MESSAGE_FIELDS = {
     MessageType.RESOLVE_REPLY: {"status": _status, "pin": _u64, "layout": _layout_or_none},
     MessageType.UNPIN: {"pin": _u64, "written": _written_or_none},
     MessageType.UNPIN_REPLY: {"status": _status},
+    MessageType.KEEP: {"pin": _u64, "written": _written},
+    MessageType.KEEP_REPLY: {"status": _status},
     MessageType.PULL: {"key": is_key, "release_key": _is_bool, "mode": _one_of(*PULL_MODES), "kind_rules": _is_bool,
                        "destination": _destination, "batch_index": _u32, "size": _int_in(-1, INT64_MAX),
                        "src_blocks": _list_of(_u64, MAX_BLOCKS), "dst_blocks": _list_of(_u64, MAX_BLOCKS),

@@ -5,7 +5,8 @@ PULL: the peer exposed its cache to our writes; we pin the cache its key names, 
 bytes into the peer's cache, unpin (and may release a CacheKey) and answer: one round trip, and
 nothing of ours is ever exposed to the peer for a pull. RESOLVE and UNPIN bracket a push: the key's
 cache (or, for a push to raw addresses, the caches holding them) is pinned and exposed to the
-peer's writes only between them, and only when it is remote accessible.
+peer's writes only between them, and only when it is remote accessible. A layer-wise push keeps
+each layer (KEEP) under one pin, from its first layer to its last.
 """
 import contextlib
 import itertools
@@ -191,24 +192,43 @@ class CacheServer:
             return {"status": _PARAM_INVALID}
         status, written = _SUCCESS, ()
         if body["written"] is not None:
-            fields = body["written"]
-            layer_range = None if fields["dst_layer_range"] is None else range(*fields["dst_layer_range"])
-            try:
-                written = _plan.destination_extents(pin.layout, fields["mode"], fields["batch_index"], fields["size"],
-                                                    fields["dst_blocks"], layer_range, fields["tensor_num_per_layer"])
-            except _plan.PlanError as error:
-                log.warning("an UNPIN names bytes outside its cache: %s", error)
-                status = _PARAM_INVALID
+            written = _written_extents(pin, body["written"])
+            if written is None:
+                status, written = _PARAM_INVALID, ()
         if pin.window is not None:   # else the cache was exported: the bytes are in place
             pin.window.close(written)
         pin.hold.close()
         return {"status": status}
 
     @staticmethod
+    def keep(body, pins):
+        """A layer of a layer-wise push moved: the bytes KEEP says were written are copied back into
+        the cache (from a helper's mirror) and the pin stays, exposed, for the next layer."""
+        pin = pins.get(body["pin"])
+        written = None if pin is None else _written_extents(pin, body["written"])
+        if written is None:
+            return {"status": _PARAM_INVALID}
+        if pin.window is not None:
+            pin.window.keep(written)
+        return {"status": _SUCCESS}
+
+    @staticmethod
     def release(pins):
         for pin in pins.values():
             pin.hold.close()
         pins.clear()
+
+
+def _written_extents(pin, fields):
+    """The (addr, nbytes) extents of the pinned target that UNPIN's or KEEP's `written` names;
+    None when it names bytes outside the target."""
+    layer_range = None if fields["dst_layer_range"] is None else range(*fields["dst_layer_range"])
+    try:
+        return _plan.destination_extents(pin.layout, fields["mode"], fields["batch_index"], fields["size"],
+                                         fields["dst_blocks"], layer_range, fields["tensor_num_per_layer"])
+    except _plan.PlanError as error:
+        log.warning("a push names bytes outside its destination: %s", error)
+        return None
 
 
 class _Pin:

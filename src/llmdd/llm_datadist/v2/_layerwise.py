@@ -8,6 +8,10 @@ two tensors to each of those configs through the LLMDataDist's transfer agent: i
 cache by key (TransferWithCacheKeyConfig) or into raw remote addresses (TransferConfig), which
 the peer takes only inside its remote-accessible memory. The first failure ends the task. No
 exception leaves the worker: every outcome is a status.
+
+Each config's destination is resolved (pinned and exposed by the peer) at its first layer and
+held until its last layer moved, or the task ended otherwise (a failure, finalize, a link that
+ended): one RESOLVE and one UNPIN a config, and a write and a KEEP a layer.
 """
 import contextlib
 import logging
@@ -56,6 +60,8 @@ class LayerwiseTransfer:
         self._num_layers = num_layers
         self._synchronizer = synchronizer
         self._configs = list(configs)
+        self._destinations = [agent.hold_destination(config.dst_addrs if isinstance(config, TransferConfig) else None)
+                              for config in self._configs]
         self._blocks = blocks         # (src_blocks, dst_blocks, dst_block_bytes)
         self.results = [None] * len(self._configs)
         self._timeout_status = timeout_status   # the answer while the worker runs: v2's LLM_TIMEOUT
@@ -104,6 +110,9 @@ class LayerwiseTransfer:
             log.exception("transfer_cache_async failed")
             self._fail(range(len(self._configs)), LLMStatusCode.LLM_FAILED)
         finally:
+            # Before the task ends: no destination stays exposed past it, however it ended.
+            for held in self._destinations:
+                self._agent.release_destination(held)
             with self._state:
                 self._done = True
                 self._state.notify_all()
@@ -124,7 +133,7 @@ class LayerwiseTransfer:
                 return
             for index in indices:
                 config = self._configs[index]
-                status = LLMStatusCode.LLM_FAILED if self._cancelled else self._transfer_layer(layer, config)
+                status = LLMStatusCode.LLM_FAILED if self._cancelled else self._transfer_layer(layer, index)
                 if status != SUCCESS:
                     self.results[index] = status
                     return
@@ -153,22 +162,26 @@ class LayerwiseTransfer:
             return LLMStatusCode.LLM_PARAM_INVALID
         return SUCCESS
 
-    def _transfer_layer(self, layer, config):
-        """One layer pushed to one config's destination (CANN's transfer_layer), as a status."""
+    def _transfer_layer(self, layer, index):
+        """One layer pushed to config `index`'s destination (CANN's transfer_layer), as a status;
+        the destination is released with the config's last layer."""
         if self._entry is None:
             return LLMStatusCode.LLM_KV_CACHE_NOT_EXIST
+        config, held = self._configs[index], self._destinations[index]
         src_blocks, dst_blocks, dst_block_bytes = self._blocks
         offset = layer - config.src_layer_range.start
+        last = layer == config.src_layer_range.stop - 1
         try:
             if isinstance(config, TransferConfig):
                 dst_addrs = config.dst_addrs[offset * TENSOR_NUM_PER_LAYER:(offset + 1) * TENSOR_NUM_PER_LAYER]
                 status = self._agent.push_layer_to_addresses(
                     config.dst_cluster_id, list(dst_addrs), self._entry, layer, config.src_batch_index, src_blocks,
-                    dst_blocks, dst_block_bytes, TENSOR_NUM_PER_LAYER)
+                    dst_blocks, dst_block_bytes, TENSOR_NUM_PER_LAYER, held=held, release=last)
             else:
                 status = self._agent.push_layer(
                     config.dst_cluster_id, config.cache_key, self._entry, layer, config.dst_layer_range.start + offset,
-                    config.src_batch_index, src_blocks, dst_blocks, dst_block_bytes, TENSOR_NUM_PER_LAYER)
+                    config.src_batch_index, src_blocks, dst_blocks, dst_block_bytes, TENSOR_NUM_PER_LAYER,
+                    held=held, release=last)
         except LLMException as error:   # the agent's answer to arguments it cannot take
             return status_of(error.status_code)
         return status_of(status)
