@@ -424,3 +424,49 @@ def test_link_options_are_checked_at_init(key, malformed, taken):
         datadist = LLMDataDist(LLMRole.PROMPT, PREFILL)
         datadist.init({"ge.exec.deviceId": "0", "llm.EnableCacheManager": "1", key: value})
         datadist.finalize()
+
+
+# Code of the arguments (an int or str subclass's __hash__ and __eq__) that calls back into the
+# engine: link, unlink and query_register_mem_status convert their arguments first, so such code
+# never runs while the comms are locked (the same thread calling back would hang there).
+
+def locked_probe(datadist, found_locked):
+    """A callback that asks the engine, from another thread, for a comm's status (bounded): a
+    probe that cannot answer found the comms locked."""
+    def probe():
+        def ask():
+            try:
+                datadist.query_register_mem_status(1)
+            except LLMException:
+                pass
+        asking = threading.Thread(target=ask, daemon=True)
+        asking.start()
+        asking.join(5)
+        found_locked.append(asking.is_alive())
+    return probe
+
+
+def hostile(base, probe):
+    """A `base` subclass whose hashing and comparing run `probe` first."""
+    class Hostile(base):
+        def __hash__(self):
+            probe()
+            return base.__hash__(self)
+
+        def __eq__(self, other):
+            probe()
+            return base.__eq__(self, other)
+    return Hostile
+
+
+def test_arguments_calling_back_into_the_engine_never_find_the_comms_locked(sides):
+    decoder = sides.local(LLMRole.DECODER, DECODE, options_of(free_port(), enable_cache_manager=True))
+    table = vllm_rank_table("127.0.0.1", "127.0.0.2")
+    found_locked = []
+    probe = locked_probe(decoder, found_locked)
+    first = decoder.link("pd", {hostile(int, probe)(PREFILL): 0, DECODE: 1}, table)
+    second = decoder.link(hostile(str, probe)("pd again"), {PREFILL: 0, DECODE: 1}, table)
+    assert decoder.query_register_mem_status(hostile(int, probe)(first)) is RegisterMemStatus.PREPARING
+    for comm_id in (first, second):
+        decoder.unlink(hostile(int, probe)(comm_id))
+    assert found_locked and not any(found_locked)
