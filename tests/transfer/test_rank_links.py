@@ -150,6 +150,12 @@ def test_a_table_this_side_cannot_use_is_link_failed(sides, table):
     assert prompt.link("pd", RANKS, TABLE) == (S.LLM_SUCCESS, 1)   # nothing of the failed one stays
 
 
+def test_a_table_naming_this_side_at_0_0_0_0_opens_no_listener_on_every_interface(sides):
+    prompt, _, port = sides()
+    assert prompt.link("pd", RANKS, rank_table("0.0.0.0", "127.0.0.2")) == (S.LLM_LINK_FAILED, None)
+    assert not listening(port, "127.0.0.1")
+
+
 def test_two_clusters_on_one_rank_are_link_failed(sides):
     prompt, _, _ = sides()
     assert prompt.link("pd", {PROMPT: 0, DECODER: 0}, TABLE) == (S.LLM_LINK_FAILED, None)
