@@ -15,7 +15,6 @@ import pytest
 from support.dropin import POOL, initialized, options
 from support.network import free_port, mooncake_missing
 from support.patterns import pattern
-from support.peer import Peer
 
 from llmdd.llm_datadist import (
     BlocksCacheKey,
@@ -160,25 +159,6 @@ def watch_pushes(prompt, stepper):
             stepper.events.append(("pushed", args[3]))   # src_layer: the fourth argument of both
             return _push(*args, **kwargs)
         setattr(agent, name, pushed)
-
-
-@pytest.fixture
-def ended_peers():
-    started = []
-    yield started
-    for peer in started:
-        peer.close(check=True)
-
-
-@pytest.fixture
-def peers(ended_peers):
-    def start():
-        ended_peers.append(Peer.dropin())
-        return ended_peers[-1]
-
-    yield start
-    for peer in ended_peers:
-        peer.end()
 
 
 @pytest.fixture

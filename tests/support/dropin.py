@@ -1,5 +1,7 @@
 """The drop-in's set-up, shared by its tests' fixtures and the tests that make their own LLMDataDists."""
-from llmdd.llm_datadist import LLMConfig, LLMDataDist, LLMRole
+import pytest
+
+from llmdd.llm_datadist import LLMConfig, LLMDataDist, LLMException, LLMRole
 
 POOL = '{"memory_size": 16777216}'
 
@@ -11,6 +13,13 @@ def options(**settings):
     for name, value in settings.items():
         setattr(config, name, value)
     return config.generate_options()
+
+
+def failure(call, *args, **kwargs):
+    """The status code of the LLMException call(*args, **kwargs) raises."""
+    with pytest.raises(LLMException) as raised:
+        call(*args, **kwargs)
+    return raised.value.status_code
 
 
 def initialized(**settings):
