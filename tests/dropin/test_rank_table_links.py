@@ -18,6 +18,7 @@ import time
 
 import numpy
 import pytest
+from support.dropin import hostile, locked_probe
 from support.network import free_port, mooncake_missing
 from support.patterns import memory, pattern
 from support.peer import Peer
@@ -426,44 +427,14 @@ def test_link_options_are_checked_at_init(key, malformed, taken):
         datadist.finalize()
 
 
-# Code of the arguments (an int or str subclass's __hash__ and __eq__) that calls back into the
-# engine: link, unlink and query_register_mem_status convert their arguments first, so such code
-# never runs while the comms are locked (the same thread calling back would hang there).
-
-def locked_probe(datadist, found_locked):
-    """A callback that asks the engine, from another thread, for a comm's status (bounded): a
-    probe that cannot answer found the comms locked."""
-    def probe():
-        def ask():
-            try:
-                datadist.query_register_mem_status(1)
-            except LLMException:
-                pass
-        asking = threading.Thread(target=ask, daemon=True)
-        asking.start()
-        asking.join(5)
-        found_locked.append(asking.is_alive())
-    return probe
-
-
-def hostile(base, probe):
-    """A `base` subclass whose hashing and comparing run `probe` first."""
-    class Hostile(base):
-        def __hash__(self):
-            probe()
-            return base.__hash__(self)
-
-        def __eq__(self, other):
-            probe()
-            return base.__eq__(self, other)
-    return Hostile
-
-
 def test_arguments_calling_back_into_the_engine_never_find_the_comms_locked(sides):
+    # link, unlink and query_register_mem_status convert their arguments first: an int or str
+    # subclass's __hash__ and __eq__ never run while the comms are locked (the same thread calling
+    # back there would hang).
     decoder = sides.local(LLMRole.DECODER, DECODE, options_of(free_port(), enable_cache_manager=True))
     table = vllm_rank_table("127.0.0.1", "127.0.0.2")
     found_locked = []
-    probe = locked_probe(decoder, found_locked)
+    probe = locked_probe(lambda: decoder.query_register_mem_status(1), found_locked)
     first = decoder.link("pd", {hostile(int, probe)(PREFILL): 0, DECODE: 1}, table)
     second = decoder.link(hostile(str, probe)("pd again"), {PREFILL: 0, DECODE: 1}, table)
     assert decoder.query_register_mem_status(hostile(int, probe)(first)) is RegisterMemStatus.PREPARING

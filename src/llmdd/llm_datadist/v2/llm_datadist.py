@@ -8,7 +8,6 @@ missing. As CANN's, the module finalizes the process's initialized LLMDataDist a
 (_shutdown_handler).
 """
 import atexit
-import operator
 
 from ... import _datadist
 from ... import _options as keys
@@ -25,14 +24,9 @@ _MAX_COMM_NAME = 128
 _MAX_RANK_TABLE_NODES = 4
 
 
-def _plain_int(name, value, bounds):
-    """An int argument checked, as an exact int: the rank-table links hash and compare it under
-    their lock, where an int subclass's __hash__ or __eq__ calling back into them would hang."""
-    return operator.index(check_int(name, value, bounds))
-
-
 def _plain_str(name, value):
-    """A str argument checked, as an exact str (see _plain_int)."""
+    """A str argument checked, as an exact str: the rank-table links compare it under their lock,
+    where a str subclass's __eq__ calling back into them would hang (check_int's ints are exact)."""
     return str.__str__(check_type(name, value, str))
 
 
@@ -179,8 +173,8 @@ class LLMDataDist:
         require(len(cluster_rank_info) <= _MAX_RANK_TABLE_NODES,
                 f"cluster_rank_info has more than {_MAX_RANK_TABLE_NODES} clusters")
         # One copy, checked as it is made: the comms get what the checks saw.
-        rank_info = {_plain_int("cluster_rank_info key", cluster_id, UINT64):
-                     _plain_int("cluster_rank_info value", rank, UINT32)
+        rank_info = {check_int("cluster_rank_info key", cluster_id, UINT64):
+                     check_int("cluster_rank_info value", rank, UINT32)
                      for cluster_id, rank in list(cluster_rank_info.items())}
         rank_table = _plain_str("rank_table", rank_table)
         ranks = list(rank_info.values())
@@ -196,7 +190,7 @@ class LLMDataDist:
         """End a comm that link() made: its links that no other comm names end on this side
         (the peer's with the connection); LLM_NOT_YET_LINK for an id no comm has."""
         self._require_mode("unlink", True)
-        comm_id = _plain_int("comm_id", comm_id, UINT64)
+        comm_id = check_int("comm_id", comm_id, UINT64)
         status = self._rank_table_links().unlink(comm_id)
         require(status == LLMStatusCode.LLM_SUCCESS, f"unlink of comm {comm_id} failed: {status_of(status).name}",
                 status_of(status))
@@ -205,7 +199,7 @@ class LLMDataDist:
         """The RegisterMemStatus of a comm: PREPARING while its links are being made, then OK, or
         FAILED when llm.LinkTotalTime passed first; LLM_NOT_YET_LINK for an id no comm has."""
         self._require_mode("query_register_mem_status", True)
-        comm_id = _plain_int("comm_id", comm_id, UINT64)
+        comm_id = check_int("comm_id", comm_id, UINT64)
         status, register_status = self._rank_table_links().status(comm_id)
         require(status == LLMStatusCode.LLM_SUCCESS,
                 f"query_register_mem_status of comm {comm_id} failed: {status_of(status).name}", status_of(status))
