@@ -23,9 +23,13 @@ def check_type(name, value, types):
 
 
 def check_int(name, value, bounds=None):
-    """A Python int (not a bool), within bounds when given (CANN's Python checks)."""
-    if type(value) is not int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise TypeError(f"{name} only supports int, got {type(value).__name__}")
+    """A Python int (not a bool), within bounds when given (CANN's Python checks), returned as an
+    exact int: kept in keys and configs, an int subclass's __hash__ or __eq__ would run later,
+    inside the transfer layer's locks."""
+    if type(value) is not int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} only supports int, got {type(value).__name__}")
+        value = operator.index(value)   # an int subclass's value, no method of its own called
     if bounds is not None and not bounds[0] <= value <= bounds[1]:
         raise ValueError(f"{name}={value} is outside [{bounds[0]}, {bounds[1]}]")
     return value

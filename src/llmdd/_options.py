@@ -249,7 +249,9 @@ def parse_listen_ip_info(options):
         raise OptionError(f"{' and '.join(LISTEN_IP_INFO_KEYS)} name different addresses")
     if not listen_ip_infos:
         return None
-    listen_ip_info = listen_ip_infos.pop()
+    # An exact str: SetRole compares it while it holds the engine's services, where a subclass's
+    # __eq__ calling back into the engine could start a listener that nothing ever closes.
+    listen_ip_info = str.__str__(listen_ip_infos.pop())
     parse_ip_port(listen_ip_info, LISTEN_IP_INFO)
     return listen_ip_info
 

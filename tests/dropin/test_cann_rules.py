@@ -10,7 +10,7 @@ import sys
 
 import numpy
 import pytest
-from support.dropin import POOL, options
+from support.dropin import POOL, failure
 from support.network import free_port, listening, mooncake_missing
 from support.patterns import memory, pattern
 from support.peer import Peer
@@ -45,33 +45,12 @@ def cluster_info(remote_cluster_id, remote_port=None):
     return cluster
 
 
-def failure(call, *args, **kwargs):
-    with pytest.raises(LLMException) as raised:
-        call(*args, **kwargs)
-    return raised.value.status_code
-
-
 def numpy_cache(manager, shape, register, **arguments):
     """register(desc, addrs, **arguments) over zeroed numpy tensors: (cache, tensors)."""
     count, *tensor_shape = shape
     tensors = [numpy.zeros(tensor_shape, numpy.uint8) for _ in range(count)]
     desc = CacheDesc(num_tensors=count, shape=tensor_shape, data_type=DataType.DT_UINT8, placement=Placement.DEVICE)
     return register(desc, [int(t.ctypes.data) for t in tensors], **arguments), tensors
-
-
-@pytest.fixture
-def local():
-    made = []
-
-    def initialize(role, cluster_id, **settings):
-        datadist = LLMDataDist(role, cluster_id)
-        datadist.init(options(**settings))
-        made.append(datadist)
-        return datadist
-
-    yield initialize
-    for datadist in made:
-        datadist.finalize()
 
 
 @pytest.fixture

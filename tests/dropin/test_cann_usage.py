@@ -13,10 +13,9 @@ import struct
 
 import numpy
 import pytest
-from support.dropin import POOL
+from support.dropin import POOL, failure
 from support.network import free_port, mooncake_missing
 from support.patterns import memory, pattern
-from support.peer import Peer
 
 from llmdd.llm_datadist import (
     BlocksCacheKey,
@@ -27,9 +26,7 @@ from llmdd.llm_datadist import (
     CacheManager,
     DataType,
     LLMClusterInfo,
-    LLMConfig,
     LLMDataDist,
-    LLMException,
     LLMRole,
     LLMStatusCode,
     Placement,
@@ -79,54 +76,6 @@ def cluster_info(remote_cluster_id, remote_port=None, local_port=None):
     if remote_port is not None:
         cluster.append_remote_ip_info(LOCALHOST, remote_port)
     return cluster
-
-
-@pytest.fixture
-def ended_peers():
-    """The peers a test started, checked once they have ended. Set up before `local`, so torn down
-    after it: the peers finalize while this process does (each takes Mooncake ~2 s once linked)."""
-    started = []
-    yield started
-    for peer in started:
-        peer.close(check=True)
-
-
-@pytest.fixture
-def local(ended_peers):
-    """This process's side: local(role, cluster_id, **LLMConfig settings) -> an initialized LLMDataDist."""
-    made = []
-
-    def initialize(role, cluster_id, **settings):
-        config = LLMConfig()
-        config.device_id = 0
-        for name, value in settings.items():
-            setattr(config, name, value)
-        datadist = LLMDataDist(role, cluster_id)
-        datadist.init(config.generate_options())
-        made.append(datadist)
-        return datadist
-
-    yield initialize
-    for datadist in made:
-        datadist.finalize()
-
-
-@pytest.fixture
-def peers(ended_peers):
-    """The other side(s): peers() -> a started drop-in Peer; each is ended (and checked) afterwards."""
-    def start():
-        ended_peers.append(Peer.dropin())
-        return ended_peers[-1]
-
-    yield start
-    for peer in ended_peers:
-        peer.end()
-
-
-def failure(call, *args, **kwargs):
-    with pytest.raises(LLMException) as raised:
-        call(*args, **kwargs)
-    return raised.value.status_code
 
 
 # pull_cache_sample.py: a decoder pulls a prompt's batch entries by CacheKey.

@@ -13,10 +13,9 @@ import time
 
 import numpy
 import pytest
-from support.dropin import POOL, initialized, options
+from support.dropin import POOL, hostile, initialized, locked_probe, options
 from support.network import free_port, mooncake_missing
 from support.patterns import pattern
-from support.peer import Peer
 
 from llmdd.llm_datadist import (
     BlocksCacheKey,
@@ -166,25 +165,6 @@ def watch_pushes(prompt, stepper):
             stepper.events.append(("pushed", args[3]))   # src_layer: the fourth argument of both
             return _push(*args, **kwargs)
         setattr(agent, name, pushed)
-
-
-@pytest.fixture
-def ended_peers():
-    started = []
-    yield started
-    for peer in started:
-        peer.close(check=True)
-
-
-@pytest.fixture
-def peers(ended_peers):
-    def start():
-        ended_peers.append(Peer.dropin())
-        return ended_peers[-1]
-
-    yield start
-    for peer in ended_peers:
-        peer.end()
 
 
 @pytest.fixture
@@ -632,6 +612,26 @@ def test_each_layer_waits_for_its_synchronizer_before_the_link_is_asked(datadist
         assert task.get_results(WAIT_MS) == [status]
     assert not worker_threads()
     manager.deallocate_cache(cache)
+
+
+def test_a_keys_cluster_id_calling_back_never_finds_the_transfer_agent_locked():
+    # The worker looks the key's cluster up among the agent's links under the agent's lock: an int
+    # subclass's __hash__ calling back into the agent there would hang the worker, and Finalize
+    # waiting for it.
+    datadist = initialized(enable_cache_manager=True, enable_remote_cache_accessible=True, mem_pool_cfg=POOL)
+    manager = datadist.cache_manager
+    cache = manager.allocate_cache(desc((BATCH, ENTRY_BYTES)))
+    found_locked = []
+    probe = locked_probe(lambda: manager.remap_registered_memory(
+        MemInfo(Memtype.MEM_TYPE_DEVICE, cache.tensor_addrs[0], 8)), found_locked)
+    key = CacheKeyByIdAndIndex(hostile(int, probe)(DECODER_ID), 1, 0)
+    try:
+        task = manager.transfer_cache_async(cache, released(), [TransferWithCacheKeyConfig(key, range(0, 1),
+                                                                                            range(0, 1))])
+        assert task.synchronize(WAIT_MS) is S.LLM_NOT_YET_LINK
+    finally:
+        datadist.finalize()
+    assert not any(found_locked)
 
 
 def test_canns_checks_before_the_task_starts(datadist_v2):

@@ -18,6 +18,7 @@ import time
 
 import numpy
 import pytest
+from support.dropin import hostile, locked_probe
 from support.network import free_port, mooncake_missing
 from support.patterns import memory, pattern
 from support.peer import Peer
@@ -425,3 +426,19 @@ def test_link_options_are_checked_at_init(key, malformed, taken):
         datadist = LLMDataDist(LLMRole.PROMPT, PREFILL)
         datadist.init({"ge.exec.deviceId": "0", "llm.EnableCacheManager": "1", key: value})
         datadist.finalize()
+
+
+def test_arguments_calling_back_into_the_engine_never_find_the_comms_locked(sides):
+    # link, unlink and query_register_mem_status convert their arguments first: an int or str
+    # subclass's __hash__ and __eq__ never run while the comms are locked (the same thread calling
+    # back there would hang).
+    decoder = sides.local(LLMRole.DECODER, DECODE, options_of(free_port(), enable_cache_manager=True))
+    table = vllm_rank_table("127.0.0.1", "127.0.0.2")
+    found_locked = []
+    probe = locked_probe(lambda: decoder.query_register_mem_status(1), found_locked)
+    first = decoder.link("pd", {hostile(int, probe)(PREFILL): 0, DECODE: 1}, table)
+    second = decoder.link(hostile(str, probe)("pd again"), {PREFILL: 0, DECODE: 1}, table)
+    assert decoder.query_register_mem_status(hostile(int, probe)(first)) is RegisterMemStatus.PREPARING
+    for comm_id in (first, second):
+        decoder.unlink(hostile(int, probe)(comm_id))
+    assert found_locked and not any(found_locked)

@@ -5,18 +5,17 @@ Sources are cited as <file>:<line> of the hixl repository; "docs" is docs/zh/api
 """
 import numpy
 import pytest
-from support.dropin import options
+from support.dropin import failure, options
 from support.network import free_port, listening, mooncake_missing
 from support.patterns import pattern
 from support.peer import Peer
 
 from llmdd.llm_datadist import (
     BlocksCacheKey,
-    CacheDesc,
+    CacheDesc,   # with DataType and Placement: DESC is evaluated here
     DataType,
     LLMClusterInfo,
     LLMConfig,
-    LLMDataDist,
     LLMException,
     LLMRole,
     LLMStatusCode,
@@ -57,28 +56,6 @@ def listen_options(port):
     config = LLMConfig()
     config.listen_ip_info = f"{LOCALHOST}:{port}"
     return config.generate_options()
-
-
-def failure(call, *args):
-    with pytest.raises(LLMException) as raised:
-        call(*args)
-    return raised.value.status_code
-
-
-@pytest.fixture
-def local():
-    """This process's side: local(role, cluster_id, **LLMConfig settings) -> an initialized LLMDataDist."""
-    made = []
-
-    def initialize(role, cluster_id, **settings):
-        datadist = LLMDataDist(role, cluster_id)
-        datadist.init(options(**settings))
-        made.append(datadist)
-        return datadist
-
-    yield initialize
-    for datadist in made:
-        datadist.finalize()
 
 
 @pytest.fixture

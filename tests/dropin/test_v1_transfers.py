@@ -12,6 +12,7 @@ import json
 import time
 
 import pytest
+from support.dropin import failure
 from support.network import free_port, listening, mooncake_missing
 from support.patterns import memory, pattern
 from support.peer import Peer
@@ -73,21 +74,6 @@ def connector_cluster(port):
     cluster.append_local_ip_info(LOCALHOST, 0)
     cluster.append_remote_ip_info(LOCALHOST, port)
     return cluster
-
-
-def status_of_failure(call, *args, **kwargs):
-    with pytest.raises(LLMException) as raised:
-        call(*args, **kwargs)
-    return raised.value.status_code
-
-
-@pytest.fixture
-def ended_peers():
-    """The peers a test started, checked once ended (set up before `decoder`, so torn down after it)."""
-    started = []
-    yield started
-    for peer in started:
-        peer.close(check=True)
 
 
 @pytest.fixture
@@ -166,7 +152,7 @@ def test_v0_connector_replay_moves_every_cache(prompt, decoder):
     again = kv_transfer.allocate_cache(connector_descs(-1)[0])
     kv_transfer.pull_cache(CacheKey(CLUSTER_ID, 0, 1), again)
     assert_served(again, 1)
-    assert status_of_failure(kv_transfer.pull_cache, CacheKey(CLUSTER_ID, 0, 1), again) \
+    assert failure(kv_transfer.pull_cache, CacheKey(CLUSTER_ID, 0, 1), again) \
         is LLMStatusCode.LLM_KV_CACHE_NOT_EXIST
     assert prompt.run("result = datadist._engine.memory_stats()['num_caches']") == 4
     assert prompt.run("kv_transfer.deallocate_cache(buffers[0])\nkv_transfer.deallocate_cache(buffers[1])\n"
@@ -174,8 +160,8 @@ def test_v0_connector_replay_moves_every_cache(prompt, decoder):
 
     # connector.close: unlink_clusters; the link is gone afterwards.
     assert decoder.unlink_clusters([cluster], 5000) == (SUCCESS, [SUCCESS])
-    assert status_of_failure(decoder.check_link_status, CLUSTER_ID) is LLMStatusCode.LLM_NOT_YET_LINK
-    assert status_of_failure(kv_transfer.pull_cache, CacheKeyByIdAndIndex(CLUSTER_ID, 3, 0), buffers[2]) \
+    assert failure(decoder.check_link_status, CLUSTER_ID) is LLMStatusCode.LLM_NOT_YET_LINK
+    assert failure(kv_transfer.pull_cache, CacheKeyByIdAndIndex(CLUSTER_ID, 3, 0), buffers[2]) \
         is LLMStatusCode.LLM_NOT_YET_LINK
     for buffer in [*buffers, again]:
         kv_transfer.deallocate_cache(buffer)
@@ -227,7 +213,7 @@ def test_check_link_status_fails_once_the_prompt_is_gone(decoder):
         time.sleep(0.1)
     # A broken link stays until unlinked (force: the peer cannot be told), then it is not linked.
     assert decoder.unlink_clusters([cluster], 5000, force=True) == (SUCCESS, [SUCCESS])
-    assert status_of_failure(decoder.check_link_status, CLUSTER_ID) is LLMStatusCode.LLM_NOT_YET_LINK
+    assert failure(decoder.check_link_status, CLUSTER_ID) is LLMStatusCode.LLM_NOT_YET_LINK
 
 
 # v1's rules, one process
@@ -244,7 +230,7 @@ def test_only_a_decoder_links_and_checks_links(made):
     # llm_datadist.cc:136-137: LinkClusters is the decoder's, LLM_PARAM_INVALID as a status (rets cleared).
     assert prompt.link_clusters([connector_cluster(free_port())], 1000) == (INVALID, [])
     # llm_datadist.cc:125-126: so is CheckLinkStatus, raised by check_link_status.
-    assert status_of_failure(prompt.check_link_status, CLUSTER_ID) is INVALID
+    assert failure(prompt.check_link_status, CLUSTER_ID) is INVALID
 
 
 def test_v1_link_clusters_checks_the_cluster_infos_as_a_status(decoder):
@@ -272,7 +258,7 @@ def test_check_link_status_checks_its_argument(decoder):
         decoder.check_link_status("0")
     with pytest.raises(ValueError):
         decoder.check_link_status(-1)
-    assert status_of_failure(decoder.check_link_status, 2**64 - 1) is LLMStatusCode.LLM_NOT_YET_LINK
+    assert failure(decoder.check_link_status, 2**64 - 1) is LLMStatusCode.LLM_NOT_YET_LINK
 
 
 def test_v1_pulls_follow_v1s_argument_rules(decoder):
@@ -305,9 +291,9 @@ def test_v1_pulls_follow_v1s_argument_rules(decoder):
             call()
         assert getattr(raised.value, "status_code", INVALID) is INVALID
     # Nothing is linked: a well-formed pull says so.
-    assert status_of_failure(manager.pull_cache, key, cache) is LLMStatusCode.LLM_NOT_YET_LINK
+    assert failure(manager.pull_cache, key, cache) is LLMStatusCode.LLM_NOT_YET_LINK
     # llmdd does not move bytes at an offset yet: checked as v1 does, then refused as not enabled.
-    assert status_of_failure(manager.pull_cache, key, cache, src_cache_offset=0) \
+    assert failure(manager.pull_cache, key, cache, src_cache_offset=0) \
         is LLMStatusCode.LLM_FEATURE_NOT_ENABLED
     # v1's KvCacheManager has no push (kv_cache_manager.py): pushes need llm.EnableCacheManager.
     assert not hasattr(manager, "push_cache") and not hasattr(manager, "push_blocks")
@@ -318,16 +304,16 @@ def test_v1_roles_keep_their_calls(made):
     prompt = v1(made, LLMRole.PROMPT).kv_cache_manager
     cache = prompt.allocate_cache(CacheDesc(2, [2, 8], DataType.DT_INT8))
     # kv_cache_manager.py:349 and :258, llm_datadist.cc:170-180: pulls are the decoder's.
-    assert status_of_failure(prompt.pull_cache, CacheKey(CLUSTER_ID, 1), cache) is INVALID
-    assert status_of_failure(prompt.pull_blocks, BlocksCacheKey(CLUSTER_ID), cache, [0], [0]) is INVALID
+    assert failure(prompt.pull_cache, CacheKey(CLUSTER_ID, 1), cache) is INVALID
+    assert failure(prompt.pull_blocks, BlocksCacheKey(CLUSTER_ID), cache, [0], [0]) is INVALID
     prompt.deallocate_cache(cache)
     made.pop().finalize()
     decoder = v1(made, LLMRole.DECODER).kv_cache_manager
     desc = CacheDesc(2, [2, 8], DataType.DT_INT8)
     # kv_cache_manager.py:184-188, :115-116 and :228: only a prompt keys its caches and removes keys.
-    assert status_of_failure(decoder.allocate_cache, desc, [CacheKey(CLUSTER_ID, 1)]) is INVALID
-    assert status_of_failure(decoder.allocate_blocks_cache, desc, BlocksCacheKey(CLUSTER_ID)) is INVALID
-    assert status_of_failure(decoder.remove_cache_key, CacheKey(CLUSTER_ID, 1)) is INVALID
+    assert failure(decoder.allocate_cache, desc, [CacheKey(CLUSTER_ID, 1)]) is INVALID
+    assert failure(decoder.allocate_blocks_cache, desc, BlocksCacheKey(CLUSTER_ID)) is INVALID
+    assert failure(decoder.remove_cache_key, CacheKey(CLUSTER_ID, 1)) is INVALID
     assert made[0]._engine.memory_stats()["num_caches"] == 0
 
 

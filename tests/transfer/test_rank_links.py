@@ -2,16 +2,19 @@
 127.0.0.1 and 127.0.0.2 at a free port; which side listens, the statuses a comm goes through, a
 link two comms share, and the ends of a preparation (its deadline, unlink, close) leaving no
 thread, listener or link behind."""
+import errno
 import json
+import socket
 import threading
 import time
+import types
 
 import pytest
 from support.network import free_port, listening, mooncake_missing
 from support.registries import LocalRegistry
 
 import llmdd
-from llmdd.transfer import TransferAgent
+from llmdd.transfer import TransferAgent, _rank_links
 from llmdd.transfer._rank_links import FAILED, MAX_COMMS, OK, PREPARING, RankTableLinks
 
 pytestmark = pytest.mark.skipif(mooncake_missing() is not None, reason=str(mooncake_missing()))
@@ -150,9 +153,29 @@ def test_a_table_this_side_cannot_use_is_link_failed(sides, table):
     assert prompt.link("pd", RANKS, TABLE) == (S.LLM_SUCCESS, 1)   # nothing of the failed one stays
 
 
+def test_a_table_naming_this_side_at_0_0_0_0_opens_no_listener_on_every_interface(sides):
+    prompt, _, port = sides()
+    assert prompt.link("pd", RANKS, rank_table("0.0.0.0", "127.0.0.2")) == (S.LLM_LINK_FAILED, None)
+    assert not listening(port, "127.0.0.1")
+
+
 def test_two_clusters_on_one_rank_are_link_failed(sides):
     prompt, _, _ = sides()
     assert prompt.link("pd", {PROMPT: 0, DECODER: 0}, TABLE) == (S.LLM_LINK_FAILED, None)
+
+
+def test_a_process_out_of_descriptors_fails_the_comm_at_its_deadline(sides, monkeypatch):
+    # Every attempt's socket refused (EMFILE): the comm is tried again and FAILED at its deadline,
+    # never left PREPARING by its thread's end.
+    def no_descriptor(*args):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    _, decoder, _ = sides(link_total_s=1)
+    monkeypatch.setattr(_rank_links, "socket", types.SimpleNamespace(
+        socket=no_descriptor, AF_INET=socket.AF_INET, SOCK_STREAM=socket.SOCK_STREAM, SHUT_RDWR=socket.SHUT_RDWR))
+    assert decoder.link("pd", RANKS, TABLE) == (S.LLM_SUCCESS, 1)
+    assert status_of(decoder, 1, seconds=PROMPTLY) == (S.LLM_SUCCESS, FAILED)
+    assert comm_threads() == []
 
 
 def test_a_linking_side_whose_address_this_host_lacks_fails_at_once(sides):

@@ -83,3 +83,23 @@ def test_a_peer_links_to_the_started_listener_and_pulls_by_id_until_it_stops(eng
         assert peer.call("link", cluster_id=LOCAL, ip="127.0.0.1", port=port)["status"] == S.LLM_LINK_FAILED
     finally:
         peer.close()
+
+
+def test_an_address_calling_back_into_set_role_leaves_no_listener_after_finalize():
+    # A str subclass's __eq__ that runs SetRole again, while SetRole compares the address: every
+    # listener it started ends with the engine's Finalize.
+    first, second = free_port(), free_port()
+
+    class Address(str):
+        calls = []
+        __hash__ = str.__hash__
+
+        def __eq__(self, other):
+            if not self.calls:
+                self.calls.append(dd.SetRole(llmdd.LlmRole.kPrompt, listen_at(second)))
+            return str.__eq__(self, other)
+
+    with llmdd.LlmDataDist(LOCAL, llmdd.LlmRole.kDecoder) as dd:
+        assert dd.Initialize({}) == S.LLM_SUCCESS
+        assert dd.SetRole(llmdd.LlmRole.kPrompt, {"llm.ListenIpInfo": Address(f"127.0.0.1:{first}")}) == S.LLM_SUCCESS
+    assert not listening(first) and not listening(second)

@@ -203,7 +203,11 @@ class RankTableLinks:
     def _dial(self, comm, cluster, endpoint, deadline):
         """The status of one attempt to link `cluster` at `endpoint` from this side's device_ip:
         LLM_PARAM_INVALID when this host lacks that address."""
-        connection = track(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+        try:
+            connection = track(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+        except OSError as error:   # out of descriptors, say: tried again, as a peer out of reach
+            log.info("comm %r: no socket to link with: %s", comm.name, error)
+            return LLMStatusCode.LLM_LINK_FAILED
         with self._lock:
             if comm.ending.is_set():
                 connection.close()

@@ -81,13 +81,17 @@ def _number(device, field, low, high):
 def _endpoint(rank, device, rank_table_port):
     device_ip = device.get("device_ip")
     try:
-        ip = str(ipaddress.IPv4Address(device_ip if isinstance(device_ip, str) else None))
+        ip = ipaddress.IPv4Address(device_ip if isinstance(device_ip, str) else None)
     except ValueError:
         raise RankTableError(f"rank {rank} has no IPv4 device_ip: {device_ip!r}") from None
+    # This side listens and links from its own endpoint's address: 0.0.0.0 would listen on every
+    # interface, a multicast or reserved (broadcast) address is no one host's.
+    if ip.is_unspecified or ip.is_multicast or ip.is_reserved:
+        raise RankTableError(f"rank {rank}: device_ip {ip} is not the address of one host")
     port = _number(device, "device_port", 1, 65535)
     if port is None:
         port = rank_table_port + (_number(device, "device_id", *UINT32) or 0)
         if port > 65535:
             raise RankTableError(f"rank {rank}: port {port} (llmdd.RankTablePort {rank_table_port} plus its "
                                  "device_id) is over 65535")
-    return ip, port
+    return str(ip), port

@@ -24,6 +24,12 @@ _MAX_COMM_NAME = 128
 _MAX_RANK_TABLE_NODES = 4
 
 
+def _plain_str(name, value):
+    """A str argument checked, as an exact str: the rank-table links compare it under their lock,
+    where a str subclass's __eq__ calling back into them would hang (check_int's ints are exact)."""
+    return str.__str__(check_type(name, value, str))
+
+
 def _dotted(ip):
     """CANN's integer form of an IPv4 address (its bytes little-endian) as a dotted string."""
     require(0 <= ip < 1 << 32, f"ip {ip} is not an IPv4 address")
@@ -161,19 +167,20 @@ class LLMDataDist:
         arguments. A name a comm has already raises LLM_ALREADY_LINK (llmdd's answer, where CANN
         leaves it to HCCL). Registrations are restricted from now on, as after CANN's link."""
         self._require_mode("link", True)
-        check_type("comm_name", comm_name, str)
+        comm_name = _plain_str("comm_name", comm_name)
         require(0 < len(comm_name) < _MAX_COMM_NAME, f"comm_name must have 1 to {_MAX_COMM_NAME - 1} characters")
         check_type("cluster_rank_info", cluster_rank_info, dict)
         require(len(cluster_rank_info) <= _MAX_RANK_TABLE_NODES,
                 f"cluster_rank_info has more than {_MAX_RANK_TABLE_NODES} clusters")
-        for cluster_id, rank in cluster_rank_info.items():
-            check_int("cluster_rank_info key", cluster_id, UINT64)
-            check_int("cluster_rank_info value", rank, UINT32)
-        check_type("rank_table", rank_table, str)
-        ranks = list(cluster_rank_info.values())
+        # One copy, checked as it is made: the comms get what the checks saw.
+        rank_info = {check_int("cluster_rank_info key", cluster_id, UINT64):
+                     check_int("cluster_rank_info value", rank, UINT32)
+                     for cluster_id, rank in list(cluster_rank_info.items())}
+        rank_table = _plain_str("rank_table", rank_table)
+        ranks = list(rank_info.values())
         require(len(ranks) > 1, "cluster_rank_info needs at least 2 clusters")
         require(ranks == sorted(ranks), "the ranks of cluster_rank_info must be in order")
-        status, comm_id = self._rank_table_links().link(comm_name, dict(cluster_rank_info), rank_table)
+        status, comm_id = self._rank_table_links().link(comm_name, rank_info, rank_table)
         require(status == LLMStatusCode.LLM_SUCCESS, f"link of comm {comm_name!r} failed: {status_of(status).name}",
                 status_of(status))
         self._has_linked = True   # CANN's set_is_call_linked
@@ -183,7 +190,7 @@ class LLMDataDist:
         """End a comm that link() made: its links that no other comm names end on this side
         (the peer's with the connection); LLM_NOT_YET_LINK for an id no comm has."""
         self._require_mode("unlink", True)
-        check_int("comm_id", comm_id, UINT64)
+        comm_id = check_int("comm_id", comm_id, UINT64)
         status = self._rank_table_links().unlink(comm_id)
         require(status == LLMStatusCode.LLM_SUCCESS, f"unlink of comm {comm_id} failed: {status_of(status).name}",
                 status_of(status))
@@ -192,7 +199,7 @@ class LLMDataDist:
         """The RegisterMemStatus of a comm: PREPARING while its links are being made, then OK, or
         FAILED when llm.LinkTotalTime passed first; LLM_NOT_YET_LINK for an id no comm has."""
         self._require_mode("query_register_mem_status", True)
-        check_int("comm_id", comm_id, UINT64)
+        comm_id = check_int("comm_id", comm_id, UINT64)
         status, register_status = self._rank_table_links().status(comm_id)
         require(status == LLMStatusCode.LLM_SUCCESS,
                 f"query_register_mem_status of comm {comm_id} failed: {status_of(status).name}", status_of(status))
