@@ -70,16 +70,16 @@ class EngineServices:
 
     def listen(self, listen_ip_info):
         """SetRole's status: serve linking peers on listen_ip_info ("ip:port") from now on, or on
-        nothing (None). LLM_EXIST_LINK while any link, made either way, is up (docs/facts.md section 1);
-        the same address again changes nothing. A new address takes a new service: with no link
-        there is nothing of the old one to keep."""
+        nothing (None). LLM_EXIST_LINK while any link, made either way, is up (docs/facts.md section 1),
+        or a rank-table comm is being linked; the same address again changes nothing. A new address
+        takes a new service: with no link there is nothing of the old one to keep."""
         with self._making:
             try:
                 self._current_engine()
             except LLMException as error:
                 return error.status_code
             service = self._service
-            if service is not None and service.agent.linked_clusters():
+            if service is not None and (service.agent.linked_clusters() or service.rank_table_links.has_comms()):
                 return _desc.LLMStatusCode.LLM_EXIST_LINK
             if listen_ip_info == self.options.listen_ip_info:
                 return _desc.LLMStatusCode.LLM_SUCCESS

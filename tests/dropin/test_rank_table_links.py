@@ -442,3 +442,18 @@ def test_arguments_calling_back_into_the_engine_never_find_the_comms_locked(side
     for comm_id in (first, second):
         decoder.unlink(hostile(int, probe)(comm_id))
     assert found_locked and not any(found_locked)
+
+
+def test_switch_role_is_refused_while_a_comm_is_being_linked(sides):
+    # A comm still PREPARING is a link under way: switching the role (which makes the transfer
+    # service anew) would drop it silently, its id then unknown. Refused as for a link that is up.
+    decoder = sides.local(LLMRole.DECODER, DECODE, options_of(free_port(), enable_cache_manager=True))
+    comm_id = decoder.link("pd", {PREFILL: 0, DECODE: 1}, vllm_rank_table("127.0.0.1", "127.0.0.2"))
+    assert decoder.query_register_mem_status(comm_id) is RegisterMemStatus.PREPARING
+    with pytest.raises(LLMException) as raised:
+        decoder.switch_role(LLMRole.PROMPT, {"llm.listenIpInfo": f"127.0.0.1:{free_port()}"})
+    assert raised.value.status_code is LLMStatusCode.LLM_EXIST_LINK
+    assert decoder.query_register_mem_status(comm_id) is RegisterMemStatus.PREPARING
+    decoder.unlink(comm_id)
+    decoder.switch_role(LLMRole.PROMPT, {"llm.listenIpInfo": f"127.0.0.1:{free_port()}"})
+    assert decoder.role is LLMRole.PROMPT

@@ -126,6 +126,11 @@ class RankTableLinks:
             return LLMStatusCode.LLM_ALREADY_LINK
         return None
 
+    def has_comms(self):
+        """Whether any comm, linked or being linked, is there (SetRole refuses then)."""
+        with self._lock:
+            return bool(self._comms)
+
     def status(self, comm_id):
         """(status, OK, PREPARING or FAILED): LLM_NOT_YET_LINK for a comm not linked."""
         with self._lock:
