@@ -218,6 +218,14 @@ def test_check_link_status_fails_once_the_prompt_is_gone(decoder):
 
 # v1's rules, one process
 
+@transfers
+def test_v1_unlink_of_a_cluster_not_linked_answers_not_yet_link_and_succeeds(decoder):
+    # ge's v1 link_manager.cc UnlinkClusters: a cluster's LLM_NOT_YET_LINK does not fail the call.
+    not_linked = LLMStatusCode.LLM_NOT_YET_LINK
+    assert decoder.unlink_clusters([connector_cluster(free_port())], 1000) == (SUCCESS, [not_linked])
+    assert decoder.unlink_clusters([connector_cluster(free_port())], 1000, force=True) == (SUCCESS, [not_linked])
+
+
 def v1(made, role, **options):
     datadist = LLMDataDist(role, CLUSTER_ID)
     datadist.init({**raw_options(), **options})

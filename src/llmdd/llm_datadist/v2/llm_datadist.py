@@ -254,8 +254,18 @@ class LLMDataDist:
             return LLMStatusCode.LLM_PARAM_INVALID, []
         # The hixl backend names the clusters to unlink by id alone (hixl_transfer_engine.cc).
         by_id = keys.TRANSFER_BACKEND in self._options
-        return self._linked("unlink_clusters", clusters,
-                            lambda agent, targets: agent.unlink(targets, timeout, force, by_id=by_id))
+        if not self._cache_manager_mode:
+            with reraising:
+                linked = set(self._transfer_agent("unlink_clusters").linked_clusters())
+        status, statuses = self._linked("unlink_clusters", clusters,
+                                        lambda agent, targets: agent.unlink(targets, timeout, force, by_id=by_id))
+        if self._cache_manager_mode:
+            return status, statuses
+        # v1 answers LLM_NOT_YET_LINK for a cluster it had not linked, and the call succeeds all the
+        # same (ge's v1 link_manager.cc UnlinkClusters); the agent answers SUCCESS for one.
+        return status, [LLMStatusCode.LLM_NOT_YET_LINK
+                        if each == LLMStatusCode.LLM_SUCCESS and cluster.remote_cluster_id not in linked else each
+                        for cluster, each in zip(clusters, statuses)]
 
     def _linked(self, call, clusters, link):
         """(status, [status per cluster]) of link(agent, link targets), in the drop-in's status codes."""
