@@ -10,7 +10,7 @@ import sys
 
 import numpy
 import pytest
-from support.dropin import POOL, failure
+from support.dropin import LOCALHOST, POOL, cluster_info, failure
 from support.network import free_port, listening, mooncake_missing
 from support.patterns import memory, pattern
 from support.peer import Peer
@@ -20,7 +20,6 @@ from llmdd.llm_datadist import (
     CacheDesc,
     CacheKey,
     DataType,
-    LLMClusterInfo,
     LLMDataDist,
     LLMException,
     LLMRole,
@@ -31,18 +30,13 @@ from llmdd.llm_datadist import (
 pytestmark = [pytest.mark.skipif(mooncake_missing() is not None, reason=str(mooncake_missing())),
               pytest.mark.sim_only]   # numpy memory stands for device memory only on the sim build
 
-LOCALHOST = "127.0.0.1"
 SUCCESS = LLMStatusCode.LLM_SUCCESS
 PROMPT_ID, DECODER_ID = 7, 8
 
 
-def cluster_info(remote_cluster_id, remote_port=None):
-    cluster = LLMClusterInfo()
-    cluster.remote_cluster_id = remote_cluster_id
-    cluster.append_local_ip_info(LOCALHOST, 0)
-    if remote_port is not None:
-        cluster.append_remote_ip_info(LOCALHOST, remote_port)
-    return cluster
+def prompt_cluster(port):
+    """The prompt at `port`, linked from any local port."""
+    return cluster_info(PROMPT_ID, port, local_port=0)
 
 
 def numpy_cache(manager, shape, register, **arguments):
@@ -92,7 +86,7 @@ def test_sglangs_aux_buffer_registered_second_under_the_kv_pools_key_is_what_the
     decoder = local(LLMRole.DECODER, DECODER_ID, enable_cache_manager=True)
     manager = decoder.cache_manager
     cache, (tensor,) = numpy_cache(manager, (1, 4, 16), manager.register_blocks_cache)
-    assert decoder.link_clusters([cluster_info(PROMPT_ID, prompt.listen_port)], 5000) == (SUCCESS, [SUCCESS])
+    assert decoder.link_clusters([prompt_cluster(prompt.listen_port)], 5000) == (SUCCESS, [SUCCESS])
     manager.pull_blocks(BlocksCacheKey(PROMPT_ID, 0), cache, src_blocks=[0, 1, 2, 3], dst_blocks=[3, 2, 1, 0])
     aux_bytes = pattern(20, 64).reshape(4, 16)
     assert numpy.array_equal(tensor, aux_bytes[::-1])
@@ -108,7 +102,7 @@ def test_sglangs_aux_buffer_registered_second_under_the_kv_pools_key_is_what_the
     prompt.run("manager.unregister_cache(aux_cache.cache_id)")
     assert failure(manager.pull_blocks, BlocksCacheKey(PROMPT_ID, 0), cache, src_blocks=[0], dst_blocks=[0]) \
         is LLMStatusCode.LLM_KV_CACHE_NOT_EXIST
-    assert decoder.unlink_clusters([cluster_info(PROMPT_ID, prompt.listen_port)], 5000)[0] is SUCCESS
+    assert decoder.unlink_clusters([prompt_cluster(prompt.listen_port)], 5000)[0] is SUCCESS
 
 
 def test_a_cache_key_registered_again_keeps_naming_its_first_cache(local, prompt):
@@ -122,7 +116,7 @@ def test_a_cache_key_registered_again_keeps_naming_its_first_cache(local, prompt
     decoder = local(LLMRole.DECODER, DECODER_ID, enable_cache_manager=True)
     manager = decoder.cache_manager
     cache, (tensor,) = numpy_cache(manager, (1, 2, 32), manager.register_cache)
-    assert decoder.link_clusters([cluster_info(PROMPT_ID, prompt.listen_port)], 5000) == (SUCCESS, [SUCCESS])
+    assert decoder.link_clusters([prompt_cluster(prompt.listen_port)], 5000) == (SUCCESS, [SUCCESS])
     manager.pull_cache(CacheKey(PROMPT_ID, req_id=1), cache, batch_index=1)
     assert tensor[1].tobytes() == pattern(30, 64)[:32].tobytes() and not tensor[0].any()
     prompt.run("manager.unregister_cache(second_cache.cache_id)")
@@ -130,7 +124,7 @@ def test_a_cache_key_registered_again_keeps_naming_its_first_cache(local, prompt
     assert tensor[0].tobytes() == pattern(30, 64)[:32].tobytes()
     prompt.run("manager.unregister_cache(first_cache.cache_id)")
     assert failure(manager.pull_cache, CacheKey(PROMPT_ID, req_id=1), cache) is LLMStatusCode.LLM_KV_CACHE_NOT_EXIST
-    assert decoder.unlink_clusters([cluster_info(PROMPT_ID, prompt.listen_port)], 5000)[0] is SUCCESS
+    assert decoder.unlink_clusters([prompt_cluster(prompt.listen_port)], 5000)[0] is SUCCESS
 
 
 def test_allocation_still_refuses_a_key_that_names_a_cache(local):
@@ -160,7 +154,7 @@ def test_remote_access_mode_moves_only_remote_accessible_local_caches(local, pro
     manager = decoder.cache_manager
     closed, (closed_tensor,) = numpy_cache(manager, (1, 4, 16), manager.register_blocks_cache, remote_accessible=False)
     opened, (opened_tensor,) = numpy_cache(manager, (1, 4, 16), manager.register_blocks_cache)
-    assert decoder.link_clusters([cluster_info(PROMPT_ID, prompt.listen_port)], 5000) == (SUCCESS, [SUCCESS])
+    assert decoder.link_clusters([prompt_cluster(prompt.listen_port)], 5000) == (SUCCESS, [SUCCESS])
     assert failure(manager.pull_blocks, BlocksCacheKey(PROMPT_ID, 0), closed, src_blocks=[0], dst_blocks=[0]) \
         is LLMStatusCode.LLM_PARAM_INVALID
     assert failure(manager.push_blocks, BlocksCacheKey(PROMPT_ID, 0), closed, src_blocks=[0], dst_blocks=[0]) \
@@ -169,7 +163,7 @@ def test_remote_access_mode_moves_only_remote_accessible_local_caches(local, pro
     assert prompt.run("result = tensors[0].tobytes().hex()") == pattern(50, 64).tobytes().hex()   # nothing pushed
     manager.pull_blocks(BlocksCacheKey(PROMPT_ID, 0), opened, src_blocks=[0, 1, 2, 3], dst_blocks=[0, 1, 2, 3])
     assert opened_tensor.tobytes() == pattern(50, 64).tobytes()
-    assert decoder.unlink_clusters([cluster_info(PROMPT_ID, prompt.listen_port)], 5000)[0] is SUCCESS
+    assert decoder.unlink_clusters([prompt_cluster(prompt.listen_port)], 5000)[0] is SUCCESS
 
 
 def test_allocated_caches_are_remote_accessible_in_remote_access_mode(local, prompt):
@@ -244,7 +238,7 @@ def test_an_llmdatadist_left_initialized_is_finalized_at_exit(local):
     try:
         assert json.loads(process.stdout.readline()) == {"ready": True}
         decoder = local(LLMRole.DECODER, DECODER_ID, local_comm_res="")
-        assert decoder.link_clusters([cluster_info(7, port)], 5000) == (SUCCESS, [SUCCESS])
+        assert decoder.link_clusters([prompt_cluster(port)], 5000) == (SUCCESS, [SUCCESS])
         stdout, stderr = process.communicate("\n", timeout=30)
     finally:
         if process.poll() is None:

@@ -13,7 +13,7 @@ import struct
 
 import numpy
 import pytest
-from support.dropin import POOL, failure
+from support.dropin import LOCALHOST, POOL, cluster_info, failure
 from support.network import free_port, mooncake_missing
 from support.patterns import memory, pattern
 
@@ -36,7 +36,6 @@ pytestmark = [pytest.mark.skipif(mooncake_missing() is not None, reason=str(moon
               pytest.mark.sim_only]   # numpy memory stands for device memory only on the sim build
 
 SUCCESS = LLMStatusCode.LLM_SUCCESS
-LOCALHOST = "127.0.0.1"
 # The transfer agent (src/llmdd/transfer/_agent.py) is being changed; these marks come off with its fixes.
 
 # What the samples' torch tensors become here
@@ -66,16 +65,6 @@ def config_snippet(role, cluster_id, **settings):
     lines += [f"datadist = LLMDataDist(LLMRole.{role.name}, {cluster_id})", "datadist.init(config.generate_options())",
               "manager = datadist.cache_manager"]
     return "\n".join(lines)
-
-
-def cluster_info(remote_cluster_id, remote_port=None, local_port=None):
-    cluster = LLMClusterInfo()
-    cluster.remote_cluster_id = remote_cluster_id
-    if local_port is not None:
-        cluster.append_local_ip_info(LOCALHOST, local_port)
-    if remote_port is not None:
-        cluster.append_remote_ip_info(LOCALHOST, remote_port)
-    return cluster
 
 
 # pull_cache_sample.py: a decoder pulls a prompt's batch entries by CacheKey.

@@ -5,7 +5,7 @@ Sources are cited as <file>:<line> of the hixl repository; "docs" is docs/zh/api
 """
 import numpy
 import pytest
-from support.dropin import failure, options
+from support.dropin import LOCALHOST, cluster_info, failure, options
 from support.network import free_port, listening, mooncake_missing
 from support.patterns import pattern
 from support.peer import Peer
@@ -14,7 +14,6 @@ from llmdd.llm_datadist import (
     BlocksCacheKey,
     CacheDesc,   # with DataType and Placement: DESC is evaluated here
     DataType,
-    LLMClusterInfo,
     LLMConfig,
     LLMException,
     LLMRole,
@@ -25,20 +24,9 @@ from llmdd.llm_datadist import (
 pytestmark = [pytest.mark.skipif(mooncake_missing() is not None, reason=str(mooncake_missing())),
               pytest.mark.sim_only]   # numpy memory stands for device memory only on the sim build
 
-LOCALHOST = "127.0.0.1"
 SUCCESS = LLMStatusCode.LLM_SUCCESS
 EXIST_LINK = LLMStatusCode.LLM_EXIST_LINK
 DESC = "CacheDesc(num_tensors=2, shape=[3, 10], data_type=DataType.DT_FLOAT, placement=Placement.DEVICE)"
-
-
-def cluster_info(remote_cluster_id, remote_port=None, local_port=None):
-    cluster = LLMClusterInfo()
-    cluster.remote_cluster_id = remote_cluster_id
-    if local_port is not None:
-        cluster.append_local_ip_info(LOCALHOST, local_port)
-    if remote_port is not None:
-        cluster.append_remote_ip_info(LOCALHOST, remote_port)
-    return cluster
 
 
 def cluster_snippet(remote_cluster_id, remote_port=None, local_port=None):

@@ -3,9 +3,10 @@ import threading
 
 import pytest
 
-from llmdd.llm_datadist import LLMConfig, LLMDataDist, LLMException, LLMRole
+from llmdd.llm_datadist import LLMClusterInfo, LLMConfig, LLMDataDist, LLMException, LLMRole
 
 POOL = '{"memory_size": 16777216}'
+LOCALHOST = "127.0.0.1"
 
 
 def options(**settings):
@@ -15,6 +16,17 @@ def options(**settings):
     for name, value in settings.items():
         setattr(config, name, value)
     return config.generate_options()
+
+
+def cluster_info(remote_cluster_id, remote_port=None, local_port=None):
+    """An LLMClusterInfo of a cluster on this host: its remote and local ip infos when given."""
+    cluster = LLMClusterInfo()
+    cluster.remote_cluster_id = remote_cluster_id
+    if local_port is not None:
+        cluster.append_local_ip_info(LOCALHOST, local_port)
+    if remote_port is not None:
+        cluster.append_remote_ip_info(LOCALHOST, remote_port)
+    return cluster
 
 
 def failure(call, *args, **kwargs):
