@@ -14,7 +14,7 @@ import time
 import numpy
 import pytest
 from support.dropin import POOL, hostile, initialized, locked_probe, options
-from support.network import free_port, mooncake_missing
+from support.network import free_port, mooncake_missing, record_requests
 from support.patterns import pattern
 
 from llmdd.llm_datadist import (
@@ -35,7 +35,6 @@ from llmdd.llm_datadist import (
     TransferConfig,
     TransferWithCacheKeyConfig,
 )
-from llmdd.transfer import _channel
 from llmdd.transfer import _protocol as wire
 
 pytestmark = [pytest.mark.skipif(mooncake_missing() is not None, reason=str(mooncake_missing())),
@@ -458,18 +457,6 @@ def held_until(read, done):
 
 def nothing_held(held):
     return held == [0, 0]
-
-
-def record_requests(monkeypatch):
-    """The control requests this process sends from now on, by type."""
-    sent = []
-    request = _channel.Channel.request
-
-    def recorded(channel, message_type, body, timeout_s):
-        sent.append(message_type)
-        return request(channel, message_type, body, timeout_s)
-    monkeypatch.setattr(_channel.Channel, "request", recorded)
-    return sent
 
 
 def first_layer_pushed(decoder, prompt_of, keyed=False, answers=None):

@@ -1,4 +1,5 @@
-"""Ports and Mooncake: what every transfer test asks of the machine first."""
+"""Ports and Mooncake: what every transfer test asks of the machine first; and the control
+requests a test's links send."""
 import os
 import socket
 
@@ -58,3 +59,16 @@ def mooncake_missing():
     except ImportError as error:
         return f"Mooncake's Transfer Engine is not usable here (pip install 'llmdd[transfer]', libibverbs1): {error}"
     return None
+
+
+def record_requests(monkeypatch):
+    """The control requests (message types) this process's links send from now on, in order."""
+    from llmdd.transfer import _channel
+    sent = []
+    request = _channel.Channel.request
+
+    def recorded(channel, message_type, body, timeout_s):
+        sent.append(message_type)
+        return request(channel, message_type, body, timeout_s)
+    monkeypatch.setattr(_channel.Channel, "request", recorded)
+    return sent

@@ -7,13 +7,12 @@ import time
 import types
 
 import pytest
-from support.network import mooncake_missing
+from support.network import mooncake_missing, record_requests
 from support.registries import LocalRegistry
 
 import llmdd
 from llmdd.llm_datadist import CacheKeyByIdAndIndex
 from llmdd.transfer import TransferAgent
-from llmdd.transfer import _channel
 from llmdd.transfer import _protocol as wire
 
 pytestmark = pytest.mark.skipif(mooncake_missing() is not None, reason=str(mooncake_missing()))
@@ -33,13 +32,7 @@ def cluster(cluster_id, port):
 def linked(monkeypatch):
     """The decoder (which pushes) linked to the prompt (which holds the destination, remote
     accessible, one array a tensor), and the control requests the decoder sends (`sent`)."""
-    sent = []
-    request = _channel.Channel.request
-
-    def recorded(channel, message_type, body, timeout_s):
-        sent.append(message_type)
-        return request(channel, message_type, body, timeout_s)
-    monkeypatch.setattr(_channel.Channel, "request", recorded)
+    sent = record_requests(monkeypatch)
     prompt_registry, decoder_registry = LocalRegistry(), LocalRegistry()
     with TransferAgent(prompt_registry, PROMPT, "127.0.0.1:0", sync_timeout_ms=3000) as prompt, \
             TransferAgent(decoder_registry, DECODER, sync_timeout_ms=500) as decoder:
